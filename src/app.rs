@@ -1,0 +1,154 @@
+//! Builds a server from a [`Config`]: opens the store, loads the signing key, binds
+//! the listener; then serves until a shutdown signal. Binding before serving lets
+//! tests use port 0 and connect at once, with no sleep.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::auth::JwtKeys;
+use crate::chat::Chat;
+use crate::config::{Config, Secret};
+use crate::http::{self, AppState, Metrics};
+use crate::store;
+
+/// Shorter secrets are guessable offline from any token; 32 bytes matches HS256's key size.
+const MIN_SECRET_LEN: usize = 32;
+const SECRET_FILE: &str = "jwt_secret";
+
+/// A server that is bound and ready to serve.
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl App {
+    /// Connects and migrates the store, loads the key, and binds the listener.
+    ///
+    /// # Errors
+    /// A store that cannot be opened, a bad secret, or an address that cannot be bound.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let store = store::connect(config.database_url.expose()).await.context("opening the database")?;
+        let secret = jwt_secret(&config.data_dir, config.jwt_secret.as_ref())?;
+        let keys = JwtKeys::new(&secret, config.access_token_ttl, config.refresh_token_ttl);
+        let chat = Chat::new(store, config.limits);
+        let state =
+            AppState { chat, keys: Arc::new(keys), metrics: Arc::new(Metrics::new()?), config: Arc::new(config) };
+        let listener =
+            TcpListener::bind(state.config.listen).await.with_context(|| format!("binding {}", state.config.listen))?;
+        Ok(Self { listener, state })
+    }
+
+    /// The address actually bound (the real port when the config said 0).
+    ///
+    /// # Errors
+    /// Only if the OS cannot report the socket's address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn chat(&self) -> &Chat {
+        &self.state.chat
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    ///
+    /// # Errors
+    /// An I/O error of the listener.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let service = http::service(self.state);
+        axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await
+    }
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown requested");
+}
+
+/// The signing key: the configured one, or the one kept in the data directory
+/// (generated with mode 0600 on first start, so every restart keeps sessions valid).
+///
+/// # Errors
+/// A configured secret that is too short, or a key file that cannot be read or written.
+pub fn jwt_secret(data_dir: &Path, configured: Option<&Secret>) -> anyhow::Result<Vec<u8>> {
+    if let Some(s) = configured {
+        anyhow::ensure!(
+            s.expose().len() >= MIN_SECRET_LEN,
+            "CONFAB_JWT_SECRET must be at least {MIN_SECRET_LEN} characters"
+        );
+        return Ok(s.expose().as_bytes().to_vec());
+    }
+    let path = data_dir.join(SECRET_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) if s.trim().len() >= MIN_SECRET_LEN => return Ok(s.trim().as_bytes().to_vec()),
+        Ok(_) => anyhow::bail!(
+            "{} is shorter than {MIN_SECRET_LEN} characters; delete it to generate a new one",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let secret: String = {
+        use rand::Rng;
+        let bytes: [u8; 32] = rand::rngs::OsRng.r#gen();
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    };
+    write_private(&path, secret.as_bytes(), false).with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!(path = %path.display(), "generated a new JWT signing key");
+    Ok(secret.into_bytes())
+}
+
+/// Writes a file only its owner can read (it holds credentials).
+///
+/// # Errors
+/// Any I/O error, or an existing file when `replace` is false (so two nodes
+/// starting at once cannot each write a different key).
+pub fn write_private(path: &Path, contents: &[u8], replace: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    if replace {
+        options.write(true).create(true).truncate(true);
+    } else {
+        options.write(true).create_new(true);
+    }
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    file.write_all(contents)?;
+    file.sync_all()
+}

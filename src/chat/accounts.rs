@@ -1,0 +1,69 @@
+//! Registering and signing in.
+
+use super::{Chat, Error, Result};
+use crate::auth::password;
+use crate::domain::{ErrorCode, FullName, Password, Profile, Role, User, UserId, Username};
+use crate::store::{NewUser, StoreError};
+
+/// A registration as a client sent it, before validation.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub username: String,
+    pub password: String,
+    pub full_name: String,
+    pub role: String,
+}
+
+impl Chat {
+    /// Creates an account.
+    ///
+    /// # Errors
+    /// `validation_failed` for a bad field, `conflict` for a taken username.
+    pub async fn register(&self, r: Registration, profile: Profile) -> Result<User> {
+        let username = Username::parse(r.username)?;
+        let password = Password::parse(r.password)?;
+        let full_name = FullName::parse(r.full_name)?;
+        let role = Role::parse(&r.role)?;
+        let password_hash = tokio::task::spawn_blocking(move || password::hash(password.expose()))
+            .await
+            .map_err(|e| Error::Internal(Box::new(e)))?
+            .map_err(|e| Error::Internal(e.to_string().into()))?;
+        let new = NewUser {
+            username: username.as_str().to_owned(),
+            password_hash,
+            full_name: full_name.into_inner(),
+            role,
+            profile,
+        };
+        self.store().create_user(new).await.map_err(|e| match e {
+            StoreError::Conflict(_) => {
+                Error::rejected(ErrorCode::Conflict, format!("the username {:?} is taken", username.as_str()))
+            }
+            other => other.into(),
+        })
+    }
+
+    /// The user whose username and password these are.
+    ///
+    /// # Errors
+    /// `unauthorized` for an unknown user or a wrong password (the same answer for both).
+    pub async fn sign_in(&self, username: &str, password: String) -> Result<User> {
+        let refused = || Error::rejected(ErrorCode::Unauthorized, "no account with that username and password");
+        let Some((user, phc)) = self.store().credentials(username).await? else { return Err(refused()) };
+        let ok = tokio::task::spawn_blocking(move || password::verify(&password, &phc))
+            .await
+            .map_err(|e| Error::Internal(Box::new(e)))?;
+        if ok { Ok(user) } else { Err(refused()) }
+    }
+
+    /// The user a verified token names.
+    ///
+    /// # Errors
+    /// `unauthorized` when the account no longer exists.
+    pub async fn authenticated_user(&self, id: UserId) -> Result<User> {
+        self.store()
+            .user(id)
+            .await?
+            .ok_or_else(|| Error::rejected(ErrorCode::Unauthorized, "the token's user no longer exists"))
+    }
+}

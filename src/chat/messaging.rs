@@ -1,0 +1,165 @@
+//! Sending, paging, reading and counting messages.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::{Chat, Error, Result};
+use crate::domain::{ClientMsgId, Message, MessageText, Page, PageRequest, Seq, Thread, ThreadId, User, UserId};
+use crate::store::{Cursor, NewMessage, OpenThread, ReadMarker, ThreadKey};
+
+/// Where a message goes: a thread, or the direct thread with a user (created if needed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendTarget {
+    Thread(ThreadId),
+    Recipient(UserId),
+}
+
+/// A message that is stored: `duplicate` when its `client_msg_id` had been used, in
+/// which case `message` is the first one and nothing new was written.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub message: Message,
+    pub duplicate: bool,
+}
+
+/// Unread counts across a user's threads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadTotals {
+    pub total: i64,
+    pub threads: BTreeMap<ThreadId, i64>,
+}
+
+impl Chat {
+    /// The participants of a thread that `user` is in, from the cache when possible.
+    ///
+    /// # Errors
+    /// `not_found` when the thread does not exist or `user` is not in it: outsiders
+    /// are never told that a thread exists.
+    pub(super) async fn members_for(&self, thread: ThreadId, user: UserId) -> Result<Arc<[User]>> {
+        let members = match self.members.get(thread) {
+            Some(m) => m,
+            None => {
+                let users = self.store().participants(thread).await?;
+                if users.is_empty() {
+                    return Err(Error::not_found("thread"));
+                }
+                self.members.insert(thread, users)
+            }
+        };
+        if members.iter().any(|u| u.id == user) { Ok(members) } else { Err(Error::not_found("thread")) }
+    }
+
+    /// Stores a message; it is committed before this returns.
+    ///
+    /// # Errors
+    /// `validation_failed` for empty or over-long text or a bad `client_msg_id`;
+    /// `not_found` for a thread the sender is not in or an unknown recipient.
+    pub async fn send_message(
+        &self,
+        sender: &User,
+        target: SendTarget,
+        text: String,
+        client_msg_id: Option<String>,
+    ) -> Result<Sent> {
+        let text = MessageText::parse(text, self.limits.max_text_chars)?.into_inner();
+        let client_msg_id = client_msg_id.map(ClientMsgId::parse).transpose()?;
+        let thread_id = match target {
+            SendTarget::Thread(id) => id,
+            SendTarget::Recipient(to) => self.direct_thread_with(sender, to).await?,
+        };
+        let members = self.members_for(thread_id, sender.id).await?;
+        let appended =
+            self.store().append_message(NewMessage { thread_id, sender: sender.id, text, client_msg_id }).await?;
+        let message = if appended.duplicate {
+            // The first message may be in another thread and may have been read since.
+            let thread_id = appended.message.thread_id;
+            let record = self.store().thread(thread_id, sender.id).await?.ok_or_else(|| Error::not_found("thread"))?;
+            Message::view(appended.message, &record.participants)
+        } else {
+            Message::fresh(appended.message, members.iter())
+        };
+        Ok(Sent { message, duplicate: appended.duplicate })
+    }
+
+    /// The direct thread of `sender` and `to`, created (with no system message) if needed.
+    async fn direct_thread_with(&self, sender: &User, to: UserId) -> Result<ThreadId> {
+        if to == sender.id {
+            return Err(Error::validation("you cannot message yourself"));
+        }
+        if let Some(id) = self.store().direct_thread(sender.id, to).await? {
+            return Ok(id);
+        }
+        self.store().user(to).await?.ok_or_else(|| Error::not_found("recipient"))?;
+        let open = OpenThread { key: ThreadKey::Direct { a: sender.id, b: to }, first_message: None };
+        Ok(self.store().open_thread(open).await?.thread_id)
+    }
+
+    /// One thread as `viewer` sees it.
+    ///
+    /// # Errors
+    /// `not_found` when it does not exist or `viewer` is not in it.
+    pub async fn thread(&self, viewer: &User, id: ThreadId) -> Result<Thread> {
+        let record = self.store().thread(id, viewer.id).await?.ok_or_else(|| Error::not_found("thread"))?;
+        Ok(record.into())
+    }
+
+    /// `viewer`'s threads, most recent activity first.
+    pub async fn inbox(&self, viewer: &User, page: PageRequest) -> Result<Page<Thread>> {
+        Ok(self.store().inbox(viewer.id, page).await?.map(Thread::from))
+    }
+
+    /// A page of a thread's messages in seq order.
+    ///
+    /// # Errors
+    /// `not_found` when `viewer` is not in the thread.
+    pub async fn messages(&self, viewer: &User, id: ThreadId, cursor: Cursor, limit: u32) -> Result<Page<Message>> {
+        let record = self.store().thread(id, viewer.id).await?.ok_or_else(|| Error::not_found("thread"))?;
+        let page = self.store().messages(id, cursor, limit).await?;
+        Ok(page.map(|m| Message::view(m, &record.participants)))
+    }
+
+    /// The messages of `viewer`'s direct thread with `other` (seed route).
+    ///
+    /// # Errors
+    /// `not_found` for an unknown user.
+    pub async fn messages_with(
+        &self,
+        viewer: &User,
+        other: UserId,
+        cursor: Cursor,
+        limit: u32,
+    ) -> Result<Page<Message>> {
+        match self.store().direct_thread(viewer.id, other).await? {
+            Some(id) => self.messages(viewer, id, cursor, limit).await,
+            None => {
+                self.store().user(other).await?.ok_or_else(|| Error::not_found("user"))?;
+                Ok(Page { results: Vec::new(), has_more: false })
+            }
+        }
+    }
+
+    /// Moves `viewer`'s read marker forward (to the end by default).
+    ///
+    /// # Errors
+    /// `validation_failed` for a negative seq; `not_found` when `viewer` is not in the thread.
+    pub async fn mark_read(&self, viewer: &User, id: ThreadId, up_to: Option<i64>) -> Result<ReadMarker> {
+        if up_to.is_some_and(|s| s < 0) {
+            return Err(Error::validation("up_to_seq must not be negative"));
+        }
+        Ok(self.store().mark_read(id, viewer.id, up_to.map(Seq)).await?)
+    }
+
+    /// Messages from `other` to `viewer` that `viewer` has not read (seed route).
+    ///
+    /// # Errors
+    /// `not_found` for an unknown user.
+    pub async fn unread_from(&self, viewer: &User, other: UserId) -> Result<i64> {
+        self.store().user(other).await?.ok_or_else(|| Error::not_found("user"))?;
+        Ok(self.store().unread_from(viewer.id, other).await?)
+    }
+
+    pub async fn unread_totals(&self, viewer: &User) -> Result<UnreadTotals> {
+        let threads: BTreeMap<ThreadId, i64> = self.store().unread_by_thread(viewer.id).await?.into_iter().collect();
+        Ok(UnreadTotals { total: threads.values().sum(), threads })
+    }
+}

@@ -1,0 +1,108 @@
+//! Hire Me and proposals: find-or-create a two-person thread, with a system message
+//! only when it is created. The store makes it exactly-once; this layer decides who
+//! may do what.
+
+use super::{Chat, Error, Result};
+use crate::domain::{
+    ErrorCode, JobId, JobStatus, LongText, Money, Proposal, Role, SystemMessage, Thread, User, UserId,
+};
+use crate::store::{NewProposal, OpenThread, Opened, StoreError, ThreadKey};
+
+/// A thread a workflow found or created.
+#[derive(Debug, Clone)]
+pub struct Opening {
+    pub thread: Thread,
+    pub created: bool,
+}
+
+/// A stored proposal with its thread.
+#[derive(Debug, Clone)]
+pub struct ProposalSubmitted {
+    pub proposal: Proposal,
+    pub opening: Opening,
+}
+
+impl Chat {
+    /// Hire Me: the caller's direct thread with a freelancer, created on first use.
+    ///
+    /// # Errors
+    /// `forbidden` for a caller who is not a client; `validation_failed` for hiring
+    /// oneself or someone who is not a freelancer; `not_found` for an unknown user.
+    pub async fn hire_freelancer(&self, caller: &User, freelancer: UserId) -> Result<Opening> {
+        if caller.role != Role::Client {
+            return Err(Error::forbidden("only clients can hire freelancers"));
+        }
+        if freelancer == caller.id {
+            return Err(Error::validation("you cannot hire yourself"));
+        }
+        let freelancer = self.store().user(freelancer).await?.ok_or_else(|| Error::not_found("freelancer"))?;
+        if freelancer.role != Role::Freelancer {
+            return Err(Error::validation(format!("user {} is not a freelancer", freelancer.id)));
+        }
+        let open = OpenThread {
+            key: ThreadKey::Direct { a: caller.id, b: freelancer.id },
+            first_message: Some(SystemMessage::hire(caller, &freelancer)),
+        };
+        let opened = self.store().open_thread(open).await?;
+        self.opening(caller, opened).await
+    }
+
+    /// Proposal chat: the caller's job thread with the job's client, created on first use.
+    ///
+    /// # Errors
+    /// `forbidden` for a caller who is not a freelancer; `not_found` for an unknown job.
+    pub async fn proposal_chat(&self, caller: &User, job: JobId) -> Result<Opening> {
+        if caller.role != Role::Freelancer {
+            return Err(Error::forbidden("only freelancers can start a proposal chat"));
+        }
+        let job = self.job(job).await?;
+        let open = OpenThread {
+            key: ThreadKey::Job { job: job.id, a: caller.id, b: job.client.id },
+            first_message: Some(SystemMessage::proposal(caller, &job)),
+        };
+        let opened = self.store().open_thread(open).await?;
+        self.opening(caller, opened).await
+    }
+
+    /// Stores a proposal and opens its job thread, together or not at all.
+    ///
+    /// # Errors
+    /// `forbidden` for a caller who is not a freelancer; `not_found` for an unknown job;
+    /// `validation_failed` for a bad field; `conflict` for a closed job or a second
+    /// proposal by the same freelancer.
+    pub async fn submit_proposal(
+        &self,
+        caller: &User,
+        job: JobId,
+        cover_letter: String,
+        bid_amount: f64,
+    ) -> Result<ProposalSubmitted> {
+        if caller.role != Role::Freelancer {
+            return Err(Error::forbidden("only freelancers can submit proposals"));
+        }
+        let cover_letter = LongText::parse("cover_letter", cover_letter)?.into_inner();
+        let bid_amount = Money::parse("bid_amount", bid_amount)?;
+        let job = self.job(job).await?;
+        if job.status != JobStatus::Open {
+            return Err(Error::rejected(ErrorCode::Conflict, "this job is closed to proposals"));
+        }
+        let open = OpenThread {
+            key: ThreadKey::Job { job: job.id, a: caller.id, b: job.client.id },
+            first_message: Some(SystemMessage::proposal(caller, &job)),
+        };
+        let new = NewProposal { job: job.id, freelancer: caller.clone(), cover_letter, bid_amount };
+        let (proposal, opened) = self.store().submit_proposal(new, open).await.map_err(|e| match e {
+            StoreError::Conflict(_) => {
+                Error::rejected(ErrorCode::Conflict, "you have already submitted a proposal for this job")
+            }
+            other => other.into(),
+        })?;
+        let opening = self.opening(caller, opened).await?;
+        Ok(ProposalSubmitted { proposal, opening })
+    }
+
+    async fn opening(&self, caller: &User, opened: Opened) -> Result<Opening> {
+        let thread = self.thread(caller, opened.thread_id).await?;
+        Ok(Opening { thread, created: opened.created })
+    }
+}

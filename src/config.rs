@@ -1,0 +1,196 @@
+//! The command line and environment: one clap struct per subcommand, each flag
+//! with an environment variable of the same meaning, so `confab --help` is the
+//! configuration reference. Defaults run with nothing installed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::chat::Limits;
+
+/// A value that must not reach a log: `Debug` prints `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "confab", version, about = "Real-time chat server for online marketplaces")]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// With no subcommand, `confab` serves with these options.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the API, the WebSocket endpoint and the web UI (the default).
+    Serve(ServeArgs),
+    /// Bring the database schema up to date and exit.
+    Migrate(StoreArgs),
+    /// Load the demo marketplace (safe to run again: it adds only what is missing).
+    Demo(StoreArgs),
+    /// Write access and refresh tokens for named users to a JSON file.
+    Tokens(TokensArgs),
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Directory for the SQLite database and the generated signing key.
+    #[arg(long, env = "CONFAB_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// `sqlite://PATH` or `postgres://…`; default: `confab.db` in the data directory.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<Secret>,
+}
+
+impl StoreArgs {
+    /// The database URL in force: the given one, or the SQLite file in the data dir.
+    pub fn database_url(&self) -> Secret {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| Secret::new(format!("sqlite://{}", self.data_dir.join("confab.db").display())))
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Address to listen on; port 0 picks a free port (the log says which).
+    #[arg(long, env = "CONFAB_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// HS256 signing key shared by all nodes (at least 32 characters); generated
+    /// into the data directory when unset.
+    #[arg(long, env = "CONFAB_JWT_SECRET")]
+    pub jwt_secret: Option<Secret>,
+    /// Load the demo marketplace before serving.
+    #[arg(long)]
+    pub demo: bool,
+    /// Longest message text, in characters.
+    #[arg(long, env = "CONFAB_MAX_TEXT_CHARS", default_value_t = 4000)]
+    pub max_text_chars: usize,
+    /// Largest request body, in bytes; larger ones get 413.
+    #[arg(long, env = "CONFAB_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+    /// Lifetime of access tokens, in seconds.
+    #[arg(long, env = "CONFAB_ACCESS_TOKEN_TTL", default_value_t = 900)]
+    pub access_token_ttl: u64,
+    /// Lifetime of refresh tokens, in seconds.
+    #[arg(long, env = "CONFAB_REFRESH_TOKEN_TTL", default_value_t = 7 * 24 * 3600)]
+    pub refresh_token_ttl: u64,
+    /// Log format: `text` for people, `json` for log collectors.
+    #[arg(long, env = "CONFAB_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokensArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The signing key (as for `serve`); default: the one in the data directory.
+    #[arg(long, env = "CONFAB_JWT_SECRET")]
+    pub jwt_secret: Option<Secret>,
+    /// Comma-separated usernames.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub users: Vec<String>,
+    /// Where to write the tokens.
+    #[arg(long, default_value = "workflow_test_tokens.json")]
+    pub out: PathBuf,
+    /// Lifetime of the access tokens, in seconds (long by default: they are for test tooling).
+    #[arg(long, default_value_t = 24 * 3600)]
+    pub ttl: u64,
+}
+
+/// Everything a server needs to start, resolved from the flags (or built directly by tests).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: Secret,
+    pub jwt_secret: Option<Secret>,
+    pub limits: Limits,
+    pub max_body_bytes: usize,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+}
+
+impl Config {
+    /// The defaults, on a given data directory: what `confab serve` does with no flags.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let store = StoreArgs { data_dir: data_dir.into(), database_url: None };
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: store.database_url(),
+            data_dir: store.data_dir,
+            jwt_secret: None,
+            limits: Limits::default(),
+            max_body_bytes: 64 * 1024,
+            access_token_ttl: Duration::from_secs(900),
+            refresh_token_ttl: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+impl From<&ServeArgs> for Config {
+    fn from(a: &ServeArgs) -> Self {
+        Self {
+            listen: a.listen,
+            data_dir: a.store.data_dir.clone(),
+            database_url: a.store.database_url(),
+            jwt_secret: a.jwt_secret.clone(),
+            limits: Limits { max_text_chars: a.max_text_chars },
+            max_body_bytes: a.max_body_bytes,
+            access_token_ttl: Duration::from_secs(a.access_token_ttl),
+            refresh_token_ttl: Duration::from_secs(a.refresh_token_ttl),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_subcommand_means_serve_with_the_documented_defaults() {
+        let cli = Cli::try_parse_from(["confab"]).unwrap();
+        assert!(cli.command.is_none());
+        let config = Config::from(&cli.serve);
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.database_url.expose(), "sqlite://./data/confab.db");
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "***");
+    }
+}

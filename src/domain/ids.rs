@@ -1,0 +1,107 @@
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::ValidationError;
+
+/// A user's id: the contract's integer ids, kept from the original system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UserId(pub i64);
+
+/// A job's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(pub i64);
+
+/// A thread's id: a UUIDv7, so ids sort by creation and index well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ThreadId(pub Uuid);
+
+/// A message's id: a UUIDv7.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MessageId(pub Uuid);
+
+/// A message's position in its thread: 1, 2, 3… with no gaps. Clients order, page
+/// and resume by it, never by timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[serde(transparent)]
+pub struct Seq(pub i64);
+
+impl ThreadId {
+    pub fn generate() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    /// Parses a thread id from a path or frame; any malformed id is simply not found.
+    pub fn parse(s: &str) -> Option<Self> {
+        Uuid::parse_str(s).ok().map(Self)
+    }
+}
+
+impl MessageId {
+    pub fn generate() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl std::fmt::Display for ThreadId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::fmt::Display for UserId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Ids arrive from clients as JSON integers; zero and negatives name nothing.
+fn positive(value: i64, what: &str) -> Result<i64, ValidationError> {
+    if value > 0 { Ok(value) } else { Err(ValidationError::new(format!("{what} must be a positive integer"))) }
+}
+
+impl UserId {
+    /// # Errors
+    /// Zero or negative ids.
+    pub fn parse(value: i64, what: &str) -> Result<Self, ValidationError> {
+        positive(value, what).map(Self)
+    }
+}
+
+impl JobId {
+    /// # Errors
+    /// Zero or negative ids.
+    pub fn parse(value: i64, what: &str) -> Result<Self, ValidationError> {
+        positive(value, what).map(Self)
+    }
+}
+
+/// The sender's idempotency key: a repeated key returns the first message.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ClientMsgId(String);
+
+impl ClientMsgId {
+    /// Long enough for a UUID with a prefix; a bound so keys cannot bloat the index.
+    pub const MAX_CHARS: usize = 100;
+
+    /// # Errors
+    /// An empty key, one over 100 characters, or one with control characters.
+    pub fn parse(s: String) -> Result<Self, ValidationError> {
+        if s.is_empty() || s.chars().count() > Self::MAX_CHARS || s.chars().any(char::is_control) {
+            return Err(ValidationError::new("client_msg_id must be 1 to 100 printable characters"));
+        }
+        Ok(Self(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}

@@ -1,0 +1,56 @@
+use serde::{Deserialize, Serialize};
+
+use super::{UserId, ValidationError};
+
+/// What a user does on the marketplace; the workflows check it (only clients hire,
+/// only freelancers propose).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Client,
+    Freelancer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Freelancer => "freelancer",
+        }
+    }
+
+    /// # Errors
+    /// Anything but `client` or `freelancer`.
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        match s {
+            "client" => Ok(Self::Client),
+            "freelancer" => Ok(Self::Freelancer),
+            _ => Err(ValidationError::new("role must be \"client\" or \"freelancer\"")),
+        }
+    }
+}
+
+/// The public view of a user (contract: User).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct User {
+    #[schema(value_type = i64)]
+    pub id: UserId,
+    pub username: String,
+    pub full_name: String,
+    pub role: Role,
+}
+
+/// A user as a message names its sender and recipient (no role, as in the seed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct UserRef {
+    #[schema(value_type = i64)]
+    pub id: UserId,
+    pub username: String,
+    pub full_name: String,
+}
+
+impl From<&User> for UserRef {
+    fn from(u: &User) -> Self {
+        Self { id: u.id, username: u.username.clone(), full_name: u.full_name.clone() }
+    }
+}

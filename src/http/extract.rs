@@ -1,0 +1,152 @@
+//! Extractors whose every rejection is an [`ApiError`] in the contract's shape:
+//! JSON bodies (`invalid_json` vs `validation_failed` vs 413), bearer auth, ids
+//! in paths (a malformed id names nothing: 404) and query strings.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use serde::de::DeserializeOwned;
+
+use super::{ApiError, AppState};
+use crate::auth::{TokenError, TokenKind};
+use crate::domain::{ErrorCode, ThreadId, User};
+
+/// A JSON body. The content type is not required (curl users forget it); an
+/// empty body counts as `{}`, so a missing field is named in the error.
+pub(crate) struct Json<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(ErrorCode::PayloadTooLarge, "the request body is too large")
+            } else {
+                ApiError::new(ErrorCode::InvalidJson, format!("cannot read the request body: {rejection}"))
+            }
+        })?;
+        parse_json(&bytes).map(Json)
+    }
+}
+
+/// Parses a JSON document, telling malformed JSON from well-formed JSON of the wrong shape.
+///
+/// # Errors
+/// `invalid_json` for malformed text; `validation_failed` for missing, unknown or mistyped fields.
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { bytes };
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::new(ErrorCode::ValidationFailed, e.to_string()),
+        _ => ApiError::new(ErrorCode::InvalidJson, format!("the body is not valid JSON: {e}")),
+    })
+}
+
+/// The signed-in user of a request with `Authorization: Bearer <access token>`.
+pub(crate) struct AuthUser(pub User);
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))) else {
+            return Err(ApiError::new(ErrorCode::Unauthorized, "sign in: send Authorization: Bearer <access token>"));
+        };
+        let user_id = state.keys.verify(token.trim(), TokenKind::Access).map_err(token_error)?;
+        Ok(Self(state.chat.authenticated_user(user_id).await?))
+    }
+}
+
+pub(crate) fn token_error(e: TokenError) -> ApiError {
+    ApiError::new(ErrorCode::Unauthorized, e.to_string())
+}
+
+/// An integer id in a path; anything else is a path that names nothing.
+pub(crate) struct IdPath(pub i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(raw) = axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::NotFound, "not found"))?;
+        raw.parse::<i64>()
+            .ok()
+            .filter(|id| *id > 0)
+            .map(Self)
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "not found"))
+    }
+}
+
+/// A thread id in a path.
+pub(crate) struct ThreadPath(pub ThreadId);
+
+impl<S: Send + Sync> FromRequestParts<S> for ThreadPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(raw) = axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::NotFound, "thread not found"))?;
+        ThreadId::parse(&raw).map(Self).ok_or_else(|| ApiError::new(ErrorCode::NotFound, "thread not found"))
+    }
+}
+
+/// A query string; a malformed one is `validation_failed`.
+pub(crate) struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|q| Query(q.0))
+            .map_err(|e| ApiError::new(ErrorCode::ValidationFailed, e.body_text()))
+    }
+}
+
+/// Ids as the original clients send them: a JSON integer, or a string of digits
+/// (what a form field or a route parameter gives).
+pub(crate) mod flexible_id {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum IntOrString {
+        Int(i64),
+        Str(String),
+    }
+
+    /// # Errors
+    /// Anything but an integer or a string of one.
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        match IntOrString::deserialize(d)? {
+            IntOrString::Int(i) => Ok(i),
+            IntOrString::Str(s) => s.trim().parse().map_err(|_| D::Error::custom("expected an integer id")),
+        }
+    }
+}
+
+/// Amounts as the original clients send them: a JSON number or a numeric string.
+pub(crate) mod flexible_amount {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumOrString {
+        Num(f64),
+        Str(String),
+    }
+
+    /// # Errors
+    /// Anything but a number or a string of one.
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        match NumOrString::deserialize(d)? {
+            NumOrString::Num(n) => Ok(n),
+            NumOrString::Str(s) => s.trim().parse().map_err(|_| D::Error::custom("expected a number")),
+        }
+    }
+}

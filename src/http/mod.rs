@@ -1,0 +1,103 @@
+//! The REST surface: one route table in the contract's order, thin handlers that
+//! translate between HTTP and [`Chat`] calls, and one error type.
+
+mod accounts;
+mod error;
+mod extract;
+mod marketplace;
+mod messaging;
+mod metrics;
+mod openapi;
+mod ops;
+mod threads;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use tower::Layer;
+use tower_http::normalize_path::NormalizePathLayer;
+use utoipa::IntoParams;
+
+use crate::auth::JwtKeys;
+use crate::chat::Chat;
+use crate::config::Config;
+
+pub use error::{ApiError, ErrorBody, status_of};
+pub use metrics::Metrics;
+pub use openapi::ApiDoc;
+
+/// What every handler can reach; cloned per request (all of it is `Arc`s).
+#[derive(Clone)]
+pub struct AppState {
+    pub chat: Chat,
+    pub keys: Arc<JwtKeys>,
+    pub metrics: Arc<Metrics>,
+    pub config: Arc<Config>,
+}
+
+/// `?limit=&offset=` of a list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    /// 1 to 200, default 50.
+    limit: Option<i64>,
+    /// How many to skip, default 0.
+    offset: Option<i64>,
+}
+
+/// The route table, written in `API.md` order. Paths are declared without their
+/// trailing slash; [`service`] strips it from requests, so both forms answer alike
+/// with no redirect.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/api/auth/register", post(accounts::register_user))
+        .route("/api/auth/token", post(accounts::obtain_token))
+        .route("/api/auth/token/refresh", post(accounts::refresh_token))
+        .route("/api/auth/me", get(accounts::get_me))
+        .route("/api/freelancers", get(marketplace::list_freelancers))
+        .route("/api/freelancers/{id}", get(marketplace::get_freelancer))
+        .route("/api/jobs", post(marketplace::create_job).get(marketplace::list_jobs))
+        .route("/api/jobs/{id}", get(marketplace::get_job))
+        .route("/api/jobs/{id}/proposals", post(marketplace::submit_proposal))
+        .route("/api/chat/hire-freelancer", post(threads::hire_freelancer))
+        .route("/api/chat/proposal-chat", post(threads::proposal_chat))
+        .route("/api/chat/threads", get(threads::list_threads))
+        .route("/api/chat/threads/{id}", get(threads::get_thread))
+        .route("/api/chat/threads/{id}/messages", get(threads::list_messages).post(threads::post_message))
+        .route("/api/chat/threads/{id}/read", post(threads::mark_thread_read))
+        .route("/api/messaging/messages", get(messaging::list_conversation))
+        .route("/api/messages", get(messaging::list_conversation))
+        .route("/api/messaging/messages/user/{id}/unread", get(messaging::get_unread_from))
+        .route("/api/messaging/unread", get(messaging::get_unread_totals))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/api/openapi.json", get(ops::openapi));
+    api.fallback(accounts::not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::track))
+        .with_state(state)
+}
+
+async fn method_not_allowed(method: axum::http::Method) -> (axum::http::StatusCode, axum::Json<ErrorBody>) {
+    let body = ErrorBody {
+        error: crate::domain::ErrorCode::ValidationFailed,
+        detail: format!("this endpoint does not accept {method}"),
+    };
+    (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(body))
+}
+
+/// The router behind trailing-slash normalization, ready for `axum::serve`.
+pub fn service(
+    state: AppState,
+) -> axum::extract::connect_info::IntoMakeServiceWithConnectInfo<
+    tower_http::normalize_path::NormalizePath<Router>,
+    std::net::SocketAddr,
+> {
+    let app = NormalizePathLayer::trim_trailing_slash().layer(router(state));
+    axum::ServiceExt::<Request>::into_make_service_with_connect_info::<std::net::SocketAddr>(app)
+}

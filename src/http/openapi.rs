@@ -1,0 +1,33 @@
+//! The OpenAPI 3 document, generated from the handlers' annotations.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{accounts, marketplace, messaging, threads};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Confab", description = "Real-time chat for online marketplaces. Every path also answers without its trailing slash."),
+    paths(
+        accounts::register_user, accounts::obtain_token, accounts::refresh_token, accounts::get_me,
+        marketplace::list_freelancers, marketplace::get_freelancer, marketplace::create_job, marketplace::list_jobs,
+        marketplace::get_job, marketplace::submit_proposal,
+        threads::hire_freelancer, threads::proposal_chat, threads::list_threads, threads::get_thread,
+        threads::list_messages, threads::post_message, threads::mark_thread_read,
+        messaging::list_conversation, messaging::get_unread_from, messaging::get_unread_totals,
+    ),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}

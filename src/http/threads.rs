@@ -1,0 +1,183 @@
+//! The workflows (Hire Me, proposal chat), the inbox, thread messages and read markers.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::extract::{AuthUser, Json, Query, ThreadPath, flexible_id};
+use super::{ApiError, AppState, ErrorBody, PageQuery};
+use crate::chat::{Opening, SendTarget, redirect_url};
+use crate::domain::{JobId, Message, Page, PageRequest, Seq, Thread, UserId, ValidationError};
+use crate::store::Cursor;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HireBody {
+    #[serde(deserialize_with = "flexible_id::deserialize")]
+    freelancer_id: i64,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProposalChatBody {
+    #[serde(deserialize_with = "flexible_id::deserialize")]
+    job_id: i64,
+}
+
+/// The answer of both workflows.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct WorkflowThread {
+    thread: Thread,
+    created: bool,
+    redirect_url: String,
+}
+
+/// 201 when the workflow created the thread, 200 when it already existed.
+fn workflow_answer(opening: Opening) -> (StatusCode, axum::Json<WorkflowThread>) {
+    let status = if opening.created { StatusCode::CREATED } else { StatusCode::OK };
+    let redirect_url = redirect_url(&opening.thread);
+    (status, axum::Json(WorkflowThread { thread: opening.thread, created: opening.created, redirect_url }))
+}
+
+#[utoipa::path(post, path = "/api/chat/hire-freelancer/", tag = "workflows", security(("bearer" = [])),
+    request_body = HireBody,
+    responses((status = 201, body = WorkflowThread, description = "thread created"),
+        (status = 200, body = WorkflowThread, description = "thread existed"),
+        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn hire_freelancer(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Json(body): Json<HireBody>,
+) -> Result<(StatusCode, axum::Json<WorkflowThread>), ApiError> {
+    let freelancer = UserId::parse(body.freelancer_id, "freelancer_id")?;
+    Ok(workflow_answer(state.chat.hire_freelancer(&user, freelancer).await?))
+}
+
+#[utoipa::path(post, path = "/api/chat/proposal-chat/", tag = "workflows", security(("bearer" = [])),
+    request_body = ProposalChatBody,
+    responses((status = 201, body = WorkflowThread, description = "thread created"),
+        (status = 200, body = WorkflowThread, description = "thread existed"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn proposal_chat(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Json(body): Json<ProposalChatBody>,
+) -> Result<(StatusCode, axum::Json<WorkflowThread>), ApiError> {
+    let job = JobId::parse(body.job_id, "job_id")?;
+    Ok(workflow_answer(state.chat.proposal_chat(&user, job).await?))
+}
+
+#[utoipa::path(get, path = "/api/chat/threads/", tag = "threads", security(("bearer" = [])), params(PageQuery),
+    responses((status = 200, body = Page<Thread>)))]
+pub(crate) async fn list_threads(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Query(q): Query<PageQuery>,
+) -> Result<axum::Json<Page<Thread>>, ApiError> {
+    Ok(axum::Json(state.chat.inbox(&user, q.parse()?).await?))
+}
+
+#[utoipa::path(get, path = "/api/chat/threads/{id}/", tag = "threads", security(("bearer" = [])),
+    params(("id" = String, Path, format = Uuid)), responses((status = 200, body = Thread), (status = 404, body = ErrorBody)))]
+pub(crate) async fn get_thread(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    ThreadPath(id): ThreadPath,
+) -> Result<axum::Json<Thread>, ApiError> {
+    Ok(axum::Json(state.chat.thread(&user, id).await?))
+}
+
+/// A page of messages: `after_seq` gives those right after, `before_seq` those right
+/// before, neither the newest; always in seq order.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MessagesQuery {
+    before_seq: Option<i64>,
+    after_seq: Option<i64>,
+    /// 1 to 200, default 50.
+    limit: Option<i64>,
+}
+
+impl MessagesQuery {
+    pub(super) fn parse(
+        before_seq: Option<i64>,
+        after_seq: Option<i64>,
+        limit: Option<i64>,
+    ) -> Result<(Cursor, u32), ValidationError> {
+        let cursor = match (before_seq, after_seq) {
+            (Some(_), Some(_)) => return Err(ValidationError::new("give before_seq or after_seq, not both")),
+            (Some(b), None) if b >= 0 => Cursor::Before(Seq(b)),
+            (None, Some(a)) if a >= 0 => Cursor::After(Seq(a)),
+            (None, None) => Cursor::Latest,
+            _ => return Err(ValidationError::new("before_seq and after_seq must not be negative")),
+        };
+        Ok((cursor, PageRequest::parse(limit, None)?.limit))
+    }
+}
+
+#[utoipa::path(get, path = "/api/chat/threads/{id}/messages/", tag = "threads", security(("bearer" = [])),
+    params(("id" = String, Path, format = Uuid), MessagesQuery),
+    responses((status = 200, body = Page<Message>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn list_messages(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    ThreadPath(id): ThreadPath,
+    Query(q): Query<MessagesQuery>,
+) -> Result<axum::Json<Page<Message>>, ApiError> {
+    let (cursor, limit) = MessagesQuery::parse(q.before_seq, q.after_seq, q.limit)?;
+    Ok(axum::Json(state.chat.messages(&user, id, cursor, limit).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SendBody {
+    text: String,
+    /// The sender's idempotency key: repeating it returns the first message.
+    client_msg_id: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/chat/threads/{id}/messages/", tag = "threads", security(("bearer" = [])),
+    params(("id" = String, Path, format = Uuid)), request_body = SendBody,
+    responses((status = 201, body = Message), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 413, body = ErrorBody)))]
+pub(crate) async fn post_message(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    ThreadPath(id): ThreadPath,
+    Json(body): Json<SendBody>,
+) -> Result<(StatusCode, axum::Json<Message>), ApiError> {
+    let sent = state.chat.send_message(&user, SendTarget::Thread(id), body.text, body.client_msg_id).await?;
+    Ok((StatusCode::CREATED, axum::Json(sent.message)))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReadBody {
+    /// Default: everything so far.
+    up_to_seq: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ReadAnswer {
+    unread_count: i64,
+}
+
+#[utoipa::path(post, path = "/api/chat/threads/{id}/read/", tag = "threads", security(("bearer" = [])),
+    params(("id" = String, Path, format = Uuid)), request_body = ReadBody,
+    responses((status = 200, body = ReadAnswer), (status = 404, body = ErrorBody)))]
+pub(crate) async fn mark_thread_read(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    ThreadPath(id): ThreadPath,
+    Json(body): Json<ReadBody>,
+) -> Result<axum::Json<ReadAnswer>, ApiError> {
+    let marker = state.chat.mark_read(&user, id, body.up_to_seq).await?;
+    Ok(axum::Json(ReadAnswer { unread_count: marker.unread_count }))
+}
+
+impl PageQuery {
+    pub(super) fn parse(&self) -> Result<PageRequest, ValidationError> {
+        PageRequest::parse(self.limit, self.offset)
+    }
+}

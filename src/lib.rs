@@ -1,0 +1,20 @@
+//! Confab: a real-time chat server for online marketplaces.
+//!
+//! # Layout
+//! Dependencies point one way, down this list:
+//! - [`domain`]: the contract's types and rules; no I/O.
+//! - [`store`]: the `Store` trait, its SQLite implementation and the conformance suite.
+//! - [`auth`]: argon2 passwords and HS256 JWTs.
+//! - [`chat`]: the use-cases (register, hire, propose, send, read, page), over a `Store`.
+//! - [`http`]: the axum routes, extractors and the one error type of the REST API.
+//! - [`app`]: builds the state, binds the listener, serves until shutdown.
+//! - [`config`]: the command line and environment; [`demo`]: the demo marketplace.
+
+pub mod app;
+pub mod auth;
+pub mod chat;
+pub mod config;
+pub mod demo;
+pub mod domain;
+pub mod http;
+pub mod store;

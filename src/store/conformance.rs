@@ -1,0 +1,384 @@
+//! Behaviours every [`Store`] must show, one `async fn` each, run by
+//! `tests/store.rs` against every implementation on a fresh database. They panic
+//! on failure like any test.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use futures::future::join_all;
+use serde_json::json;
+
+use super::{Cursor, NewJob, NewMessage, NewProposal, NewUser, OpenThread, Store, StoreError, ThreadKey};
+use crate::domain::{
+    ClientMsgId, JobId, MessageKind, Money, PageRequest, Profile, Role, Seq, SystemMessage, ThreadId, User, UserId,
+};
+
+async fn user(store: &dyn Store, name: &str, role: Role) -> User {
+    store
+        .create_user(NewUser {
+            username: name.to_owned(),
+            password_hash: "not-a-real-hash".to_owned(),
+            full_name: format!("{name} Person"),
+            role,
+            profile: Profile::default(),
+        })
+        .await
+        .unwrap()
+}
+
+fn system(actor: &User, text: &str) -> Option<SystemMessage> {
+    Some(SystemMessage { actor: actor.id, text: text.to_owned(), metadata: json!({"action": "test"}) })
+}
+
+async fn direct(store: &dyn Store, a: &User, b: &User) -> ThreadId {
+    let open = OpenThread { key: ThreadKey::Direct { a: a.id, b: b.id }, first_message: None };
+    store.open_thread(open).await.unwrap().thread_id
+}
+
+async fn send(store: &dyn Store, thread: ThreadId, from: &User, text: &str, key: Option<&str>) -> super::Appended {
+    let new = NewMessage {
+        thread_id: thread,
+        sender: from.id,
+        text: text.to_owned(),
+        client_msg_id: key.map(|k| ClientMsgId::parse(k.to_owned()).unwrap()),
+    };
+    store.append_message(new).await.unwrap()
+}
+
+pub async fn a_taken_username_is_a_conflict(store: Arc<dyn Store>) {
+    let alice = user(&*store, "alice", Role::Client).await;
+    let again = store
+        .create_user(NewUser {
+            username: "alice".to_owned(),
+            password_hash: "h".to_owned(),
+            full_name: "Other".to_owned(),
+            role: Role::Freelancer,
+            profile: Profile::default(),
+        })
+        .await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    assert_eq!(store.user(alice.id).await.unwrap(), Some(alice.clone()));
+    let (found, hash) = store.credentials("alice").await.unwrap().unwrap();
+    assert_eq!((found, hash.as_str()), (alice, "not-a-real-hash"));
+    assert!(store.credentials("nobody").await.unwrap().is_none());
+}
+
+pub async fn profiles_and_jobs_round_trip_and_page(store: Arc<dyn Store>) {
+    let client = user(&*store, "client", Role::Client).await;
+    let mut freelancers = Vec::new();
+    for i in 0..3 {
+        let f = user(&*store, &format!("f{i}"), Role::Freelancer).await;
+        let profile = Profile {
+            headline: format!("Headline {i}"),
+            skills: vec!["Rust".to_owned(), format!("skill {i}")],
+            hourly_rate: Some(Money::from_cents(1050 + i)),
+        };
+        store.set_profile(f.id, &profile).await.unwrap();
+        freelancers.push(f);
+    }
+    let first = store.freelancers(PageRequest { limit: 2, offset: 0 }).await.unwrap();
+    assert!(first.has_more);
+    assert_eq!(first.results.len(), 2);
+    assert_eq!(first.results[0].user, freelancers[0]);
+    assert_eq!(first.results[0].skills, vec!["Rust".to_owned(), "skill 0".to_owned()]);
+    assert_eq!(first.results[0].hourly_rate, Some(Money::from_cents(1050)));
+    let rest = store.freelancers(PageRequest { limit: 2, offset: 2 }).await.unwrap();
+    assert!(!rest.has_more);
+    assert_eq!(rest.results.len(), 1);
+    assert!(store.freelancer(client.id).await.unwrap().is_none(), "a client is not a freelancer");
+
+    let job = store
+        .create_job(NewJob { client: client.id, title: "T".to_owned(), description: "D".to_owned() })
+        .await
+        .unwrap();
+    assert_eq!(job.client, client);
+    assert_eq!(store.job(job.id).await.unwrap(), Some(job.clone()));
+    assert_eq!(store.job_by_title(client.id, "T").await.unwrap(), Some(job.clone()));
+    assert!(store.job(JobId(job.id.0 + 100)).await.unwrap().is_none());
+    assert_eq!(store.jobs(PageRequest::default()).await.unwrap().results, vec![job]);
+}
+
+pub async fn concurrent_opens_of_one_pair_make_one_thread_and_one_system_message(store: Arc<dyn Store>) {
+    let client = user(&*store, "client", Role::Client).await;
+    let freelancer = user(&*store, "freelancer", Role::Freelancer).await;
+    let opens = (0..50).map(|_| {
+        let store = store.clone();
+        let open = OpenThread {
+            key: ThreadKey::Direct { a: client.id, b: freelancer.id },
+            first_message: system(&client, "hello"),
+        };
+        tokio::spawn(async move { store.open_thread(open).await.unwrap() })
+    });
+    let results: Vec<_> = join_all(opens).await.into_iter().map(Result::unwrap).collect();
+    let ids: HashSet<ThreadId> = results.iter().map(|o| o.thread_id).collect();
+    assert_eq!(ids.len(), 1, "one thread");
+    assert_eq!(results.iter().filter(|o| o.created).count(), 1, "created once");
+    let thread = *ids.iter().next().unwrap();
+    let messages = store.messages(thread, Cursor::Latest, 200).await.unwrap();
+    assert_eq!(messages.results.len(), 1, "one system message");
+    let m = &messages.results[0];
+    assert_eq!((m.seq, m.kind, m.sender_id, m.actor_id), (Seq(1), MessageKind::System, None, Some(client.id)));
+    assert_eq!(m.metadata, json!({"action": "test"}));
+    // The pair in the other order finds the same thread.
+    let reversed = OpenThread { key: ThreadKey::Direct { a: freelancer.id, b: client.id }, first_message: None };
+    assert_eq!(store.open_thread(reversed).await.unwrap().thread_id, thread);
+    assert_eq!(store.direct_thread(freelancer.id, client.id).await.unwrap(), Some(thread));
+}
+
+pub async fn a_job_thread_and_the_direct_thread_of_a_pair_are_different(store: Arc<dyn Store>) {
+    let client = user(&*store, "client", Role::Client).await;
+    let freelancer = user(&*store, "freelancer", Role::Freelancer).await;
+    let job = store.create_job(NewJob { client: client.id, title: "J".into(), description: "D".into() }).await.unwrap();
+    let other =
+        store.create_job(NewJob { client: client.id, title: "K".into(), description: "D".into() }).await.unwrap();
+    let d = direct(&*store, &client, &freelancer).await;
+    let open = |job: JobId| OpenThread {
+        key: ThreadKey::Job { job, a: freelancer.id, b: client.id },
+        first_message: system(&freelancer, "proposal"),
+    };
+    let j1 = store.open_thread(open(job.id)).await.unwrap();
+    let j1_again = store.open_thread(open(job.id)).await.unwrap();
+    let j2 = store.open_thread(open(other.id)).await.unwrap();
+    assert!(j1.created && !j1_again.created && j2.created);
+    assert_eq!(j1.thread_id, j1_again.thread_id);
+    assert!(j1_again.first_message.is_none());
+    let ids: HashSet<_> = [d, j1.thread_id, j2.thread_id].into_iter().collect();
+    assert_eq!(ids.len(), 3);
+    let record = store.thread(j1.thread_id, client.id).await.unwrap().unwrap();
+    assert_eq!(record.job.map(|j| j.title), Some("J".to_owned()));
+}
+
+pub async fn concurrent_appends_take_seqs_without_gaps_or_repeats(store: Arc<dyn Store>) {
+    let a = user(&*store, "a", Role::Client).await;
+    let b = user(&*store, "b", Role::Freelancer).await;
+    let thread = direct(&*store, &a, &b).await;
+    let sends = (0..10).map(|sender| {
+        let store = store.clone();
+        let from = if sender % 2 == 0 { a.id } else { b.id };
+        tokio::spawn(async move {
+            for i in 0..10 {
+                let new =
+                    NewMessage { thread_id: thread, sender: from, text: format!("{sender}/{i}"), client_msg_id: None };
+                store.append_message(new).await.unwrap();
+            }
+        })
+    });
+    for r in join_all(sends).await {
+        r.unwrap();
+    }
+    let page = store.messages(thread, Cursor::After(Seq(0)), 200).await.unwrap();
+    let seqs: Vec<i64> = page.results.iter().map(|m| m.seq.0).collect();
+    assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
+}
+
+pub async fn a_repeated_client_msg_id_returns_the_first_message(store: Arc<dyn Store>) {
+    let a = user(&*store, "a", Role::Client).await;
+    let b = user(&*store, "b", Role::Freelancer).await;
+    let thread = direct(&*store, &a, &b).await;
+    let first = send(&*store, thread, &a, "once", Some("c-1")).await;
+    assert!(!first.duplicate);
+    let again = send(&*store, thread, &a, "twice?", Some("c-1")).await;
+    assert!(again.duplicate);
+    assert_eq!(again.message, first.message);
+    // Another sender may use the same key.
+    let theirs = send(&*store, thread, &b, "mine", Some("c-1")).await;
+    assert!(!theirs.duplicate);
+
+    let sends = (0..50).map(|_| {
+        let store = store.clone();
+        let new = NewMessage {
+            thread_id: thread,
+            sender: a.id,
+            text: "racing".to_owned(),
+            client_msg_id: Some(ClientMsgId::parse("c-2".to_owned()).unwrap()),
+        };
+        tokio::spawn(async move { store.append_message(new).await.unwrap() })
+    });
+    let results: Vec<_> = join_all(sends).await.into_iter().map(Result::unwrap).collect();
+    assert_eq!(results.iter().filter(|r| !r.duplicate).count(), 1);
+    assert_eq!(results.iter().map(|r| r.message.id).collect::<HashSet<_>>().len(), 1);
+    let seqs: Vec<i64> =
+        store.messages(thread, Cursor::Latest, 200).await.unwrap().results.iter().map(|m| m.seq.0).collect();
+    assert_eq!(seqs, vec![1, 2, 3], "no seq was burnt by a duplicate");
+}
+
+pub async fn appending_to_an_unknown_thread_is_not_found(store: Arc<dyn Store>) {
+    let a = user(&*store, "a", Role::Client).await;
+    let new = NewMessage { thread_id: ThreadId::generate(), sender: a.id, text: "x".into(), client_msg_id: None };
+    assert!(matches!(store.append_message(new).await, Err(StoreError::NotFound(_))));
+}
+
+pub async fn text_is_stored_verbatim(store: Arc<dyn Store>) {
+    let a = user(&*store, "a", Role::Client).await;
+    let b = user(&*store, "b", Role::Freelancer).await;
+    let thread = direct(&*store, &a, &b).await;
+    let text = "Robert'); DROP TABLE messages;-- <b>bold</b> \u{1F600} \"quotes\" \\ back\nslash";
+    let sent = send(&*store, thread, &a, text, None).await;
+    let stored = store.messages(thread, Cursor::Latest, 10).await.unwrap();
+    assert_eq!(stored.results, vec![sent.message.clone()]);
+    assert_eq!(stored.results[0].text, text);
+}
+
+pub async fn message_pages_follow_their_cursor_in_seq_order(store: Arc<dyn Store>) {
+    let a = user(&*store, "a", Role::Client).await;
+    let b = user(&*store, "b", Role::Freelancer).await;
+    let thread = direct(&*store, &a, &b).await;
+    for i in 1..=10 {
+        send(&*store, thread, &a, &format!("m{i}"), None).await;
+    }
+    let seqs =
+        |p: &crate::domain::Page<crate::domain::MessageRecord>| p.results.iter().map(|m| m.seq.0).collect::<Vec<_>>();
+    let latest = store.messages(thread, Cursor::Latest, 3).await.unwrap();
+    assert_eq!((seqs(&latest), latest.has_more), (vec![8, 9, 10], true));
+    let before = store.messages(thread, Cursor::Before(Seq(8)), 3).await.unwrap();
+    assert_eq!((seqs(&before), before.has_more), (vec![5, 6, 7], true));
+    let first = store.messages(thread, Cursor::Before(Seq(3)), 5).await.unwrap();
+    assert_eq!((seqs(&first), first.has_more), (vec![1, 2], false));
+    let after = store.messages(thread, Cursor::After(Seq(2)), 3).await.unwrap();
+    assert_eq!((seqs(&after), after.has_more), (vec![3, 4, 5], true));
+    let tail = store.messages(thread, Cursor::After(Seq(8)), 3).await.unwrap();
+    assert_eq!((seqs(&tail), tail.has_more), (vec![9, 10], false));
+    let none = store.messages(thread, Cursor::After(Seq(10)), 3).await.unwrap();
+    assert_eq!((seqs(&none), none.has_more), (vec![], false));
+}
+
+pub async fn read_markers_move_forward_only_and_drive_unread_counts(store: Arc<dyn Store>) {
+    let a = user(&*store, "a", Role::Client).await;
+    let b = user(&*store, "b", Role::Freelancer).await;
+    let outsider = user(&*store, "c", Role::Client).await;
+    let open = OpenThread { key: ThreadKey::Direct { a: a.id, b: b.id }, first_message: system(&a, "hello") };
+    let thread = store.open_thread(open).await.unwrap().thread_id;
+    for i in 0..4 {
+        send(&*store, thread, &a, &format!("{i}"), None).await;
+    }
+    send(&*store, thread, &b, "reply", None).await;
+    // b has 5 unread (the system message a caused, and a's 4); a has 1 (b's reply).
+    assert_eq!(store.thread(thread, b.id).await.unwrap().unwrap().unread_count, 5);
+    assert_eq!(store.thread(thread, a.id).await.unwrap().unwrap().unread_count, 1);
+    assert_eq!(store.unread_from(b.id, a.id).await.unwrap(), 4, "only a's own messages, not the system one");
+    assert_eq!(store.unread_by_thread(b.id).await.unwrap(), vec![(thread, 5)]);
+
+    let marker = store.mark_read(thread, b.id, Some(Seq(3))).await.unwrap();
+    assert_eq!((marker.up_to_seq, marker.unread_count), (Seq(3), 2));
+    let back = store.mark_read(thread, b.id, Some(Seq(1))).await.unwrap();
+    assert_eq!(back.up_to_seq, Seq(3), "a read marker never moves back");
+    let past = store.mark_read(thread, b.id, Some(Seq(1000))).await.unwrap();
+    assert_eq!((past.up_to_seq, past.unread_count), (Seq(6), 0), "nor past the last message");
+    let all = store.mark_read(thread, a.id, None).await.unwrap();
+    assert_eq!((all.up_to_seq, all.unread_count), (Seq(6), 0));
+    assert!(store.unread_by_thread(b.id).await.unwrap().is_empty());
+    assert!(matches!(store.mark_read(thread, outsider.id, None).await, Err(StoreError::NotFound(_))));
+
+    let record = store.thread(thread, a.id).await.unwrap().unwrap();
+    let markers: Vec<(UserId, Seq)> = record.participants.iter().map(|p| (p.user.id, p.last_read_seq)).collect();
+    assert_eq!(markers, vec![(a.id, Seq(6)), (b.id, Seq(6))]);
+}
+
+pub async fn a_thread_is_invisible_to_outsiders(store: Arc<dyn Store>) {
+    let a = user(&*store, "a", Role::Client).await;
+    let b = user(&*store, "b", Role::Freelancer).await;
+    let c = user(&*store, "c", Role::Client).await;
+    let thread = direct(&*store, &a, &b).await;
+    assert!(store.thread(thread, c.id).await.unwrap().is_none());
+    assert!(store.thread(ThreadId::generate(), a.id).await.unwrap().is_none());
+    assert!(store.inbox(c.id, PageRequest::default()).await.unwrap().results.is_empty());
+    let members: Vec<UserId> = store.participants(thread).await.unwrap().iter().map(|u| u.id).collect();
+    assert_eq!(members, vec![a.id, b.id]);
+    assert!(store.participants(ThreadId::generate()).await.unwrap().is_empty());
+}
+
+pub async fn the_inbox_lists_threads_by_latest_activity(store: Arc<dyn Store>) {
+    let me = user(&*store, "me", Role::Client).await;
+    let mut threads = Vec::new();
+    for i in 0..3 {
+        let other = user(&*store, &format!("o{i}"), Role::Freelancer).await;
+        threads.push(direct(&*store, &me, &other).await);
+    }
+    let first = send(&*store, threads[0], &me, "bump the oldest", None).await;
+    let inbox = store.inbox(me.id, PageRequest { limit: 2, offset: 0 }).await.unwrap();
+    assert!(inbox.has_more);
+    let ids: Vec<ThreadId> = inbox.results.iter().map(|t| t.id).collect();
+    assert_eq!(ids, vec![threads[0], threads[2]]);
+    assert_eq!(inbox.results[0].last_message.as_ref(), Some(&first.message));
+    assert_eq!(inbox.results[0].participants.len(), 2);
+    assert!(inbox.results[1].last_message.is_none());
+    let rest = store.inbox(me.id, PageRequest { limit: 2, offset: 2 }).await.unwrap();
+    assert_eq!(rest.results.iter().map(|t| t.id).collect::<Vec<_>>(), vec![threads[1]]);
+    assert!(!rest.has_more);
+}
+
+pub async fn a_proposal_and_its_thread_are_written_together_or_not_at_all(store: Arc<dyn Store>) {
+    let client = user(&*store, "client", Role::Client).await;
+    let freelancer = user(&*store, "freelancer", Role::Freelancer).await;
+    let job = store.create_job(NewJob { client: client.id, title: "J".into(), description: "D".into() }).await.unwrap();
+    let proposal = || NewProposal {
+        job: job.id,
+        freelancer: freelancer.clone(),
+        cover_letter: "Hire me".into(),
+        bid_amount: Money::from_cents(50_050),
+    };
+    let open = || OpenThread {
+        key: ThreadKey::Job { job: job.id, a: freelancer.id, b: client.id },
+        first_message: system(&freelancer, "proposal"),
+    };
+    let (p, opened) = store.submit_proposal(proposal(), open()).await.unwrap();
+    assert!(opened.created);
+    assert_eq!((p.thread_id, p.bid_amount, p.job_id), (opened.thread_id, Money::from_cents(50_050), job.id));
+    let again = store.submit_proposal(proposal(), open()).await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    let messages = store.messages(opened.thread_id, Cursor::Latest, 10).await.unwrap();
+    assert_eq!(messages.results.len(), 1, "the refused proposal wrote nothing");
+
+    // A refused proposal that would have created its thread leaves no thread behind.
+    let other = user(&*store, "other", Role::Freelancer).await;
+    let job2 =
+        store.create_job(NewJob { client: client.id, title: "K".into(), description: "D".into() }).await.unwrap();
+    let open2 = || OpenThread {
+        key: ThreadKey::Job { job: job2.id, a: other.id, b: client.id },
+        first_message: system(&other, "proposal"),
+    };
+    let p2 = || NewProposal {
+        job: job2.id,
+        freelancer: other.clone(),
+        cover_letter: "x".into(),
+        bid_amount: Money::from_cents(1),
+    };
+    let (_, first) = store.submit_proposal(p2(), open2()).await.unwrap();
+    assert!(first.created);
+    let before = store.inbox(client.id, PageRequest::default()).await.unwrap().results.len();
+    assert!(store.submit_proposal(p2(), open2()).await.is_err());
+    assert_eq!(store.inbox(client.id, PageRequest::default()).await.unwrap().results.len(), before);
+}
+
+/// Every behaviour by name, so a backend's test file can list them all and a
+/// missing one fails to compile.
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($make:expr) => {
+        $crate::store_conformance_tests!(@each $make;
+            a_taken_username_is_a_conflict,
+            profiles_and_jobs_round_trip_and_page,
+            concurrent_opens_of_one_pair_make_one_thread_and_one_system_message,
+            a_job_thread_and_the_direct_thread_of_a_pair_are_different,
+            concurrent_appends_take_seqs_without_gaps_or_repeats,
+            a_repeated_client_msg_id_returns_the_first_message,
+            appending_to_an_unknown_thread_is_not_found,
+            text_is_stored_verbatim,
+            message_pages_follow_their_cursor_in_seq_order,
+            read_markers_move_forward_only_and_drive_unread_counts,
+            a_thread_is_invisible_to_outsiders,
+            the_inbox_lists_threads_by_latest_activity,
+            a_proposal_and_its_thread_are_written_together_or_not_at_all
+        );
+    };
+    (@each $make:expr; $($name:ident),+) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let (store, _guard) = $make.await;
+                $crate::store::conformance::$name(store).await;
+            }
+        )+
+    };
+}

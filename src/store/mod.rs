@@ -1,0 +1,220 @@
+//! Durable state behind one trait of atomic domain operations. Each implementation
+//! keeps its own transactions and migrations; `conformance` holds the behaviours
+//! every implementation must pass. Knows nothing of HTTP.
+
+pub mod conformance;
+mod rows;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::domain::{
+    ClientMsgId, Freelancer, Job, JobId, MessageRecord, Money, Page, PageRequest, Profile, Proposal, Role, Seq,
+    SystemMessage, ThreadId, ThreadRecord, User, UserId,
+};
+
+pub use sqlite::SqliteStore;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule refused the write (a taken username, a second proposal).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A row the operation needs does not exist.
+    #[error("not found: {0}")]
+    NotFound(&'static str),
+    /// The database could not be reached or is overloaded; worth retrying later.
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// Anything else: a bug or a corrupt row.
+    #[error("database error")]
+    Other(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => Self::Unavailable(e),
+            sqlx::Error::Database(ref db) if db.is_unique_violation() => {
+                Self::Conflict(db.constraint().unwrap_or("unique").to_owned())
+            }
+            other => Self::Other(Box::new(other)),
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A new account; the password is already hashed.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub username: String,
+    pub password_hash: String,
+    pub full_name: String,
+    pub role: Role,
+    pub profile: Profile,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub client: UserId,
+    pub title: String,
+    pub description: String,
+}
+
+/// What makes a two-person thread unique: the unordered pair, plus the job for a
+/// job thread. The store enforces it with a unique index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadKey {
+    Direct { a: UserId, b: UserId },
+    Job { job: JobId, a: UserId, b: UserId },
+}
+
+impl ThreadKey {
+    /// The pair with the lower id first, as the unique index stores it.
+    pub fn ordered_pair(&self) -> (UserId, UserId) {
+        let (Self::Direct { a, b } | Self::Job { a, b, .. }) = *self;
+        if a <= b { (a, b) } else { (b, a) }
+    }
+}
+
+/// Find-or-create of a two-person thread; `first_message` is written only when the
+/// thread is created, in the same transaction.
+#[derive(Debug, Clone)]
+pub struct OpenThread {
+    pub key: ThreadKey,
+    pub first_message: Option<SystemMessage>,
+}
+
+/// The outcome of [`Store::open_thread`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Opened {
+    pub thread_id: ThreadId,
+    pub created: bool,
+    pub first_message: Option<MessageRecord>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewProposal {
+    pub job: JobId,
+    pub freelancer: User,
+    pub cover_letter: String,
+    pub bid_amount: Money,
+}
+
+/// A message to append; the store assigns its id, seq and timestamp.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub thread_id: ThreadId,
+    pub sender: UserId,
+    pub text: String,
+    pub client_msg_id: Option<ClientMsgId>,
+}
+
+/// The outcome of an append: `duplicate` when the (sender, `client_msg_id`) pair was
+/// already stored, in which case `message` is the first one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Appended {
+    pub message: MessageRecord,
+    pub duplicate: bool,
+}
+
+/// Where a page of messages starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cursor {
+    /// The newest messages.
+    Latest,
+    /// The messages right after this seq.
+    After(Seq),
+    /// The messages right before this seq.
+    Before(Seq),
+}
+
+/// The outcome of [`Store::mark_read`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadMarker {
+    pub up_to_seq: Seq,
+    pub unread_count: i64,
+}
+
+/// Every durable operation Confab needs, each atomic on its own.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Answers when the database does (for `/readyz`).
+    async fn ping(&self) -> Result<()>;
+
+    /// # Errors
+    /// `Conflict` when the username is taken.
+    async fn create_user(&self, new: NewUser) -> Result<User>;
+    /// The user and their password hash, for sign-in.
+    async fn credentials(&self, username: &str) -> Result<Option<(User, String)>>;
+    async fn user(&self, id: UserId) -> Result<Option<User>>;
+    async fn user_by_username(&self, username: &str) -> Result<Option<User>>;
+    /// # Errors
+    /// `NotFound` for an unknown user.
+    async fn set_profile(&self, id: UserId, profile: &Profile) -> Result<()>;
+    async fn freelancers(&self, page: PageRequest) -> Result<Page<Freelancer>>;
+    async fn freelancer(&self, id: UserId) -> Result<Option<Freelancer>>;
+
+    async fn create_job(&self, new: NewJob) -> Result<Job>;
+    async fn jobs(&self, page: PageRequest) -> Result<Page<Job>>;
+    async fn job(&self, id: JobId) -> Result<Option<Job>>;
+    /// The job with this client and title, so loading demo data twice adds nothing.
+    async fn job_by_title(&self, client: UserId, title: &str) -> Result<Option<Job>>;
+
+    /// Finds or creates the thread of `open.key`. Exactly once under any concurrency:
+    /// insert-if-absent on a unique index, the first message in the same transaction.
+    async fn open_thread(&self, open: OpenThread) -> Result<Opened>;
+    /// Stores a proposal and finds or creates its job thread in one transaction.
+    ///
+    /// # Errors
+    /// `Conflict` when this freelancer already proposed on this job; nothing is written.
+    async fn submit_proposal(&self, new: NewProposal, thread: OpenThread) -> Result<(Proposal, Opened)>;
+    /// Appends a message with the thread's next seq, or returns the first message with
+    /// the same (sender, `client_msg_id`).
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown thread.
+    async fn append_message(&self, new: NewMessage) -> Result<Appended>;
+
+    /// The thread as `viewer` sees it; `None` when it does not exist or `viewer` is not in it.
+    async fn thread(&self, id: ThreadId, viewer: UserId) -> Result<Option<ThreadRecord>>;
+    /// The participants of a thread (empty for an unknown thread).
+    async fn participants(&self, id: ThreadId) -> Result<Vec<User>>;
+    /// `viewer`'s threads, most recent activity first.
+    async fn inbox(&self, viewer: UserId, page: PageRequest) -> Result<Page<ThreadRecord>>;
+    /// A page of a thread's messages, always in seq order.
+    async fn messages(&self, id: ThreadId, cursor: Cursor, limit: u32) -> Result<Page<MessageRecord>>;
+    /// Moves `user`'s read marker forward to `up_to` (default: the last message); it
+    /// never moves back and never passes the thread's last seq.
+    ///
+    /// # Errors
+    /// `NotFound` when `user` is not in the thread.
+    async fn mark_read(&self, id: ThreadId, user: UserId, up_to: Option<Seq>) -> Result<ReadMarker>;
+    /// The direct thread of two users, if they have one.
+    async fn direct_thread(&self, a: UserId, b: UserId) -> Result<Option<ThreadId>>;
+    /// Messages `from` sent to `to` in their two-person threads that `to` has not read.
+    async fn unread_from(&self, to: UserId, from: UserId) -> Result<i64>;
+    /// `user`'s unread count in each thread that has any.
+    async fn unread_by_thread(&self, user: UserId) -> Result<Vec<(ThreadId, i64)>>;
+}
+
+/// Opens the store a database URL names: `sqlite://…` (the default is a file in the
+/// data directory) or `postgres://…`, and runs its migrations.
+///
+/// # Errors
+/// An unknown scheme, or a database that cannot be opened or migrated.
+pub async fn connect(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        let store = SqliteStore::connect(url).await?;
+        store.migrate().await?;
+        Ok(Arc::new(store))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        anyhow::bail!("the PostgreSQL store is not part of this build yet; use a sqlite:// URL")
+    } else {
+        anyhow::bail!("unsupported database URL scheme (expected sqlite:// or postgres://)")
+    }
+}
