@@ -33,7 +33,8 @@ async fn main() -> anyhow::Result<()> {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -48,7 +49,7 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         tracing::info!(users = loaded.users, jobs = loaded.jobs, "demo marketplace loaded (password: testpass123)");
     }
     let addr = app.local_addr()?;
-    tracing::info!(%addr, "confab is listening; open http://{addr}/");
+    tracing::info!(%addr, "confab is listening on http://{addr}/ (API reference: http://{addr}/api/openapi.json)");
     app.run_until_stopped(app::shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())

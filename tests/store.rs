@@ -1,5 +1,6 @@
 //! The store conformance suite (`confab::store::conformance`) on every backend,
 //! each test on a fresh database.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 use std::sync::Arc;
 

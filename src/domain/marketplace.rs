@@ -114,21 +114,6 @@ pub struct Proposal {
     pub created_at: Timestamp,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn money_keeps_cents_exactly_and_refuses_fractions_of_a_cent() {
-        assert_eq!(Money::parse("bid", 500.5).map(Money::cents), Ok(50_050));
-        assert_eq!(Money::parse("bid", 0.29).map(Money::cents), Ok(29));
-        assert!(Money::parse("bid", 1.001).is_err());
-        assert!(Money::parse("bid", 0.0).is_err());
-        assert!(Money::parse("bid", -3.0).is_err());
-        assert!(Money::parse("bid", f64::INFINITY).is_err());
-    }
-}
-
 impl Profile {
     pub const MAX_SKILLS: usize = 30;
     pub const MAX_SKILL_CHARS: usize = 50;
@@ -158,5 +143,20 @@ impl Profile {
         }
         let hourly_rate = hourly_rate.map(|r| Money::parse("hourly_rate", r)).transpose()?;
         Ok(Self { headline, skills, hourly_rate })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_keeps_cents_exactly_and_refuses_fractions_of_a_cent() {
+        assert_eq!(Money::parse("bid", 500.5).map(Money::cents), Ok(50_050));
+        assert_eq!(Money::parse("bid", 0.29).map(Money::cents), Ok(29));
+        assert!(Money::parse("bid", 1.001).is_err());
+        assert!(Money::parse("bid", 0.0).is_err());
+        assert!(Money::parse("bid", -3.0).is_err());
+        assert!(Money::parse("bid", f64::INFINITY).is_err());
     }
 }

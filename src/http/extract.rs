@@ -37,6 +37,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
 /// `invalid_json` for malformed text; `validation_failed` for missing, unknown or mistyped fields.
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { bytes };
+    // serde would read a struct from an array too; the contract's bodies are objects.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Ok(_) => ApiError::new(ErrorCode::ValidationFailed, "the body must be a JSON object"),
+            Err(e) => ApiError::new(ErrorCode::InvalidJson, format!("the body is not valid JSON: {e}")),
+        });
+    }
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::new(ErrorCode::ValidationFailed, e.to_string()),
         _ => ApiError::new(ErrorCode::InvalidJson, format!("the body is not valid JSON: {e}")),

@@ -72,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/messages", get(messaging::list_conversation))
         .route("/api/messaging/messages/user/{id}/unread", get(messaging::get_unread_from))
         .route("/api/messaging/unread", get(messaging::get_unread_totals))
+        .route("/", get(ops::index))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -11,6 +11,18 @@ use super::openapi::ApiDoc;
 use super::{ApiError, AppState};
 use crate::domain::ErrorCode;
 
+/// What this server is and where to look next.
+pub(crate) async fn index() -> Json<serde_json::Value> {
+    Json(json!({
+        "name": "confab",
+        "version": env!("CARGO_PKG_VERSION"),
+        "openapi": "/api/openapi.json",
+        "health": "/healthz",
+        "ready": "/readyz",
+        "metrics": "/metrics",
+    }))
+}
+
 /// Alive: the process answers. Never touches the database, so a slow database
 /// does not get a healthy node restarted.
 pub(crate) async fn healthz() -> Json<serde_json::Value> {

@@ -1,0 +1,9 @@
+//! End-to-end tests: the real server on port 0, driven over real HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
+
+mod accounts;
+mod marketplace;
+mod messages;
+mod ops;
+mod support;
+mod workflows;

@@ -1,0 +1,106 @@
+use std::collections::BTreeSet;
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::support::{TestApp, assert_error};
+
+#[tokio::test]
+async fn health_and_readiness_answer() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app.send(Method::GET, "/healthz", None, None).await;
+    assert_eq!((status, body), (200, json!({"status": "ok"})));
+    let (status, body) = app.send(Method::GET, "/readyz", None, None).await;
+    assert_eq!((status, body["database"].clone()), (200, json!("ok")));
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_pattern_and_status() {
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice", "client").await;
+    app.get("/api/chat/threads/", &alice.token).await;
+    app.get("/api/chat/threads/0192f1e0-0000-7000-8000-000000000000/", &alice.token).await;
+    let res = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = res.text().await.unwrap();
+    assert!(
+        text.contains(r#"confab_http_requests_total{method="POST",route="/api/auth/register",status="201"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"confab_http_requests_total{method="GET",route="/api/chat/threads/{id}",status="404"} 1"#));
+    assert!(text.contains("confab_http_request_duration_seconds_bucket"));
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_rest_route_of_the_contract() {
+    let app = TestApp::spawn().await;
+    let (status, doc) = app.send(Method::GET, "/api/openapi.json", None, None).await;
+    assert_eq!(status, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths: BTreeSet<&str> = doc["paths"].as_object().unwrap().keys().map(String::as_str).collect();
+    let expected: BTreeSet<&str> = [
+        "/api/auth/register/",
+        "/api/auth/token/",
+        "/api/auth/token/refresh/",
+        "/api/auth/me/",
+        "/api/freelancers/",
+        "/api/freelancers/{id}/",
+        "/api/jobs/",
+        "/api/jobs/{id}/",
+        "/api/jobs/{id}/proposals/",
+        "/api/chat/hire-freelancer/",
+        "/api/chat/proposal-chat/",
+        "/api/chat/threads/",
+        "/api/chat/threads/{id}/",
+        "/api/chat/threads/{id}/messages/",
+        "/api/chat/threads/{id}/read/",
+        "/api/messaging/messages/",
+        "/api/messaging/messages/user/{id}/unread/",
+        "/api/messaging/unread/",
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(paths, expected);
+    assert!(doc["components"]["schemas"]["Message"]["properties"]["client_msg_id"].is_object());
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+#[tokio::test]
+async fn every_path_answers_with_and_without_its_trailing_slash_and_never_redirects() {
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice", "client").await;
+    for path in ["/api/auth/me/", "/api/auth/me", "/api/chat/threads/", "/api/chat/threads", "/healthz/"] {
+        let res = app.client.get(app.url(path)).bearer_auth(&alice.token).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_answer_in_the_error_shape() {
+    let app = TestApp::spawn().await;
+    assert_error(&app.send(Method::GET, "/api/nothing/here/", None, None).await, 404, "not_found");
+    let wrong_method = app.send(Method::DELETE, "/api/auth/me/", None, None).await;
+    assert_eq!(wrong_method.0, 405);
+    assert!(wrong_method.1["error"].is_string());
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413_payload_too_large() {
+    let app = TestApp::spawn_with(|c| c.max_body_bytes = 1024).await;
+    let body = json!({"username": "x".repeat(2000), "password": "testpass123", "full_name": "X", "role": "client"});
+    let answer = app.post_anon("/api/auth/register/", body).await;
+    assert_error(&answer, 413, "payload_too_large");
+}
+
+#[tokio::test]
+async fn without_a_configured_secret_the_signing_key_is_generated_once_with_mode_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = TestApp::spawn_with(|c| c.jwt_secret = None).await;
+    let alice = app.signup("alice", "client").await;
+    let key = app.data_dir.join("jwt_secret");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(std::fs::read_to_string(&key).unwrap().len() >= 32);
+    assert_eq!(app.get("/api/auth/me/", &alice.token).await.0, 200);
+}
