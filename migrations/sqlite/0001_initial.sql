@@ -22,7 +22,9 @@ CREATE TABLE jobs (
 CREATE INDEX jobs_client ON jobs (client_id);
 
 -- user_lo < user_hi are the two people of a direct or job thread; the partial
--- unique indexes make find-or-create exactly-once.
+-- unique indexes make find-or-create exactly-once. `activity` orders inboxes: it
+-- takes the next value across all threads whenever a thread is created or gets a
+-- message, so it never ties the way a timestamp can.
 CREATE TABLE threads (
     id               BLOB    PRIMARY KEY,
     kind             TEXT    NOT NULL CHECK (kind IN ('direct', 'job', 'group')),
@@ -30,9 +32,10 @@ CREATE TABLE threads (
     user_lo          INTEGER REFERENCES users (id),
     user_hi          INTEGER REFERENCES users (id),
     last_seq         INTEGER NOT NULL DEFAULT 0,
-    created_at       INTEGER NOT NULL,
-    last_activity_at INTEGER NOT NULL
+    activity         INTEGER NOT NULL,
+    created_at       INTEGER NOT NULL
 );
+CREATE INDEX threads_activity ON threads (activity);
 CREATE UNIQUE INDEX threads_direct_pair ON threads (user_lo, user_hi) WHERE kind = 'direct';
 CREATE UNIQUE INDEX threads_job_pair ON threads (job_id, user_lo, user_hi) WHERE kind = 'job';
 

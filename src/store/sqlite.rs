@@ -68,6 +68,11 @@ impl SqliteStore {
     }
 }
 
+/// Takes a thread's next seq and moves it to the top of its participants' inboxes.
+/// The single writer makes `MAX(activity) + 1` race-free.
+const BUMP_THREAD: &str = "UPDATE threads SET last_seq = last_seq + 1, \
+     activity = (SELECT MAX(activity) + 1 FROM threads) WHERE id = $1 RETURNING last_seq";
+
 /// Inserts a system message as the thread's next seq inside `tx`.
 async fn insert_system_message(
     tx: &mut Transaction<'_, Sqlite>,
@@ -75,13 +80,7 @@ async fn insert_system_message(
     message: SystemMessage,
     now: Timestamp,
 ) -> Result<MessageRecord> {
-    let seq: i64 = sqlx::query_scalar(
-        "UPDATE threads SET last_seq = last_seq + 1, last_activity_at = $1 WHERE id = $2 RETURNING last_seq",
-    )
-    .bind(now.millis())
-    .bind(thread.0)
-    .fetch_one(&mut **tx)
-    .await?;
+    let seq: i64 = sqlx::query_scalar(BUMP_THREAD).bind(thread.0).fetch_one(&mut **tx).await?;
     let record = MessageRecord {
         id: MessageId::generate(),
         thread_id: thread,
@@ -128,8 +127,9 @@ async fn open_thread_in(tx: &mut Transaction<'_, Sqlite>, open: OpenThread) -> R
     let now = Timestamp::now();
     let id = ThreadId::generate();
     let inserted = sqlx::query(
-        "INSERT INTO threads (id, kind, job_id, user_lo, user_hi, last_seq, created_at, last_activity_at) \
-         VALUES ($1, $2, $3, $4, $5, 0, $6, $6) ON CONFLICT DO NOTHING",
+        "INSERT INTO threads (id, kind, job_id, user_lo, user_hi, last_seq, created_at, activity) \
+         VALUES ($1, $2, $3, $4, $5, 0, $6, (SELECT COALESCE(MAX(activity), 0) + 1 FROM threads)) \
+         ON CONFLICT DO NOTHING",
     )
     .bind(id.0)
     .bind(kind.as_str())
@@ -376,13 +376,7 @@ impl Store for SqliteStore {
             }
         }
         let now = Timestamp::now();
-        let seq: Option<i64> = sqlx::query_scalar(
-            "UPDATE threads SET last_seq = last_seq + 1, last_activity_at = $1 WHERE id = $2 RETURNING last_seq",
-        )
-        .bind(now.millis())
-        .bind(new.thread_id.0)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let seq: Option<i64> = sqlx::query_scalar(BUMP_THREAD).bind(new.thread_id.0).fetch_optional(&mut *tx).await?;
         let Some(seq) = seq else { return Err(StoreError::NotFound("thread")) };
         let record = MessageRecord {
             id: MessageId::generate(),
@@ -430,7 +424,7 @@ impl Store for SqliteStore {
              JOIN threads t ON t.id = p.thread_id \
              LEFT JOIN jobs j ON j.id = t.job_id \
              LEFT JOIN messages m ON m.thread_id = t.id AND m.seq = t.last_seq \
-             WHERE p.user_id = $1 ORDER BY t.last_activity_at DESC, t.id DESC LIMIT $2 OFFSET $3"
+             WHERE p.user_id = $1 ORDER BY t.activity DESC LIMIT $2 OFFSET $3"
         ))
         .bind(viewer.0)
         .bind(i64::from(page.limit) + 1)
