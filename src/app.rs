@@ -7,14 +7,23 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::auth::JwtKeys;
+use crate::bus::{Bus, LocalBus};
 use crate::chat::Chat;
 use crate::config::{Config, Secret};
 use crate::http::{self, AppState, Metrics};
 use crate::store;
+use crate::ws::Hub;
+
+/// How long shutdown waits for WebSocket sessions to send their close frames.
+const SESSIONS_GRACE: Duration = Duration::from_secs(10);
 
 /// Shorter secrets are guessable offline from any token; 32 bytes matches HS256's key size.
 const MIN_SECRET_LEN: usize = 32;
@@ -35,9 +44,19 @@ impl App {
         let store = store::connect(config.database_url.expose()).await.context("opening the database")?;
         let secret = jwt_secret(&config.data_dir, config.jwt_secret.as_ref())?;
         let keys = JwtKeys::new(&secret, config.access_token_ttl, config.refresh_token_ttl);
-        let chat = Chat::new(store, config.limits);
-        let state =
-            AppState { chat, keys: Arc::new(keys), metrics: Arc::new(Metrics::new()?), config: Arc::new(config) };
+        let metrics = Arc::new(Metrics::new()?);
+        let hub = Arc::new(Hub::new(config.ws.max_connections_per_user, metrics.registry())?);
+        let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(hub.clone()));
+        let chat = Chat::new(store, bus, config.limits);
+        let state = AppState {
+            chat,
+            keys: Arc::new(keys),
+            metrics,
+            config: Arc::new(config),
+            hub,
+            shutdown: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+        };
         let listener =
             TcpListener::bind(state.config.listen).await.with_context(|| format!("binding {}", state.config.listen))?;
         Ok(Self { listener, state })
@@ -55,13 +74,32 @@ impl App {
         &self.state.chat
     }
 
-    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    /// Serves until `shutdown` completes; then stops accepting, finishes in-flight
+    /// requests, closes every WebSocket with 1001, and stores every message already
+    /// queued before returning.
     ///
     /// # Errors
     /// An I/O error of the listener.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let (token, sessions, chat) =
+            (self.state.shutdown.clone(), self.state.sessions.clone(), self.state.chat.clone());
+        let stopping = token.clone();
         let service = http::service(self.state);
-        axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await
+        let served = axum::serve(self.listener, service)
+            .with_graceful_shutdown(async move {
+                tokio::select! {
+                    () = shutdown => {},
+                    () = stopping.cancelled() => {},
+                }
+            })
+            .await;
+        token.cancel();
+        sessions.close();
+        if tokio::time::timeout(SESSIONS_GRACE, sessions.wait()).await.is_err() {
+            tracing::warn!("some WebSocket sessions did not close in time");
+        }
+        chat.finish_sends().await;
+        served
     }
 }
 

@@ -100,6 +100,27 @@ pub struct ServeArgs {
     /// Largest request body, in bytes; larger ones get 413.
     #[arg(long, env = "CONFAB_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
+    /// Messages, typing and read frames a user may send per second (all devices together).
+    #[arg(long, env = "CONFAB_RATE_LIMIT", default_value_t = 20)]
+    pub rate_limit: u32,
+    /// How many of those a user may send in one burst.
+    #[arg(long, env = "CONFAB_RATE_BURST", default_value_t = 60)]
+    pub rate_burst: u32,
+    /// Frames queued for one WebSocket connection; a client further behind is closed with 1013.
+    #[arg(long, env = "CONFAB_WS_QUEUE", default_value_t = 1024)]
+    pub ws_queue: usize,
+    /// Largest WebSocket frame, in bytes; larger ones close the connection with 1009.
+    #[arg(long, env = "CONFAB_WS_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub ws_max_frame_bytes: usize,
+    /// Seconds between server pings.
+    #[arg(long, env = "CONFAB_WS_PING_INTERVAL", default_value_t = 30)]
+    pub ws_ping_interval: u64,
+    /// Seconds without any frame from the client (pongs count) before the server closes it.
+    #[arg(long, env = "CONFAB_WS_IDLE_TIMEOUT", default_value_t = 90)]
+    pub ws_idle_timeout: u64,
+    /// Open WebSocket connections per user on one node.
+    #[arg(long, env = "CONFAB_WS_MAX_CONNECTIONS_PER_USER", default_value_t = 16)]
+    pub ws_max_connections_per_user: usize,
     /// Lifetime of access tokens, in seconds.
     #[arg(long, env = "CONFAB_ACCESS_TOKEN_TTL", default_value_t = 900)]
     pub access_token_ttl: u64,
@@ -146,6 +167,37 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
+    pub ws: WsLimits,
+}
+
+/// The bounds of WebSocket connections; each has its reason beside its default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WsLimits {
+    /// Frames queued per connection: about a minute of a busy chat, a few MB at most.
+    pub queue: usize,
+    /// Largest frame: room for the longest message text with JSON escaping.
+    pub max_frame_bytes: usize,
+    /// Pings keep proxies from dropping quiet connections and find dead ones.
+    pub ping_interval: Duration,
+    /// A client silent this long (three missed pings) is gone.
+    pub idle_timeout: Duration,
+    /// How long a client that did not send a token may take to send its `auth` frame.
+    pub auth_timeout: Duration,
+    /// Enough for every device a person has; a bound so one account cannot hold many sockets.
+    pub max_connections_per_user: usize,
+}
+
+impl Default for WsLimits {
+    fn default() -> Self {
+        Self {
+            queue: 1024,
+            max_frame_bytes: 64 * 1024,
+            ping_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+            auth_timeout: Duration::from_secs(5),
+            max_connections_per_user: 16,
+        }
+    }
 }
 
 impl Config {
@@ -161,6 +213,7 @@ impl Config {
             max_body_bytes: 64 * 1024,
             access_token_ttl: Duration::from_secs(900),
             refresh_token_ttl: Duration::from_secs(7 * 24 * 3600),
+            ws: WsLimits::default(),
         }
     }
 }
@@ -172,10 +225,22 @@ impl From<&ServeArgs> for Config {
             data_dir: a.store.data_dir.clone(),
             database_url: a.store.database_url(),
             jwt_secret: a.jwt_secret.clone(),
-            limits: Limits { max_text_chars: a.max_text_chars },
+            limits: Limits {
+                max_text_chars: a.max_text_chars,
+                messages_per_second: a.rate_limit,
+                message_burst: a.rate_burst,
+            },
             max_body_bytes: a.max_body_bytes,
             access_token_ttl: Duration::from_secs(a.access_token_ttl),
             refresh_token_ttl: Duration::from_secs(a.refresh_token_ttl),
+            ws: WsLimits {
+                queue: a.ws_queue.max(16),
+                max_frame_bytes: a.ws_max_frame_bytes,
+                ping_interval: Duration::from_secs(a.ws_ping_interval.max(1)),
+                idle_timeout: Duration::from_secs(a.ws_idle_timeout.max(1)),
+                auth_timeout: WsLimits::default().auth_timeout,
+                max_connections_per_user: a.ws_max_connections_per_user.max(1),
+            },
         }
     }
 }

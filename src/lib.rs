@@ -5,16 +5,20 @@
 //! - [`domain`]: the contract's types and rules; no I/O.
 //! - [`store`]: the `Store` trait, its SQLite implementation and the conformance suite.
 //! - [`auth`]: argon2 passwords and HS256 JWTs.
+//! - [`bus`]: carries events to the nodes whose users must hear of them.
 //! - [`chat`]: the use-cases (register, hire, propose, send, read, page), over a `Store`.
 //! - [`http`]: the axum routes, extractors and the one error type of the REST API.
+//! - [`ws`]: the WebSocket endpoint, its sessions and this node's hub of connections.
 //! - [`app`]: builds the state, binds the listener, serves until shutdown.
 //! - [`config`]: the command line and environment; [`demo`]: the demo marketplace.
 
 pub mod app;
 pub mod auth;
+pub mod bus;
 pub mod chat;
 pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod http;
 pub mod store;
+pub mod ws;

@@ -1,14 +1,17 @@
 //! The `confab` binary: parses the command line and runs a subcommand.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use confab::app::{self, App};
 use confab::auth::{JwtKeys, TokenKind};
+use confab::bus::LocalBus;
 use confab::chat::{Chat, Limits};
 use confab::config::{Cli, Command, Config, LogFormat, ServeArgs, StoreArgs, TokensArgs};
+use confab::ws::Hub;
 use confab::{demo, store};
 use serde_json::json;
 use tracing_subscriber::EnvFilter;
@@ -55,9 +58,11 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The use-cases for a command that serves no connections: events go to an empty hub.
 async fn open_chat(args: &StoreArgs) -> anyhow::Result<Chat> {
     let store = store::connect(args.database_url().expose()).await.context("opening the database")?;
-    Ok(Chat::new(store, Limits::default()))
+    let hub = Arc::new(Hub::new(1, &prometheus::Registry::new())?);
+    Ok(Chat::new(store, Arc::new(LocalBus::new(hub)), Limits::default()))
 }
 
 async fn migrate(args: &StoreArgs) -> anyhow::Result<()> {

@@ -4,29 +4,48 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::domain::{ThreadId, User};
+use crate::domain::{ThreadId, User, UserId};
 
 /// A bound so the cache cannot grow with the number of threads ever touched; when
 /// it is reached the cache starts over, which costs one query per thread again.
 const MAX_THREADS: usize = 100_000;
 
+/// A thread's participants, with their ids ready to address events.
+#[derive(Debug)]
+pub(super) struct ThreadMembers {
+    pub(super) users: Vec<User>,
+    pub(super) ids: Arc<[UserId]>,
+}
+
+impl ThreadMembers {
+    pub(super) fn contains(&self, user: UserId) -> bool {
+        self.ids.contains(&user)
+    }
+
+    /// Everyone but `user`: typing and read events go to the other participants only.
+    pub(super) fn others(&self, user: UserId) -> Arc<[UserId]> {
+        self.ids.iter().copied().filter(|id| *id != user).collect()
+    }
+}
+
 #[derive(Debug, Default)]
 pub(super) struct Members {
-    by_thread: Mutex<HashMap<ThreadId, Arc<[User]>>>,
+    by_thread: Mutex<HashMap<ThreadId, Arc<ThreadMembers>>>,
 }
 
 impl Members {
-    pub(super) fn get(&self, thread: ThreadId) -> Option<Arc<[User]>> {
+    pub(super) fn get(&self, thread: ThreadId) -> Option<Arc<ThreadMembers>> {
         self.by_thread.lock().unwrap_or_else(PoisonError::into_inner).get(&thread).cloned()
     }
 
-    pub(super) fn insert(&self, thread: ThreadId, users: Vec<User>) -> Arc<[User]> {
-        let users: Arc<[User]> = users.into();
+    pub(super) fn insert(&self, thread: ThreadId, users: Vec<User>) -> Arc<ThreadMembers> {
+        let ids = users.iter().map(|u| u.id).collect();
+        let members = Arc::new(ThreadMembers { users, ids });
         let mut map = self.by_thread.lock().unwrap_or_else(PoisonError::into_inner);
         if map.len() >= MAX_THREADS {
             map.clear();
         }
-        map.insert(thread, users.clone());
-        users
+        map.insert(thread, members.clone());
+        members
     }
 }

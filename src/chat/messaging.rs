@@ -1,10 +1,17 @@
-//! Sending, paging, reading and counting messages.
+//! Sending, typing, paging, reading and counting messages.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use tokio::sync::oneshot;
+
+use super::committer::{Reply, SendJob};
+use super::members::ThreadMembers;
 use super::{Chat, Error, Result};
-use crate::domain::{ClientMsgId, Message, MessageText, Page, PageRequest, Seq, Thread, ThreadId, User, UserId};
+use crate::domain::{
+    Ack, ClientMsgId, ConnectionId, ErrorCode, Event, Message, MessageText, Page, PageRequest, Seq, Thread, ThreadId,
+    User, UserId,
+};
 use crate::store::{Cursor, NewMessage, OpenThread, ReadMarker, ThreadKey};
 
 /// Where a message goes: a thread, or the direct thread with a user (created if needed).
@@ -35,7 +42,7 @@ impl Chat {
     /// # Errors
     /// `not_found` when the thread does not exist or `user` is not in it: outsiders
     /// are never told that a thread exists.
-    pub(super) async fn members_for(&self, thread: ThreadId, user: UserId) -> Result<Arc<[User]>> {
+    async fn members_for(&self, thread: ThreadId, user: UserId) -> Result<Arc<ThreadMembers>> {
         let members = match self.members.get(thread) {
             Some(m) => m,
             None => {
@@ -46,21 +53,26 @@ impl Chat {
                 self.members.insert(thread, users)
             }
         };
-        if members.iter().any(|u| u.id == user) { Ok(members) } else { Err(Error::not_found("thread")) }
+        if members.contains(user) { Ok(members) } else { Err(Error::not_found("thread")) }
     }
 
-    /// Stores a message; it is committed before this returns.
-    ///
-    /// # Errors
-    /// `validation_failed` for empty or over-long text or a bad `client_msg_id`;
-    /// `not_found` for a thread the sender is not in or an unknown recipient.
-    pub async fn send_message(
+    fn check_rate(&self, user: &User) -> Result<()> {
+        if self.rate.allow(user.id) {
+            Ok(())
+        } else {
+            Err(Error::rejected(ErrorCode::RateLimited, "too many messages; slow down"))
+        }
+    }
+
+    /// Validates a send and finds its thread and participants.
+    async fn prepare(
         &self,
         sender: &User,
         target: SendTarget,
         text: String,
         client_msg_id: Option<String>,
-    ) -> Result<Sent> {
+    ) -> Result<(NewMessage, Arc<ThreadMembers>)> {
+        self.check_rate(sender)?;
         let text = MessageText::parse(text, self.limits.max_text_chars)?.into_inner();
         let client_msg_id = client_msg_id.map(ClientMsgId::parse).transpose()?;
         let thread_id = match target {
@@ -68,17 +80,65 @@ impl Chat {
             SendTarget::Recipient(to) => self.direct_thread_with(sender, to).await?,
         };
         let members = self.members_for(thread_id, sender.id).await?;
-        let appended =
-            self.store().append_message(NewMessage { thread_id, sender: sender.id, text, client_msg_id }).await?;
-        let message = if appended.duplicate {
-            // The first message may be in another thread and may have been read since.
-            let thread_id = appended.message.thread_id;
-            let record = self.store().thread(thread_id, sender.id).await?.ok_or_else(|| Error::not_found("thread"))?;
-            Message::view(appended.message, &record.participants)
-        } else {
-            Message::fresh(appended.message, members.iter())
-        };
-        Ok(Sent { message, duplicate: appended.duplicate })
+        Ok((NewMessage { thread_id, sender: sender.id, text, client_msg_id }, members))
+    }
+
+    async fn enqueue(&self, job: SendJob) -> Result<()> {
+        self.sends
+            .send(job)
+            .await
+            .map_err(|_| Error::rejected(ErrorCode::Unavailable, "the server is shutting down; send again"))
+    }
+
+    /// Stores a message and delivers it to every participant's connections; it is
+    /// committed before this returns.
+    ///
+    /// # Errors
+    /// `rate_limited`; `validation_failed` for empty or over-long text or a bad
+    /// `client_msg_id`; `not_found` for a thread the sender is not in or an unknown
+    /// recipient.
+    pub async fn send_message(
+        &self,
+        sender: &User,
+        target: SendTarget,
+        text: String,
+        client_msg_id: Option<String>,
+    ) -> Result<Sent> {
+        let (new, members) = self.prepare(sender, target, text, client_msg_id).await?;
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(SendJob { new, members, reply: Reply::Caller(tx) }).await?;
+        rx.await.map_err(|_| Error::rejected(ErrorCode::Unavailable, "the server is shutting down; send again"))?
+    }
+
+    /// Queues a message sent over a WebSocket. Once stored, the sending connection
+    /// gets `message_ack` and every other connection of the participants
+    /// `new_message`, in commit order; a refusal after queueing arrives as an
+    /// [`Event::Refused`].
+    ///
+    /// # Errors
+    /// The refusals of [`Chat::send_message`] that can be told before storing.
+    pub async fn submit_message(
+        &self,
+        sender: &User,
+        connection: ConnectionId,
+        target: SendTarget,
+        text: String,
+        client_msg_id: Option<String>,
+    ) -> Result<()> {
+        let (new, members) = self.prepare(sender, target, text, client_msg_id.clone()).await?;
+        let ack = Ack { user: sender.id, connection, client_msg_id };
+        self.enqueue(SendJob { new, members, reply: Reply::Connection(ack) }).await
+    }
+
+    /// Tells the other participants that `user` is typing.
+    ///
+    /// # Errors
+    /// `rate_limited`; `not_found` when `user` is not in the thread.
+    pub async fn typing(&self, user: &User, thread_id: ThreadId) -> Result<()> {
+        self.check_rate(user)?;
+        let members = self.members_for(thread_id, user.id).await?;
+        self.bus.publish(Event::Typing { thread_id, user: user.clone(), recipients: members.others(user.id) });
+        Ok(())
     }
 
     /// The direct thread of `sender` and `to`, created (with no system message) if needed.
@@ -138,15 +198,44 @@ impl Chat {
         }
     }
 
-    /// Moves `viewer`'s read marker forward (to the end by default).
+    /// Moves `viewer`'s read marker forward (to the end by default) and tells the
+    /// other participants.
     ///
     /// # Errors
-    /// `validation_failed` for a negative seq; `not_found` when `viewer` is not in the thread.
+    /// `rate_limited`; `validation_failed` for a negative seq; `not_found` when
+    /// `viewer` is not in the thread.
     pub async fn mark_read(&self, viewer: &User, id: ThreadId, up_to: Option<i64>) -> Result<ReadMarker> {
         if up_to.is_some_and(|s| s < 0) {
             return Err(Error::validation("up_to_seq must not be negative"));
         }
-        Ok(self.store().mark_read(id, viewer.id, up_to.map(Seq)).await?)
+        self.check_rate(viewer)?;
+        let members = self.members_for(id, viewer.id).await?;
+        let marker = self.store().mark_read(id, viewer.id, up_to.map(Seq)).await?;
+        self.bus.publish(Event::Read {
+            thread_id: id,
+            user_id: viewer.id,
+            up_to_seq: marker.up_to_seq,
+            recipients: members.others(viewer.id),
+        });
+        Ok(marker)
+    }
+
+    /// The threads `user` must be sent messages of to catch up, each with the seq to
+    /// start after: every thread they are in with a message after the seq they name
+    /// (0 for a thread they do not name). Threads they are not in are ignored.
+    pub async fn sync_plan(&self, user: &User, seen: &HashMap<ThreadId, Seq>) -> Result<Vec<(ThreadId, Seq)>> {
+        let mut plan: Vec<(ThreadId, Seq)> = self
+            .store()
+            .thread_heads(user.id)
+            .await?
+            .into_iter()
+            .filter_map(|(thread, last)| {
+                let from = seen.get(&thread).copied().unwrap_or_default();
+                (last > from).then_some((thread, from))
+            })
+            .collect();
+        plan.sort();
+        Ok(plan)
     }
 
     /// Messages from `other` to `viewer` that `viewer` has not read (seed route).

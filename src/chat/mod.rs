@@ -4,13 +4,20 @@
 //! trait; imports no axum, sqlx or redis.
 
 mod accounts;
+mod committer;
 mod marketplace;
 mod members;
 mod messaging;
+mod rate;
 mod workflows;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::Bus;
 use crate::domain::{ErrorCode, Thread, ValidationError};
 use crate::store::{Store, StoreError};
 
@@ -18,7 +25,9 @@ pub use accounts::Registration;
 pub use messaging::{SendTarget, Sent, UnreadTotals};
 pub use workflows::{Opening, ProposalSubmitted};
 
+use committer::SendJob;
 use members::Members;
+use rate::RateLimiter;
 
 /// The bounds a deployment can tune.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,34 +35,90 @@ pub struct Limits {
     /// Longest message text in characters: long enough for any chat message, short
     /// enough that one message cannot balloon every recipient's memory.
     pub max_text_chars: usize,
+    /// Messages (and typing and read frames) a user may send per second, on average…
+    pub messages_per_second: u32,
+    /// …and in a burst: enough for a person, far below what a flooding script sends.
+    pub message_burst: u32,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_text_chars: 4000 }
+        Self { max_text_chars: 4000, messages_per_second: 20, message_burst: 60 }
     }
 }
 
-/// The application's use-cases over a store.
+/// Sends waiting for the committer; past this, senders wait (back-pressure).
+const SEND_QUEUE: usize = 8192;
+
+/// The application's use-cases over a store and a bus.
 #[derive(Clone)]
 pub struct Chat {
     store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
     limits: Limits,
     members: Arc<Members>,
+    rate: Arc<RateLimiter>,
+    sends: mpsc::Sender<SendJob>,
+    committer: Arc<Committer>,
+}
+
+/// The committer task and how to stop it.
+struct Committer {
+    stop: CancellationToken,
+    task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Chat {
-    pub fn new(store: Arc<dyn Store>, limits: Limits) -> Self {
-        Self { store, limits, members: Arc::new(Members::default()) }
+    /// Starts the use-cases, with the task that commits sent messages.
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, limits: Limits) -> Self {
+        let (sends, jobs) = mpsc::channel(SEND_QUEUE);
+        let stop = CancellationToken::new();
+        let task = committer::spawn(store.clone(), bus.clone(), jobs, stop.clone());
+        Self {
+            store,
+            bus,
+            limits,
+            members: Arc::new(Members::default()),
+            rate: Arc::new(RateLimiter::new(limits.messages_per_second, limits.message_burst)),
+            sends,
+            committer: Arc::new(Committer { stop, task: Mutex::new(Some(task)) }),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
 
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.bus
+    }
+
     pub fn limits(&self) -> Limits {
         self.limits
     }
+
+    /// Stores every send queued so far, then stops taking new ones; for shutdown.
+    pub async fn finish_sends(&self) {
+        self.committer.stop.cancel();
+        let task = self.committer.task.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(task) = task
+            && let Err(e) = task.await
+        {
+            tracing::error!(error = %e, "the message committer failed");
+        }
+    }
+}
+
+/// An error and its causes on one line, for logs.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Where a Hire Me or proposal sends the browser.

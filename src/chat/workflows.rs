@@ -2,9 +2,11 @@
 //! only when it is created. The store makes it exactly-once; this layer decides who
 //! may do what.
 
+use std::sync::Arc;
+
 use super::{Chat, Error, Result};
 use crate::domain::{
-    ErrorCode, JobId, JobStatus, LongText, Money, Proposal, Role, SystemMessage, Thread, User, UserId,
+    ErrorCode, Event, JobId, JobStatus, LongText, Money, Proposal, Role, SystemMessage, Thread, User, UserId,
 };
 use crate::store::{NewProposal, OpenThread, Opened, StoreError, ThreadKey};
 
@@ -101,8 +103,16 @@ impl Chat {
         Ok(ProposalSubmitted { proposal, opening })
     }
 
+    /// The thread as the caller sees it; a new thread's system message is delivered
+    /// live to every participant, like any message.
     async fn opening(&self, caller: &User, opened: Opened) -> Result<Opening> {
         let thread = self.thread(caller, opened.thread_id).await?;
+        if opened.first_message.is_some()
+            && let Some(message) = &thread.last_message
+        {
+            let recipients = thread.participants.iter().map(|u| u.id).collect();
+            self.bus().publish(Event::Message { message: Arc::new(message.clone()), recipients, ack: None });
+        }
         Ok(Opening { thread, created: opened.created })
     }
 }

@@ -2,6 +2,7 @@
 //! the validated input types and the error codes. No I/O, no async, no axum, no SQL.
 
 mod error;
+mod event;
 mod ids;
 mod marketplace;
 mod message;
@@ -11,6 +12,7 @@ mod time;
 mod user;
 
 pub use error::ErrorCode;
+pub use event::{Ack, ConnectionId, Event};
 pub use ids::{ClientMsgId, JobId, MessageId, Seq, ThreadId, UserId};
 pub use marketplace::{Freelancer, Job, JobRef, JobStatus, Money, Profile, Proposal};
 pub use message::{Message, MessageKind, MessageRecord, SystemMessage};

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::chat;
+use crate::chat::{self, error_chain};
 use crate::domain::{ErrorCode, ValidationError};
 
 /// The contract's error body.
@@ -62,16 +62,4 @@ impl IntoResponse for ApiError {
         let body = ErrorBody { error: code, detail: self.0.detail() };
         (status_of(code), Json(body)).into_response()
     }
-}
-
-/// An error and its causes on one line, for logs.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

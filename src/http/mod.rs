@@ -21,11 +21,16 @@ use tower::Layer;
 use tower_http::normalize_path::NormalizePathLayer;
 use utoipa::IntoParams;
 
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
 use crate::auth::JwtKeys;
 use crate::chat::Chat;
 use crate::config::Config;
+use crate::ws::{self, Hub};
 
 pub use error::{ApiError, ErrorBody, status_of};
+pub(crate) use extract::token_error;
 pub use metrics::Metrics;
 pub use openapi::ApiDoc;
 
@@ -36,6 +41,12 @@ pub struct AppState {
     pub keys: Arc<JwtKeys>,
     pub metrics: Arc<Metrics>,
     pub config: Arc<Config>,
+    /// This node's live WebSocket connections.
+    pub hub: Arc<Hub>,
+    /// Cancelled when the server stops; every socket's closer is its child.
+    pub shutdown: CancellationToken,
+    /// The WebSocket sessions, so shutdown can wait for them to close.
+    pub sessions: TaskTracker,
 }
 
 /// `?limit=&offset=` of a list.
@@ -72,6 +83,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/messages", get(messaging::list_conversation))
         .route("/api/messaging/messages/user/{id}/unread", get(messaging::get_unread_from))
         .route("/api/messaging/unread", get(messaging::get_unread_totals))
+        .route("/ws/chat", get(ws::connect_ws))
+        .route("/ws/messaging", get(ws::connect_ws))
         .route("/", get(ops::index))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

@@ -203,6 +203,37 @@ pub async fn a_repeated_client_msg_id_returns_the_first_message(store: Arc<dyn S
     assert_eq!(seqs, vec![1, 2, 3], "no seq was burnt by a duplicate");
 }
 
+pub async fn a_batch_commits_together_and_refuses_only_its_bad_messages(store: Arc<dyn Store>) {
+    let a = user(&*store, "a", Role::Client).await;
+    let b = user(&*store, "b", Role::Freelancer).await;
+    let thread = direct(&*store, &a, &b).await;
+    let new = |text: &str, thread_id, key: Option<&str>| NewMessage {
+        thread_id,
+        sender: a.id,
+        text: text.to_owned(),
+        client_msg_id: key.map(|k| ClientMsgId::parse(k.to_owned()).unwrap()),
+    };
+    let batch = vec![
+        new("one", thread, Some("k")),
+        new("lost", ThreadId::generate(), None),
+        new("two", thread, None),
+        new("one again", thread, Some("k")),
+    ];
+    let results = store.append_messages(batch).await.unwrap();
+    assert_eq!(results.len(), 4);
+    let first = results[0].as_ref().unwrap();
+    assert!(!first.duplicate && first.message.seq == Seq(1));
+    assert!(matches!(results[1], Err(StoreError::NotFound(_))));
+    assert_eq!(results[2].as_ref().unwrap().message.seq, Seq(2));
+    let again = results[3].as_ref().unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.message, first.message);
+    let stored: Vec<String> =
+        store.messages(thread, Cursor::Latest, 10).await.unwrap().results.into_iter().map(|m| m.text).collect();
+    assert_eq!(stored, vec!["one".to_owned(), "two".to_owned()]);
+    assert_eq!(store.thread_heads(b.id).await.unwrap(), vec![(thread, Seq(2))]);
+}
+
 pub async fn appending_to_an_unknown_thread_is_not_found(store: Arc<dyn Store>) {
     let a = user(&*store, "a", Role::Client).await;
     let new = NewMessage { thread_id: ThreadId::generate(), sender: a.id, text: "x".into(), client_msg_id: None };
@@ -363,6 +394,7 @@ macro_rules! store_conformance_tests {
             a_job_thread_and_the_direct_thread_of_a_pair_are_different,
             concurrent_appends_take_seqs_without_gaps_or_repeats,
             a_repeated_client_msg_id_returns_the_first_message,
+            a_batch_commits_together_and_refuses_only_its_bad_messages,
             appending_to_an_unknown_thread_is_not_found,
             text_is_stored_verbatim,
             message_pages_follow_their_cursor_in_seq_order,

@@ -178,7 +178,15 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// # Errors
     /// `NotFound` for an unknown thread.
-    async fn append_message(&self, new: NewMessage) -> Result<Appended>;
+    async fn append_message(&self, new: NewMessage) -> Result<Appended> {
+        let mut results = self.append_messages(vec![new]).await?;
+        results.pop().unwrap_or(Err(StoreError::Other("an empty batch answer".into())))
+    }
+    /// Appends many messages in one transaction (group commit), each exactly as
+    /// [`Store::append_message`] would: the answers are in the order of `batch`, and
+    /// one message's refusal (an unknown thread) does not affect the others. An
+    /// outer `Err` means nothing was stored.
+    async fn append_messages(&self, batch: Vec<NewMessage>) -> Result<Vec<Result<Appended>>>;
 
     /// The thread as `viewer` sees it; `None` when it does not exist or `viewer` is not in it.
     async fn thread(&self, id: ThreadId, viewer: UserId) -> Result<Option<ThreadRecord>>;
@@ -194,6 +202,8 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// `NotFound` when `user` is not in the thread.
     async fn mark_read(&self, id: ThreadId, user: UserId, up_to: Option<Seq>) -> Result<ReadMarker>;
+    /// Every thread `user` is in, with its last seq (for `sync`).
+    async fn thread_heads(&self, user: UserId) -> Result<Vec<(ThreadId, Seq)>>;
     /// The direct thread of two users, if they have one.
     async fn direct_thread(&self, a: UserId, b: UserId) -> Result<Option<ThreadId>>;
     /// Messages `from` sent to `to` in their two-person threads that `to` has not read.

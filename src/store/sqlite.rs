@@ -117,6 +117,39 @@ async fn insert_message(tx: &mut Transaction<'_, Sqlite>, m: &MessageRecord) -> 
     Ok(())
 }
 
+/// Appends one message inside `tx`. The inner `Err` is this message's refusal
+/// (nothing written for it); the outer one aborts the whole transaction.
+async fn append_in(tx: &mut Transaction<'_, Sqlite>, new: NewMessage) -> Result<Result<Appended>> {
+    if let Some(key) = &new.client_msg_id {
+        let existing: Option<MessageRow> = sqlx::query_as(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.sender_id = $1 AND m.client_msg_id = $2"
+        ))
+        .bind(new.sender.0)
+        .bind(key.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some(row) = existing {
+            return Ok(Ok(Appended { message: row.try_into()?, duplicate: true }));
+        }
+    }
+    let seq: Option<i64> = sqlx::query_scalar(BUMP_THREAD).bind(new.thread_id.0).fetch_optional(&mut **tx).await?;
+    let Some(seq) = seq else { return Ok(Err(StoreError::NotFound("thread"))) };
+    let record = MessageRecord {
+        id: MessageId::generate(),
+        thread_id: new.thread_id,
+        seq: Seq(seq),
+        kind: MessageKind::User,
+        sender_id: Some(new.sender),
+        actor_id: Some(new.sender),
+        text: new.text,
+        metadata: serde_json::json!({}),
+        client_msg_id: new.client_msg_id.map(ClientMsgId::into_inner),
+        created_at: Timestamp::now(),
+    };
+    insert_message(tx, &record).await?;
+    Ok(Ok(Appended { message: record, duplicate: false }))
+}
+
 /// Find-or-create inside an open transaction, so a proposal can share it.
 async fn open_thread_in(tx: &mut Transaction<'_, Sqlite>, open: OpenThread) -> Result<Opened> {
     let (lo, hi) = open.key.ordered_pair();
@@ -361,38 +394,14 @@ impl Store for SqliteStore {
         Ok((proposal, opened))
     }
 
-    async fn append_message(&self, new: NewMessage) -> Result<Appended> {
+    async fn append_messages(&self, batch: Vec<NewMessage>) -> Result<Vec<Result<Appended>>> {
         let mut tx = self.writer.begin().await?;
-        if let Some(key) = &new.client_msg_id {
-            let existing: Option<MessageRow> = sqlx::query_as(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.sender_id = $1 AND m.client_msg_id = $2"
-            ))
-            .bind(new.sender.0)
-            .bind(key.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = existing {
-                return Ok(Appended { message: row.try_into()?, duplicate: true });
-            }
+        let mut results = Vec::with_capacity(batch.len());
+        for new in batch {
+            results.push(append_in(&mut tx, new).await?);
         }
-        let now = Timestamp::now();
-        let seq: Option<i64> = sqlx::query_scalar(BUMP_THREAD).bind(new.thread_id.0).fetch_optional(&mut *tx).await?;
-        let Some(seq) = seq else { return Err(StoreError::NotFound("thread")) };
-        let record = MessageRecord {
-            id: MessageId::generate(),
-            thread_id: new.thread_id,
-            seq: Seq(seq),
-            kind: MessageKind::User,
-            sender_id: Some(new.sender),
-            actor_id: Some(new.sender),
-            text: new.text,
-            metadata: serde_json::json!({}),
-            client_msg_id: new.client_msg_id.map(ClientMsgId::into_inner),
-            created_at: now,
-        };
-        insert_message(&mut tx, &record).await?;
         tx.commit().await?;
-        Ok(Appended { message: record, duplicate: false })
+        Ok(results)
     }
 
     async fn thread(&self, id: ThreadId, viewer: UserId) -> Result<Option<ThreadRecord>> {
@@ -487,6 +496,16 @@ impl Store for SqliteStore {
         .await?;
         tx.commit().await?;
         Ok(ReadMarker { up_to_seq: Seq(marker), unread_count: unread })
+    }
+
+    async fn thread_heads(&self, user: UserId) -> Result<Vec<(ThreadId, Seq)>> {
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+            "SELECT t.id, t.last_seq FROM thread_participants p JOIN threads t ON t.id = p.thread_id WHERE p.user_id = $1",
+        )
+        .bind(user.0)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows.into_iter().map(|(t, s)| (ThreadId(t), Seq(s))).collect())
     }
 
     async fn direct_thread(&self, a: UserId, b: UserId) -> Result<Option<ThreadId>> {

@@ -1,0 +1,57 @@
+//! Per-user token buckets: a user may send `per_second` frames a second on average,
+//! with bursts up to `burst`, summed over all their devices and both REST and
+//! WebSocket, so one flooding client cannot take the server from everyone else.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::Instant;
+
+use crate::domain::UserId;
+
+/// A bound on remembered users; past it, idle (full) buckets are forgotten.
+const MAX_USERS: usize = 100_000;
+
+#[derive(Debug)]
+pub(super) struct RateLimiter {
+    per_second: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<UserId, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    pub(super) fn new(per_second: u32, burst: u32) -> Self {
+        Self { per_second: f64::from(per_second), burst: f64::from(burst.max(1)), buckets: Mutex::default() }
+    }
+
+    /// Takes one token for `user`; false when their bucket is empty.
+    pub(super) fn allow(&self, user: UserId) -> bool {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        if buckets.len() >= MAX_USERS && !buckets.contains_key(&user) {
+            let (rate, burst) = (self.per_second, self.burst);
+            buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * rate < burst);
+        }
+        let (tokens, at) = buckets.entry(user).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_is_allowed_then_refused_until_tokens_refill() {
+        let limiter = RateLimiter::new(0, 3);
+        let results: Vec<bool> = (0..5).map(|_| limiter.allow(UserId(1))).collect();
+        assert_eq!(results, vec![true, true, true, false, false]);
+        assert!(limiter.allow(UserId(2)), "buckets are per user");
+    }
+}

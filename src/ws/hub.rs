@@ -1,0 +1,240 @@
+//! This node's live connections by user, and delivery of bus events into their
+//! bounded outgoing queues. Delivery never waits: a connection whose queue is full
+//! is closed with 1013 and recovers with `sync`, so one slow client costs the
+//! server a bounded queue, never unbounded memory or a stalled sender.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use axum::extract::ws::Utf8Bytes;
+use prometheus::{IntCounter, IntGauge, Registry};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::protocol;
+use crate::bus::Sink;
+use crate::domain::{ConnectionId, Event, Seq, ThreadId, UserId};
+
+/// Close code for a client that cannot keep up (RFC 6455 "try again later").
+pub(crate) const CLOSE_TRY_AGAIN: u16 = 1013;
+
+/// What a connection's writer is handed.
+#[derive(Debug, Clone)]
+pub(crate) enum Outgoing {
+    /// A frame with no ordering duty: typing, read, error, pong.
+    Frame(Utf8Bytes),
+    /// A message frame, which the writer delivers once and in seq order per thread.
+    Message { thread: ThreadId, seq: Seq, frame: Utf8Bytes, delivery: Delivery },
+    /// Start of a `sync`: hold live messages until [`Outgoing::Release`].
+    Hold,
+    /// End of a `sync`: write this frame (`synced`, or an error), then the held messages.
+    Release(Utf8Bytes),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    Live,
+    Ack,
+    Replay,
+}
+
+/// Ends a connection with a close code; the first reason given wins. A child of
+/// the server's shutdown token, so stopping the server closes every socket.
+#[derive(Debug, Clone)]
+pub(crate) struct Closer {
+    token: CancellationToken,
+    reason: Arc<Mutex<Option<(u16, &'static str)>>>,
+}
+
+impl Closer {
+    pub(crate) fn new(shutdown: &CancellationToken) -> Self {
+        Self { token: shutdown.child_token(), reason: Arc::default() }
+    }
+
+    pub(crate) fn close(&self, code: u16, reason: &'static str) {
+        self.reason.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert((code, reason));
+        self.token.cancel();
+    }
+
+    pub(crate) async fn closed(&self) {
+        self.token.cancelled().await;
+    }
+
+    /// The close code and reason; a server shutdown is 1001.
+    pub(crate) fn reason(&self) -> (u16, &'static str) {
+        self.reason.lock().unwrap_or_else(PoisonError::into_inner).unwrap_or((1001, "the server is shutting down"))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Conn {
+    id: ConnectionId,
+    queue: mpsc::Sender<Outgoing>,
+    closer: Closer,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Clone)]
+struct HubMetrics {
+    connections: IntGauge,
+    slow_closes: IntCounter,
+    frames: IntCounter,
+}
+
+/// This node's connections.
+#[derive(Debug)]
+pub struct Hub {
+    users: RwLock<HashMap<UserId, Vec<Conn>>>,
+    node: u64,
+    next: AtomicU64,
+    max_per_user: usize,
+    metrics: HubMetrics,
+}
+
+/// Refused registration: the user has too many open connections.
+#[derive(Debug)]
+pub(crate) struct TooManyConnections;
+
+impl Hub {
+    /// # Errors
+    /// Only if the metrics cannot be registered (a name clash, which is a bug).
+    pub fn new(max_per_user: usize, registry: &Registry) -> Result<Self, prometheus::Error> {
+        let metrics = HubMetrics {
+            connections: IntGauge::new("ws_connections", "Open WebSocket connections on this node")?,
+            slow_closes: IntCounter::new(
+                "ws_slow_consumer_closes_total",
+                "Connections closed with 1013 for falling behind",
+            )?,
+            frames: IntCounter::new("ws_frames_queued_total", "Frames queued to WebSocket connections")?,
+        };
+        registry.register(Box::new(metrics.connections.clone()))?;
+        registry.register(Box::new(metrics.slow_closes.clone()))?;
+        registry.register(Box::new(metrics.frames.clone()))?;
+        Ok(Self {
+            users: RwLock::default(),
+            node: rand::random::<u64>() << 32,
+            next: AtomicU64::new(1),
+            max_per_user,
+            metrics,
+        })
+    }
+
+    pub(crate) fn connections_of(&self, user: UserId) -> usize {
+        self.users.read().unwrap_or_else(PoisonError::into_inner).get(&user).map_or(0, Vec::len)
+    }
+
+    /// Adds a connection; it is removed when the returned guard drops.
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        user: UserId,
+        queue: mpsc::Sender<Outgoing>,
+        closer: Closer,
+    ) -> Result<Registration, TooManyConnections> {
+        let id = ConnectionId(self.node | (self.next.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff));
+        let mut users = self.users.write().unwrap_or_else(PoisonError::into_inner);
+        let conns = users.entry(user).or_default();
+        if conns.len() >= self.max_per_user {
+            return Err(TooManyConnections);
+        }
+        conns.push(Conn { id, queue, closer });
+        self.metrics.connections.inc();
+        Ok(Registration { hub: self.clone(), user, id })
+    }
+
+    fn push(&self, conn: &Conn, item: Outgoing) {
+        match conn.queue.try_send(item) {
+            Ok(()) => self.metrics.frames.inc(),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !conn.closer.token.is_cancelled() {
+                    self.metrics.slow_closes.inc();
+                    conn.closer.close(CLOSE_TRY_AGAIN, "too slow to keep up; reconnect and sync");
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Pushes `item` to every connection of `recipients` but `skip`, making the frame
+    /// (once) only if someone here gets it.
+    fn fan_out(&self, recipients: &[UserId], skip: Option<ConnectionId>, make: impl FnOnce() -> Outgoing) {
+        let users = self.users.read().unwrap_or_else(PoisonError::into_inner);
+        let (mut item, mut make) = (None, Some(make));
+        for conn in recipients.iter().filter_map(|u| users.get(u)).flatten() {
+            if Some(conn.id) == skip {
+                continue;
+            }
+            if item.is_none() {
+                item = make.take().map(|f| f());
+            }
+            if let Some(item) = &item {
+                self.push(conn, item.clone());
+            }
+        }
+    }
+
+    fn to_connection(&self, user: UserId, id: ConnectionId, item: Outgoing) {
+        let users = self.users.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(conn) = users.get(&user).and_then(|c| c.iter().find(|c| c.id == id)) {
+            self.push(conn, item);
+        }
+    }
+}
+
+impl Sink for Hub {
+    fn deliver(&self, event: &Event) {
+        match event {
+            Event::Message { message, recipients, ack } => {
+                let (thread, seq) = (message.thread_id, message.seq);
+                self.fan_out(recipients, ack.as_ref().map(|a| a.connection), || Outgoing::Message {
+                    thread,
+                    seq,
+                    frame: protocol::new_message(message),
+                    delivery: Delivery::Live,
+                });
+                if let Some(ack) = ack {
+                    let frame = protocol::message_ack(ack.client_msg_id.as_deref(), message);
+                    let item = Outgoing::Message { thread, seq, frame, delivery: Delivery::Ack };
+                    self.to_connection(ack.user, ack.connection, item);
+                }
+            }
+            Event::Typing { thread_id, user, recipients } => {
+                self.fan_out(recipients, None, || Outgoing::Frame(protocol::typing(*thread_id, user)));
+            }
+            Event::Read { thread_id, user_id, up_to_seq, recipients } => {
+                self.fan_out(recipients, None, || Outgoing::Frame(protocol::read(*thread_id, *user_id, *up_to_seq)));
+            }
+            Event::Refused { user, connection, code, detail, client_msg_id } => {
+                let frame = protocol::error(*code, detail, client_msg_id.as_deref());
+                self.to_connection(*user, *connection, Outgoing::Frame(frame));
+            }
+        }
+    }
+}
+
+/// A connection's place in the hub; dropping it removes the connection.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    hub: Arc<Hub>,
+    user: UserId,
+    id: ConnectionId,
+}
+
+impl Registration {
+    pub(crate) fn id(&self) -> ConnectionId {
+        self.id
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut users = self.hub.users.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(conns) = users.get_mut(&self.user) {
+            conns.retain(|c| c.id != self.id);
+            if conns.is_empty() {
+                users.remove(&self.user);
+            }
+        }
+        self.hub.metrics.connections.dec();
+    }
+}
