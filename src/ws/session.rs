@@ -59,13 +59,33 @@ pub(crate) async fn run(socket: WebSocket, state: AppState, user: Option<User>) 
     tracing::debug!(user = %user.id, connection = registration.id().0, "websocket connected");
     let writer = tokio::spawn(write_loop(sink, rx, closer.clone(), limits.ping_interval));
     let mut session = Session { state: &state, user: &user, connection: registration.id(), queue, closer };
-    session.read_loop(&mut stream, limits.idle_timeout).await;
+    let client_closed = session.read_loop(&mut stream, limits.idle_timeout).await;
     session.closer.close(1000, "");
     drop(registration);
     if let Err(e) = writer.await {
         tracing::error!(error = %e, "websocket writer failed");
     }
+    if !client_closed {
+        // The closing handshake: let the client read our close frame and answer it
+        // before the socket goes, or it may see a reset instead of the close code.
+        let _ = timeout(CLOSE_TIMEOUT, async {
+            while let Some(Ok(frame)) = stream.next().await {
+                if matches!(frame, WsMessage::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
     tracing::debug!(user = %user.id, "websocket closed");
+}
+
+/// The close code for a failed read: 1009 for a frame over the size limit.
+fn read_error_close(e: axum::Error) -> (u16, &'static str) {
+    match e.into_inner().downcast::<tungstenite::Error>().map(|e| *e) {
+        Ok(tungstenite::Error::Capacity(_)) => (1009, "frame too large"),
+        _ => (1002, "protocol error"),
+    }
 }
 
 async fn close_now(sink: &mut SplitSink<WebSocket, WsMessage>, code: u16, reason: &'static str) {
@@ -99,13 +119,17 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
-    async fn read_loop(&mut self, stream: &mut SplitStream<WebSocket>, idle_timeout: Duration) {
+    /// Reads frames until the connection ends; true when the client closed it.
+    async fn read_loop(&mut self, stream: &mut SplitStream<WebSocket>, idle_timeout: Duration) -> bool {
         let mut deadline = Instant::now() + idle_timeout;
         loop {
             let frame = tokio::select! {
                 biased;
-                () = self.closer.closed() => return,
-                () = sleep_until(deadline) => return self.closer.close(1001, "idle timeout"),
+                () = self.closer.closed() => return false,
+                () = sleep_until(deadline) => {
+                    self.closer.close(1001, "idle timeout");
+                    return false;
+                }
                 frame = stream.next() => frame,
             };
             deadline = Instant::now() + idle_timeout;
@@ -117,10 +141,12 @@ impl Session<'_> {
                     None,
                 ),
                 Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
-                Some(Ok(WsMessage::Close(_))) | None => return,
+                Some(Ok(WsMessage::Close(_))) | None => return true,
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "websocket read failed");
-                    return self.closer.close(1002, "protocol error");
+                    let (code, reason) = read_error_close(e);
+                    self.closer.close(code, reason);
+                    return false;
                 }
             }
         }

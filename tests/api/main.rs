@@ -6,4 +6,5 @@ mod marketplace;
 mod messages;
 mod ops;
 mod support;
+mod websocket;
 mod workflows;

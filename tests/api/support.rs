@@ -29,6 +29,7 @@ pub(crate) struct TestApp {
     pub(crate) client: reqwest::Client,
     pub(crate) data_dir: PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _dir: TempDir,
 }
 
@@ -68,7 +69,7 @@ impl TestApp {
         }
         let addr = app.local_addr().expect("bound address");
         let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(app.run_until_stopped(async {
+        let server = tokio::spawn(app.run_until_stopped(async {
             let _ = rx.await;
         }));
         Self {
@@ -76,6 +77,7 @@ impl TestApp {
             client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client"),
             data_dir,
             shutdown: Some(tx),
+            server: Some(server),
             _dir: dir,
         }
     }
@@ -169,6 +171,99 @@ impl TestApp {
         body["results"].as_array().expect("results").iter().map(|m| m["seq"].as_i64().expect("seq")).collect()
     }
 }
+
+impl TestApp {
+    /// Stops the server as SIGTERM would and waits until it has finished.
+    pub(crate) async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let finished = tokio::time::timeout(WAIT, server).await.expect("the server stops in time");
+            finished.expect("the server task").expect("the server exits cleanly");
+        }
+    }
+
+    /// Opens a WebSocket as `user` with `?token=` on `/ws/chat/`.
+    pub(crate) async fn ws(&self, user: &TestUser) -> WsClient {
+        WsClient::connect(&self.ws_url(&format!("/ws/chat/?token={}", user.token))).await
+    }
+
+    pub(crate) fn ws_url(&self, path: &str) -> String {
+        format!("{}{path}", self.base.replacen("http://", "ws://", 1))
+    }
+}
+
+/// How long any single wait in a test may take before the test fails.
+pub(crate) const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket client whose every wait has a timeout.
+pub(crate) struct WsClient {
+    pub(crate) socket: Socket,
+}
+
+impl WsClient {
+    pub(crate) async fn connect(url: &str) -> Self {
+        let (socket, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
+        Self { socket }
+    }
+
+    pub(crate) async fn send(&mut self, frame: Value) {
+        self.send_text(&frame.to_string()).await;
+    }
+
+    pub(crate) async fn send_text(&mut self, text: &str) {
+        use futures::SinkExt;
+        self.socket.send(WsFrame::text(text)).await.expect("frame sent");
+    }
+
+    /// The next JSON event (pings and pongs skipped); panics on close or timeout.
+    pub(crate) async fn next(&mut self) -> Value {
+        loop {
+            match self.next_frame().await {
+                WsFrame::Text(text) => return serde_json::from_str(text.as_str()).expect("events are JSON"),
+                WsFrame::Ping(_) | WsFrame::Pong(_) => continue,
+                other => panic!("expected an event, got {other:?}"),
+            }
+        }
+    }
+
+    async fn next_frame(&mut self) -> WsFrame {
+        use futures::StreamExt;
+        tokio::time::timeout(WAIT, self.socket.next())
+            .await
+            .expect("an event in time")
+            .expect("the socket is open")
+            .expect("a readable frame")
+    }
+
+    /// Reads until the server closes; returns the close code and the events before it.
+    pub(crate) async fn until_close(&mut self) -> (u16, Vec<Value>) {
+        use futures::StreamExt;
+        let mut events = Vec::new();
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.socket.next()).await.expect("a close in time");
+            match frame {
+                Some(Ok(WsFrame::Text(text))) => events.push(serde_json::from_str(text.as_str()).expect("JSON")),
+                Some(Ok(WsFrame::Close(Some(close)))) => return (u16::from(close.code), events),
+                Some(Ok(WsFrame::Close(None))) | None => return (1005, events),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("socket error before close: {e}"),
+            }
+        }
+    }
+
+    /// Sends `ping` and asserts that `pong` is the very next event: nothing else was
+    /// queued for this connection before it.
+    pub(crate) async fn assert_nothing_pending(&mut self) {
+        self.send(serde_json::json!({"type": "ping"})).await;
+        assert_eq!(self.next().await, serde_json::json!({"type": "pong"}));
+    }
+}
+
+pub(crate) use tokio_tungstenite::tungstenite::Message as WsFrame;
 
 impl Drop for TestApp {
     fn drop(&mut self) {
