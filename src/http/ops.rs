@@ -9,7 +9,6 @@ use utoipa::OpenApi;
 
 use super::openapi::ApiDoc;
 use super::{ApiError, AppState};
-use crate::domain::ErrorCode;
 
 /// What this server is and where to look next.
 pub(crate) async fn index() -> Json<serde_json::Value> {
@@ -29,19 +28,20 @@ pub(crate) async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready: the database answers; a load balancer sends traffic only then.
+/// Ready: the database and the bus answer; a load balancer sends traffic only then.
 pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    match state.chat.store().ping().await {
-        Ok(()) => (StatusCode::OK, Json(json!({"status": "ready", "database": "ok"}))),
+    let database = match state.chat.store().ping().await {
+        Ok(()) => true,
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed: database");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "unavailable", "database": "unreachable", "error": ErrorCode::Unavailable,
-                    "detail": "the database does not answer"})),
-            )
+            false
         }
-    }
+    };
+    let bus = state.chat.bus().is_healthy();
+    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
+    let body = json!({"status": if database && bus { "ready" } else { "unavailable" }, "database": word(database), "bus": word(bus)});
+    let status = if database && bus { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body))
 }
 
 pub(crate) async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
