@@ -22,8 +22,9 @@ use crate::http::{self, AppState, Metrics};
 use crate::store;
 use crate::ws::Hub;
 
-/// How long shutdown waits for WebSocket sessions to send their close frames.
-const SESSIONS_GRACE: Duration = Duration::from_secs(10);
+/// How long shutdown waits for WebSocket sessions: their acks and close frames
+/// (5 s) and the clients' answers (5 s), with room to spare.
+const SESSIONS_GRACE: Duration = Duration::from_secs(15);
 
 /// Shorter secrets are guessable offline from any token; 32 bytes matches HS256's key size.
 const MIN_SECRET_LEN: usize = 32;
@@ -55,6 +56,7 @@ impl App {
             config: Arc::new(config),
             hub,
             shutdown: CancellationToken::new(),
+            closing: CancellationToken::new(),
             sessions: TaskTracker::new(),
         };
         let listener =
@@ -81,8 +83,8 @@ impl App {
     /// # Errors
     /// An I/O error of the listener.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let (token, sessions, chat) =
-            (self.state.shutdown.clone(), self.state.sessions.clone(), self.state.chat.clone());
+        let (token, closing) = (self.state.shutdown.clone(), self.state.closing.clone());
+        let (sessions, chat) = (self.state.sessions.clone(), self.state.chat.clone());
         let stopping = token.clone();
         let service = http::service(self.state);
         let served = axum::serve(self.listener, service)
@@ -93,12 +95,15 @@ impl App {
                 }
             })
             .await;
+        // Stop reading frames, store what was accepted (its acks are queued), then
+        // let every writer flush and close with 1001.
         token.cancel();
+        chat.finish_sends().await;
+        closing.cancel();
         sessions.close();
         if tokio::time::timeout(SESSIONS_GRACE, sessions.wait()).await.is_err() {
             tracing::warn!("some WebSocket sessions did not close in time");
         }
-        chat.finish_sends().await;
         served
     }
 }

@@ -97,6 +97,12 @@ impl Chat {
         self.limits
     }
 
+    /// Whether the committer is running: without it no message can be stored.
+    pub fn is_healthy(&self) -> bool {
+        let task = self.committer.task.lock().unwrap_or_else(PoisonError::into_inner);
+        task.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// Stores every send queued so far, then stops taking new ones; for shutdown.
     pub async fn finish_sends(&self) {
         self.committer.stop.cancel();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::{Chat, Error, Result};
 use crate::domain::{
-    ErrorCode, Event, JobId, JobStatus, LongText, Money, Proposal, Role, SystemMessage, Thread, User, UserId,
+    ErrorCode, Event, JobId, JobStatus, LongText, Message, Money, Proposal, Role, SystemMessage, Thread, User, UserId,
 };
 use crate::store::{NewProposal, OpenThread, Opened, StoreError, ThreadKey};
 
@@ -107,11 +107,10 @@ impl Chat {
     /// live to every participant, like any message.
     async fn opening(&self, caller: &User, opened: Opened) -> Result<Opening> {
         let thread = self.thread(caller, opened.thread_id).await?;
-        if opened.first_message.is_some()
-            && let Some(message) = &thread.last_message
-        {
+        if let Some(record) = opened.first_message {
+            let message = Arc::new(Message::fresh(record, thread.participants.iter()));
             let recipients = thread.participants.iter().map(|u| u.id).collect();
-            self.bus().publish(Event::Message { message: Arc::new(message.clone()), recipients, ack: None });
+            self.bus().publish(Event::Message { message, recipients, ack: None });
         }
         Ok(Opening { thread, created: opened.created })
     }

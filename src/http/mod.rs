@@ -43,8 +43,11 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// This node's live WebSocket connections.
     pub hub: Arc<Hub>,
-    /// Cancelled when the server stops; every socket's closer is its child.
+    /// Cancelled when the server stops: WebSocket readers stop taking frames.
     pub shutdown: CancellationToken,
+    /// Cancelled once every accepted send is stored: every socket's closer is its
+    /// child, so the writers flush their acks and close with 1001.
+    pub closing: CancellationToken,
     /// The WebSocket sessions, so shutdown can wait for them to close.
     pub sessions: TaskTracker,
 }

@@ -31,7 +31,7 @@ pub(crate) async fn healthz() -> Json<serde_json::Value> {
 /// Ready: the database and the bus answer; a load balancer sends traffic only then.
 pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let database = match state.chat.store().ping().await {
-        Ok(()) => true,
+        Ok(()) => state.chat.is_healthy(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed: database");
             false

@@ -3,6 +3,7 @@
 //! every implementation must pass. Knows nothing of HTTP.
 
 pub mod conformance;
+mod postgres;
 mod rows;
 mod sqlite;
 
@@ -15,6 +16,7 @@ use crate::domain::{
     SystemMessage, ThreadId, ThreadRecord, User, UserId,
 };
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Why a store operation failed.
@@ -223,8 +225,49 @@ pub async fn connect(url: &str) -> anyhow::Result<Arc<dyn Store>> {
         store.migrate().await?;
         Ok(Arc::new(store))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        anyhow::bail!("the PostgreSQL store is not part of this build yet; use a sqlite:// URL")
+        let shown = redact_url(url);
+        let store = PostgresStore::connect(url).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot connect to PostgreSQL at {shown}: {}; check that the server is running, \
+                 that the address and database are right, and that the user may log in",
+                error_text(&e)
+            )
+        })?;
+        store.migrate().await.map_err(|e| anyhow::anyhow!("migrating PostgreSQL at {shown}: {}", error_text(&e)))?;
+        Ok(Arc::new(store))
     } else {
         anyhow::bail!("unsupported database URL scheme (expected sqlite:// or postgres://)")
+    }
+}
+
+/// A URL as it may be logged: the password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    let authority = match authority.rsplit_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{credentials}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    if path.is_empty() && !rest.contains('/') {
+        format!("{scheme}://{authority}")
+    } else {
+        format!("{scheme}://{authority}/{path}")
+    }
+}
+
+fn error_text(e: &StoreError) -> String {
+    crate::chat::error_chain(e)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_logged_url_never_shows_its_password() {
+        assert_eq!(super::redact_url("postgres://app:s3cret@db:5432/chat"), "postgres://app:***@db:5432/chat");
+        assert_eq!(super::redact_url("redis://:pw@cache:6379"), "redis://:***@cache:6379");
+        assert_eq!(super::redact_url("postgres://db/chat"), "postgres://db/chat");
     }
 }

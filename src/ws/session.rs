@@ -52,17 +52,22 @@ pub(crate) async fn run(socket: WebSocket, state: AppState, user: Option<User>) 
         },
     };
     let (queue, rx) = mpsc::channel(limits.queue);
-    let closer = Closer::new(&state.shutdown);
+    let closer = Closer::new(&state.closing);
     let Ok(registration) = state.hub.register(user.id, queue.clone(), closer.clone()) else {
         return close_now(&mut sink, CLOSE_POLICY, "too many connections for this user").await;
     };
     tracing::debug!(user = %user.id, connection = registration.id().0, "websocket connected");
     let writer = tokio::spawn(write_loop(sink, rx, closer.clone(), limits.ping_interval));
     let mut session = Session { state: &state, user: &user, connection: registration.id(), queue, closer };
-    let client_closed = session.read_loop(&mut stream, limits.idle_timeout).await;
-    session.closer.close(1000, "");
+    let client_closed = session.read_loop(&mut stream, &state.shutdown, limits.idle_timeout).await;
+    if client_closed {
+        session.closer.close(1000, "");
+    }
+    // On shutdown the writer is closed later, once every queued send has been stored
+    // and acked (see `App::run_until_stopped`).
+    let writer_done = writer.await;
     drop(registration);
-    if let Err(e) = writer.await {
+    if let Err(e) = writer_done {
         tracing::error!(error = %e, "websocket writer failed");
     }
     if !client_closed {
@@ -120,12 +125,18 @@ struct Session<'a> {
 
 impl Session<'_> {
     /// Reads frames until the connection ends; true when the client closed it.
-    async fn read_loop(&mut self, stream: &mut SplitStream<WebSocket>, idle_timeout: Duration) -> bool {
+    async fn read_loop(
+        &mut self,
+        stream: &mut SplitStream<WebSocket>,
+        shutdown: &tokio_util::sync::CancellationToken,
+        idle_timeout: Duration,
+    ) -> bool {
         let mut deadline = Instant::now() + idle_timeout;
         loop {
             let frame = tokio::select! {
                 biased;
                 () = self.closer.closed() => return false,
+                () = shutdown.cancelled() => return false,
                 () = sleep_until(deadline) => {
                     self.closer.close(1001, "idle timeout");
                     return false;
@@ -277,18 +288,31 @@ impl Session<'_> {
     }
 
     /// Queues the missed messages; `Ok(false)` when the connection closed meanwhile.
+    /// Each chunk waits until half the queue is free besides, so live events that
+    /// arrive during a long replay still find room.
     async fn replay(&self, seen: &HashMap<ThreadId, Seq>) -> Result<bool, chat::Error> {
         let chat = &self.state.chat;
+        let headroom = self.queue.max_capacity() / 2;
+        let chunk = (self.queue.max_capacity() / 4).max(1);
         for (thread, mut after) in chat.sync_plan(self.user, seen).await? {
             loop {
                 let page = chat.messages(self.user, thread, Cursor::After(after), SYNC_PAGE).await?;
-                for message in &page.results {
-                    after = message.seq;
-                    let frame = protocol::new_message(message);
-                    let item = Outgoing::Message { thread, seq: message.seq, frame, delivery: Delivery::Replay };
-                    if !self.push_wait(item).await {
-                        return Ok(false);
+                for part in page.results.chunks(chunk) {
+                    let permits = tokio::select! {
+                        biased;
+                        () = self.closer.closed() => return Ok(false),
+                        permits = self.queue.reserve_many(part.len() + headroom) => permits,
+                    };
+                    let Ok(mut permits) = permits else { return Ok(false) };
+                    for message in part {
+                        after = message.seq;
+                        let frame = protocol::new_message(message);
+                        let item = Outgoing::Message { thread, seq: message.seq, frame, delivery: Delivery::Replay };
+                        if let Some(permit) = permits.next() {
+                            permit.send(item);
+                        }
                     }
+                    // Dropping the rest of the permits gives the headroom back at once.
                 }
                 if !page.has_more {
                     break;
@@ -307,7 +331,8 @@ struct Recent {
 
 impl Recent {
     fn new() -> Self {
-        Self { set: HashSet::with_capacity(RECENT), order: VecDeque::with_capacity(RECENT) }
+        // Grown on demand: most connections never come near the bound.
+        Self { set: HashSet::new(), order: VecDeque::new() }
     }
 
     /// Remembers a message; false if it was already delivered.
@@ -339,7 +364,7 @@ impl Writer {
     fn accept(&mut self, item: Outgoing, out: &mut Vec<WsMessage>, closer: &Closer) {
         match item {
             Outgoing::Frame(frame) => out.push(WsMessage::Text(frame)),
-            Outgoing::Message { delivery: Delivery::Live, .. } if self.held.is_some() => {
+            Outgoing::Message { delivery: Delivery::Live | Delivery::Ack, .. } if self.held.is_some() => {
                 if let Some(held) = &mut self.held {
                     if held.len() >= MAX_HELD {
                         closer.close(super::hub::CLOSE_TRY_AGAIN, "too slow to keep up; reconnect and sync");
@@ -352,7 +377,9 @@ impl Writer {
                     let last = self.replayed.entry(thread).or_default();
                     *last = (*last).max(seq);
                 }
-                if self.recent.insert((thread, seq)) {
+                // An ack answers a send, so it is always written; it still counts as
+                // delivered, so a later replay of the same message is skipped.
+                if self.recent.insert((thread, seq)) || delivery == Delivery::Ack {
                     out.push(WsMessage::Text(frame));
                 }
             }
@@ -363,9 +390,10 @@ impl Writer {
             Outgoing::Release(trailer) => {
                 out.push(WsMessage::Text(trailer));
                 for item in self.held.take().unwrap_or_default() {
-                    if let Outgoing::Message { thread, seq, frame, .. } = item {
+                    if let Outgoing::Message { thread, seq, frame, delivery } = item {
                         let covered = self.replayed.get(&thread).is_some_and(|last| seq <= *last);
-                        if !covered && self.recent.insert((thread, seq)) {
+                        let fresh = self.recent.insert((thread, seq));
+                        if delivery == Delivery::Ack || (fresh && !covered) {
                             out.push(WsMessage::Text(frame));
                         }
                     }
@@ -415,6 +443,15 @@ async fn write_loop(
         }
     }
     let (code, reason) = closer.reason();
+    if code == 1001 {
+        // Shutting down: what is queued (the acks of the last stored messages) goes first.
+        out.clear();
+        while let Ok(item) = rx.try_recv() {
+            writer.accept(item, &mut out, &closer);
+        }
+        let mut feed = futures::stream::iter(out.drain(..).map(Ok));
+        let _ = timeout(CLOSE_TIMEOUT, sink.send_all(&mut feed)).await;
+    }
     let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
     let _ = timeout(CLOSE_TIMEOUT, sink.send(WsMessage::Close(Some(frame)))).await;
 }

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Makes sure the services the tests need answer on 127.0.0.1: PostgreSQL (5432,
+# database `test`) and Redis (6379). Starts one that is installed but stopped, with
+# the machine's own start commands; fails loudly when one cannot be had. Sourced by
+# scripts/test.sh.
+set -euo pipefail
+
+wait_for() { # name, attempts, command...
+    local name=$1 tries=$2
+    shift 2
+    for _ in $(seq "$tries"); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.5
+    done
+    echo "error: $name does not answer on 127.0.0.1 after starting it" >&2
+    return 1
+}
+
+ensure_postgres() {
+    if ! command -v pg_isready >/dev/null; then
+        echo "error: PostgreSQL is not installed (the tests need it on 127.0.0.1:5432 with a database 'test');" >&2
+        echo "       on Debian: apt-get install postgresql, then create the database 'test' with trust auth for 127.0.0.1" >&2
+        return 1
+    fi
+    if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+        echo "== starting PostgreSQL"
+        pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start
+        wait_for PostgreSQL 60 pg_isready -q -h 127.0.0.1 -p 5432
+    fi
+    if ! psql -h 127.0.0.1 -U postgres -d test -Atc 'select 1' >/dev/null 2>&1; then
+        echo "error: PostgreSQL answers, but the database 'test' is not reachable as user postgres" >&2
+        return 1
+    fi
+}
+
+ensure_redis() {
+    if ! command -v redis-server >/dev/null; then
+        echo "error: Redis is not installed (the tests need it on 127.0.0.1:6379); on Debian: apt-get install redis-server" >&2
+        return 1
+    fi
+    if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+        echo "== starting Redis"
+        mkdir -p /var/lib/redis /var/log/redis
+        redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+            --dir /var/lib/redis --logfile /var/log/redis/ci.log
+        wait_for Redis 40 redis-cli -h 127.0.0.1 -p 6379 ping
+    fi
+}
+
+ensure_postgres
+ensure_redis
+echo "== services: PostgreSQL and Redis answer"

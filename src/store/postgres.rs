@@ -1,0 +1,574 @@
+//! The store for many nodes: PostgreSQL. Row locks on a thread serialize its seqs
+//! across connections and nodes; unique indexes make workflows and idempotency
+//! exactly-once; a batch takes its thread locks in id order so that two nodes'
+//! batches can never deadlock.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use super::rows::{
+    CredentialsRow, FREELANCER_COLUMNS, FreelancerRow, JOB_COLUMNS, JobRow, MESSAGE_COLUMNS, MessageRow,
+    ParticipantRow, THREAD_COLUMNS, ThreadRow, USER_COLUMNS, UserRow, group_participants,
+};
+use super::{
+    Appended, Cursor, NewJob, NewMessage, NewProposal, NewUser, OpenThread, Opened, ReadMarker, Result, Store,
+    StoreError, ThreadKey,
+};
+use crate::domain::{
+    ClientMsgId, Freelancer, Job, JobId, MessageId, MessageKind, MessageRecord, Page, PageRequest, Participant,
+    Profile, Proposal, Seq, SystemMessage, ThreadId, ThreadKind, ThreadRecord, Timestamp, User, UserId,
+};
+
+/// Connections per node: enough for the committer, the workflows and the reads of a
+/// busy node, few enough that many nodes stay under the server's `max_connections`.
+const POOL: u32 = 16;
+/// How long a request waits for a free connection before answering `unavailable`.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The PostgreSQL implementation of [`Store`].
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to the database a `postgres://` URL names.
+    ///
+    /// # Errors
+    /// A malformed URL, or a server that cannot be reached or refuses the login.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(PgConnectOptions::from_str(url)?).await
+    }
+
+    /// Connects with prepared options (tests use them to pick a schema).
+    ///
+    /// # Errors
+    /// A server that cannot be reached or refuses the login.
+    pub async fn connect_with(options: PgConnectOptions) -> Result<Self> {
+        let pool =
+            PgPoolOptions::new().max_connections(POOL).acquire_timeout(ACQUIRE_TIMEOUT).connect_with(options).await?;
+        Ok(Self { pool })
+    }
+
+    /// Brings the schema up to date; safe to run from several nodes at once (the
+    /// migrator takes an advisory lock).
+    ///
+    /// # Errors
+    /// A migration that fails, or a database newer than this binary.
+    pub async fn migrate(&self) -> Result<()> {
+        sqlx::migrate!("./migrations/postgres").run(&self.pool).await.map_err(|e| StoreError::Other(Box::new(e)))
+    }
+}
+
+/// Takes a thread's next seq and moves it to the top of its participants' inboxes.
+/// The row lock it takes serializes the thread's seqs across nodes.
+const BUMP_THREAD: &str = "UPDATE threads SET last_seq = last_seq + 1, \
+     activity = nextval('thread_activity') WHERE id = $1 RETURNING last_seq";
+
+/// Inserts a system message as the thread's next seq inside `tx`.
+async fn insert_system_message(
+    tx: &mut Transaction<'_, Postgres>,
+    thread: ThreadId,
+    message: SystemMessage,
+    now: Timestamp,
+) -> Result<MessageRecord> {
+    let seq: i64 = sqlx::query_scalar(BUMP_THREAD).bind(thread.0).fetch_one(&mut **tx).await?;
+    let record = MessageRecord {
+        id: MessageId::generate(),
+        thread_id: thread,
+        seq: Seq(seq),
+        kind: MessageKind::System,
+        sender_id: None,
+        actor_id: Some(message.actor),
+        text: message.text,
+        metadata: message.metadata,
+        client_msg_id: None,
+        created_at: now,
+    };
+    insert_message(tx, &record).await?;
+    Ok(record)
+}
+
+async fn insert_message(tx: &mut Transaction<'_, Postgres>, m: &MessageRecord) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO messages (id, thread_id, seq, kind, sender_id, actor_id, text, metadata, client_msg_id, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(m.id.0)
+    .bind(m.thread_id.0)
+    .bind(m.seq.0)
+    .bind(m.kind.as_str())
+    .bind(m.sender_id.map(|u| u.0))
+    .bind(m.actor_id.map(|u| u.0))
+    .bind(&m.text)
+    .bind(m.metadata.to_string())
+    .bind(&m.client_msg_id)
+    .bind(m.created_at.millis())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Appends one message inside `tx`. The inner `Err` is this message's refusal
+/// (nothing written for it); the outer one aborts the whole transaction.
+async fn append_in(tx: &mut Transaction<'_, Postgres>, new: NewMessage) -> Result<Result<Appended>> {
+    let Some(key) = new.client_msg_id.clone() else { return insert_new(tx, new).await };
+    if let Some(existing) = message_by_key(tx, new.sender, key.as_str()).await? {
+        return Ok(Ok(Appended { message: existing, duplicate: true }));
+    }
+    // Another node may be storing the same key right now: try under a savepoint, and
+    // on a unique violation undo just this message (its seq too) and answer the first.
+    let mut savepoint = sqlx::Acquire::begin(&mut **tx).await?;
+    match insert_new(&mut savepoint, new.clone()).await {
+        Ok(done) => {
+            savepoint.commit().await?;
+            Ok(done)
+        }
+        Err(StoreError::Conflict(_)) => {
+            savepoint.rollback().await?;
+            let existing = message_by_key(tx, new.sender, key.as_str()).await?;
+            Ok(existing.map(|m| Appended { message: m, duplicate: true }).ok_or(StoreError::NotFound("message")))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn message_by_key(
+    tx: &mut Transaction<'_, Postgres>,
+    sender: UserId,
+    key: &str,
+) -> Result<Option<MessageRecord>> {
+    let row: Option<MessageRow> = sqlx::query_as(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.sender_id = $1 AND m.client_msg_id = $2"
+    ))
+    .bind(sender.0)
+    .bind(key)
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.map(MessageRecord::try_from).transpose()
+}
+
+async fn insert_new(tx: &mut Transaction<'_, Postgres>, new: NewMessage) -> Result<Result<Appended>> {
+    let seq: Option<i64> = sqlx::query_scalar(BUMP_THREAD).bind(new.thread_id.0).fetch_optional(&mut **tx).await?;
+    let Some(seq) = seq else { return Ok(Err(StoreError::NotFound("thread"))) };
+    let record = MessageRecord {
+        id: MessageId::generate(),
+        thread_id: new.thread_id,
+        seq: Seq(seq),
+        kind: MessageKind::User,
+        sender_id: Some(new.sender),
+        actor_id: Some(new.sender),
+        text: new.text,
+        metadata: serde_json::json!({}),
+        client_msg_id: new.client_msg_id.map(ClientMsgId::into_inner),
+        created_at: Timestamp::now(),
+    };
+    insert_message(tx, &record).await?;
+    Ok(Ok(Appended { message: record, duplicate: false }))
+}
+
+/// Find-or-create inside an open transaction, so a proposal can share it.
+async fn open_thread_in(tx: &mut Transaction<'_, Postgres>, open: OpenThread) -> Result<Opened> {
+    let (lo, hi) = open.key.ordered_pair();
+    let (kind, job) = match open.key {
+        ThreadKey::Direct { .. } => (ThreadKind::Direct, None),
+        ThreadKey::Job { job, .. } => (ThreadKind::Job, Some(job.0)),
+    };
+    let now = Timestamp::now();
+    let id = ThreadId::generate();
+    let inserted = sqlx::query(
+        "INSERT INTO threads (id, kind, job_id, user_lo, user_hi, last_seq, created_at, activity) \
+         VALUES ($1, $2, $3, $4, $5, 0, $6, nextval('thread_activity')) ON CONFLICT DO NOTHING",
+    )
+    .bind(id.0)
+    .bind(kind.as_str())
+    .bind(job)
+    .bind(lo.0)
+    .bind(hi.0)
+    .bind(now.millis())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        let existing: Uuid = sqlx::query_scalar(
+            "SELECT id FROM threads WHERE kind = $1 AND user_lo = $2 AND user_hi = $3 AND job_id IS NOT DISTINCT FROM $4",
+        )
+        .bind(kind.as_str())
+        .bind(lo.0)
+        .bind(hi.0)
+        .bind(job)
+        .fetch_one(&mut **tx)
+        .await?;
+        return Ok(Opened { thread_id: ThreadId(existing), created: false, first_message: None });
+    }
+    sqlx::query("INSERT INTO thread_participants (thread_id, user_id) VALUES ($1, $2), ($1, $3)")
+        .bind(id.0)
+        .bind(lo.0)
+        .bind(hi.0)
+        .execute(&mut **tx)
+        .await?;
+    let first_message = match open.first_message {
+        Some(m) => Some(insert_system_message(tx, id, m, now).await?),
+        None => None,
+    };
+    Ok(Opened { thread_id: id, created: true, first_message })
+}
+
+/// The unread count of `$viewer` in thread `t`, for a participant row `p` of theirs.
+const UNREAD_SUBQUERY: &str = "(SELECT COUNT(*) FROM messages x WHERE x.thread_id = t.id \
+     AND x.seq > p.last_read_seq AND (x.actor_id IS NULL OR x.actor_id <> p.user_id))";
+
+impl PostgresStore {
+    async fn participants_of(&self, threads: &[Uuid]) -> Result<HashMap<Uuid, Vec<Participant>>> {
+        if threads.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<ParticipantRow> = sqlx::query_as(&format!(
+            "SELECT p.thread_id, {USER_COLUMNS}, p.last_read_seq FROM thread_participants p \
+             JOIN users u ON u.id = p.user_id WHERE p.thread_id = ANY($1) ORDER BY p.thread_id, u.id"
+        ))
+        .bind(threads)
+        .fetch_all(&self.pool)
+        .await?;
+        group_participants(rows)
+    }
+
+    async fn fetch_job(&self, where_clause: &str, a: i64, b: Option<&str>) -> Result<Option<Job>> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs j JOIN users u ON u.id = j.client_id WHERE {where_clause}");
+        let mut q = sqlx::query_as::<_, JobRow>(&sql).bind(a);
+        if let Some(b) = b {
+            q = q.bind(b);
+        }
+        q.fetch_optional(&self.pool).await?.map(Job::try_from).transpose()
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create_user(&self, new: NewUser) -> Result<User> {
+        let skills = serde_json::to_string(&new.profile.skills).map_err(|e| StoreError::Other(Box::new(e)))?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO users (username, password_hash, full_name, role, headline, skills, hourly_rate_cents, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+        )
+        .bind(&new.username)
+        .bind(&new.password_hash)
+        .bind(&new.full_name)
+        .bind(new.role.as_str())
+        .bind(&new.profile.headline)
+        .bind(skills)
+        .bind(new.profile.hourly_rate.map(|m| m.cents()))
+        .bind(Timestamp::now().millis())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(User { id: UserId(id), username: new.username, full_name: new.full_name, role: new.role })
+    }
+
+    async fn credentials(&self, username: &str) -> Result<Option<(User, String)>> {
+        sqlx::query_as::<_, CredentialsRow>(&format!(
+            "SELECT {USER_COLUMNS}, u.password_hash FROM users u WHERE u.username = $1"
+        ))
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(CredentialsRow::into_parts)
+        .transpose()
+    }
+
+    async fn user(&self, id: UserId) -> Result<Option<User>> {
+        sqlx::query_as::<_, UserRow>(&format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1"))
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(User::try_from)
+            .transpose()
+    }
+
+    async fn user_by_username(&self, username: &str) -> Result<Option<User>> {
+        sqlx::query_as::<_, UserRow>(&format!("SELECT {USER_COLUMNS} FROM users u WHERE u.username = $1"))
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(User::try_from)
+            .transpose()
+    }
+
+    async fn set_profile(&self, id: UserId, profile: &Profile) -> Result<()> {
+        let skills = serde_json::to_string(&profile.skills).map_err(|e| StoreError::Other(Box::new(e)))?;
+        let updated = sqlx::query("UPDATE users SET headline = $1, skills = $2, hourly_rate_cents = $3 WHERE id = $4")
+            .bind(&profile.headline)
+            .bind(skills)
+            .bind(profile.hourly_rate.map(|m| m.cents()))
+            .bind(id.0)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if updated == 0 { Err(StoreError::NotFound("user")) } else { Ok(()) }
+    }
+
+    async fn freelancers(&self, page: PageRequest) -> Result<Page<Freelancer>> {
+        let rows: Vec<FreelancerRow> = sqlx::query_as(&format!(
+            "SELECT {FREELANCER_COLUMNS} FROM users u WHERE u.role = 'freelancer' ORDER BY u.id LIMIT $1 OFFSET $2"
+        ))
+        .bind(i64::from(page.limit) + 1)
+        .bind(page.offset as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let rows = rows.into_iter().map(Freelancer::try_from).collect::<Result<Vec<_>>>()?;
+        Ok(Page::from_overfetch(rows, page.limit))
+    }
+
+    async fn freelancer(&self, id: UserId) -> Result<Option<Freelancer>> {
+        sqlx::query_as::<_, FreelancerRow>(&format!(
+            "SELECT {FREELANCER_COLUMNS} FROM users u WHERE u.id = $1 AND u.role = 'freelancer'"
+        ))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(Freelancer::try_from)
+        .transpose()
+    }
+
+    async fn create_job(&self, new: NewJob) -> Result<Job> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO jobs (client_id, title, description, status, created_at) \
+             VALUES ($1, $2, $3, 'open', $4) RETURNING id",
+        )
+        .bind(new.client.0)
+        .bind(&new.title)
+        .bind(&new.description)
+        .bind(Timestamp::now().millis())
+        .fetch_one(&self.pool)
+        .await?;
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs j JOIN users u ON u.id = j.client_id WHERE j.id = $1");
+        sqlx::query_as::<_, JobRow>(&sql).bind(id).fetch_one(&self.pool).await?.try_into()
+    }
+
+    async fn jobs(&self, page: PageRequest) -> Result<Page<Job>> {
+        let rows: Vec<JobRow> = sqlx::query_as(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs j JOIN users u ON u.id = j.client_id ORDER BY j.id DESC LIMIT $1 OFFSET $2"
+        ))
+        .bind(i64::from(page.limit) + 1)
+        .bind(page.offset as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let rows = rows.into_iter().map(Job::try_from).collect::<Result<Vec<_>>>()?;
+        Ok(Page::from_overfetch(rows, page.limit))
+    }
+
+    async fn job(&self, id: JobId) -> Result<Option<Job>> {
+        self.fetch_job("j.id = $1", id.0, None).await
+    }
+
+    async fn job_by_title(&self, client: UserId, title: &str) -> Result<Option<Job>> {
+        self.fetch_job("j.client_id = $1 AND j.title = $2", client.0, Some(title)).await
+    }
+
+    async fn open_thread(&self, open: OpenThread) -> Result<Opened> {
+        let mut tx = self.pool.begin().await?;
+        let opened = open_thread_in(&mut tx, open).await?;
+        tx.commit().await?;
+        Ok(opened)
+    }
+
+    async fn submit_proposal(&self, new: NewProposal, thread: OpenThread) -> Result<(Proposal, Opened)> {
+        let mut tx = self.pool.begin().await?;
+        let opened = open_thread_in(&mut tx, thread).await?;
+        let now = Timestamp::now();
+        // A unique violation here drops `tx`, which rolls the thread back too.
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO proposals (job_id, freelancer_id, cover_letter, bid_amount_cents, thread_id, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(new.job.0)
+        .bind(new.freelancer.id.0)
+        .bind(&new.cover_letter)
+        .bind(new.bid_amount.cents())
+        .bind(opened.thread_id.0)
+        .bind(now.millis())
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let proposal = Proposal {
+            id,
+            job_id: new.job,
+            freelancer: new.freelancer,
+            cover_letter: new.cover_letter,
+            bid_amount: new.bid_amount,
+            thread_id: opened.thread_id,
+            created_at: now,
+        };
+        Ok((proposal, opened))
+    }
+
+    async fn append_messages(&self, batch: Vec<NewMessage>) -> Result<Vec<Result<Appended>>> {
+        // Lock threads in id order (stable, so one thread's messages keep their order):
+        // two nodes' batches then never wait on each other in a cycle.
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by_key(|&i| batch[i].thread_id);
+        let mut slots: Vec<Option<NewMessage>> = batch.into_iter().map(Some).collect();
+        let mut results: Vec<Option<Result<Appended>>> = (0..slots.len()).map(|_| None).collect();
+        let mut tx = self.pool.begin().await?;
+        for i in order {
+            if let Some(new) = slots[i].take() {
+                results[i] = Some(append_in(&mut tx, new).await?);
+            }
+        }
+        tx.commit().await?;
+        Ok(results.into_iter().map(|r| r.unwrap_or(Err(StoreError::NotFound("message")))).collect())
+    }
+
+    async fn thread(&self, id: ThreadId, viewer: UserId) -> Result<Option<ThreadRecord>> {
+        let row: Option<ThreadRow> = sqlx::query_as(&format!(
+            "SELECT {THREAD_COLUMNS}, {UNREAD_SUBQUERY} AS unread_count FROM threads t \
+             JOIN thread_participants p ON p.thread_id = t.id AND p.user_id = $2 \
+             LEFT JOIN jobs j ON j.id = t.job_id \
+             LEFT JOIN messages m ON m.thread_id = t.id AND m.seq = t.last_seq \
+             WHERE t.id = $1"
+        ))
+        .bind(id.0)
+        .bind(viewer.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut participants = self.participants_of(&[row.id]).await?;
+        let participants = participants.remove(&row.id).unwrap_or_default();
+        row.into_record(participants).map(Some)
+    }
+
+    async fn participants(&self, id: ThreadId) -> Result<Vec<User>> {
+        let participants = self.participants_of(&[id.0]).await?;
+        Ok(participants.into_values().flatten().map(|p| p.user).collect())
+    }
+
+    async fn inbox(&self, viewer: UserId, page: PageRequest) -> Result<Page<ThreadRecord>> {
+        let rows: Vec<ThreadRow> = sqlx::query_as(&format!(
+            "SELECT {THREAD_COLUMNS}, {UNREAD_SUBQUERY} AS unread_count FROM thread_participants p \
+             JOIN threads t ON t.id = p.thread_id \
+             LEFT JOIN jobs j ON j.id = t.job_id \
+             LEFT JOIN messages m ON m.thread_id = t.id AND m.seq = t.last_seq \
+             WHERE p.user_id = $1 ORDER BY t.activity DESC LIMIT $2 OFFSET $3"
+        ))
+        .bind(viewer.0)
+        .bind(i64::from(page.limit) + 1)
+        .bind(page.offset as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let mut participants = self.participants_of(&ids).await?;
+        let records = rows
+            .into_iter()
+            .map(|r| {
+                let p = participants.remove(&r.id).unwrap_or_default();
+                r.into_record(p)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Page::from_overfetch(records, page.limit))
+    }
+
+    async fn messages(&self, id: ThreadId, cursor: Cursor, limit: u32) -> Result<Page<MessageRecord>> {
+        let (filter, order, bound) = match cursor {
+            Cursor::Latest => ("<", "DESC", i64::MAX),
+            Cursor::Before(s) => ("<", "DESC", s.0),
+            Cursor::After(s) => (">", "ASC", s.0),
+        };
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.thread_id = $1 AND m.seq {filter} $2 \
+             ORDER BY m.seq {order} LIMIT $3"
+        );
+        let rows: Vec<MessageRow> =
+            sqlx::query_as(&sql).bind(id.0).bind(bound).bind(i64::from(limit) + 1).fetch_all(&self.pool).await?;
+        let mut records = rows.into_iter().map(MessageRecord::try_from).collect::<Result<Vec<_>>>()?;
+        let has_more = records.len() > limit as usize;
+        records.truncate(limit as usize);
+        if order == "DESC" {
+            records.reverse();
+        }
+        Ok(Page { results: records, has_more })
+    }
+
+    async fn mark_read(&self, id: ThreadId, user: UserId, up_to: Option<Seq>) -> Result<ReadMarker> {
+        let mut tx = self.pool.begin().await?;
+        let marker: Option<i64> = sqlx::query_scalar(
+            "UPDATE thread_participants SET last_read_seq = GREATEST(last_read_seq, \
+               LEAST(COALESCE($3, 9223372036854775807), (SELECT last_seq FROM threads WHERE id = $1))) \
+             WHERE thread_id = $1 AND user_id = $2 RETURNING last_read_seq",
+        )
+        .bind(id.0)
+        .bind(user.0)
+        .bind(up_to.map(|s| s.0))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(marker) = marker else { return Err(StoreError::NotFound("thread")) };
+        let unread: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM messages WHERE thread_id = $1 AND seq > $2 AND (actor_id IS NULL OR actor_id <> $3)",
+        )
+        .bind(id.0)
+        .bind(marker)
+        .bind(user.0)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(ReadMarker { up_to_seq: Seq(marker), unread_count: unread })
+    }
+
+    async fn thread_heads(&self, user: UserId) -> Result<Vec<(ThreadId, Seq)>> {
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+            "SELECT t.id, t.last_seq FROM thread_participants p JOIN threads t ON t.id = p.thread_id WHERE p.user_id = $1",
+        )
+        .bind(user.0)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(t, s)| (ThreadId(t), Seq(s))).collect())
+    }
+
+    async fn direct_thread(&self, a: UserId, b: UserId) -> Result<Option<ThreadId>> {
+        let (lo, hi) = ThreadKey::Direct { a, b }.ordered_pair();
+        let id: Option<Uuid> =
+            sqlx::query_scalar("SELECT id FROM threads WHERE kind = 'direct' AND user_lo = $1 AND user_hi = $2")
+                .bind(lo.0)
+                .bind(hi.0)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(id.map(ThreadId))
+    }
+
+    async fn unread_from(&self, to: UserId, from: UserId) -> Result<i64> {
+        let (lo, hi) = ThreadKey::Direct { a: to, b: from }.ordered_pair();
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM threads t \
+             JOIN thread_participants p ON p.thread_id = t.id AND p.user_id = $1 \
+             JOIN messages m ON m.thread_id = t.id AND m.seq > p.last_read_seq AND m.sender_id = $2 \
+             WHERE t.user_lo = $3 AND t.user_hi = $4",
+        )
+        .bind(to.0)
+        .bind(from.0)
+        .bind(lo.0)
+        .bind(hi.0)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n)
+    }
+
+    async fn unread_by_thread(&self, user: UserId) -> Result<Vec<(ThreadId, i64)>> {
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(&format!(
+            "SELECT t.id, {UNREAD_SUBQUERY} AS n FROM thread_participants p JOIN threads t ON t.id = p.thread_id \
+             WHERE p.user_id = $1 AND t.last_seq > p.last_read_seq"
+        ))
+        .bind(user.0)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().filter(|(_, n)| *n > 0).map(|(t, n)| (ThreadId(t), n)).collect())
+    }
+}
