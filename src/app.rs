@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::JwtKeys;
-use crate::bus::{Bus, LocalBus};
+use crate::bus::{Bus, LocalBus, RedisBus};
 use crate::chat::Chat;
 use crate::config::{Config, Secret};
 use crate::http::{self, AppState, Metrics};
@@ -47,7 +47,11 @@ impl App {
         let keys = JwtKeys::new(&secret, config.access_token_ttl, config.refresh_token_ttl);
         let metrics = Arc::new(Metrics::new()?);
         let hub = Arc::new(Hub::new(config.ws.max_connections_per_user, metrics.registry())?);
-        let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(hub.clone()));
+        let bus: Arc<dyn Bus> = match &config.redis_url {
+            Some(url) => Arc::new(RedisBus::connect(url.expose(), &config.redis_prefix, hub.clone()).await?),
+            None => Arc::new(LocalBus::new(hub.clone())),
+        };
+        hub.attach(&bus);
         let chat = Chat::new(store, bus, config.limits);
         let state = AppState {
             chat,
@@ -104,6 +108,7 @@ impl App {
         if tokio::time::timeout(SESSIONS_GRACE, sessions.wait()).await.is_err() {
             tracing::warn!("some WebSocket sessions did not close in time");
         }
+        chat.bus().close();
         served
     }
 }

@@ -87,6 +87,13 @@ pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (the log says which).
     #[arg(long, env = "CONFAB_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// `redis://…` joins the other nodes through Redis pub/sub; unset means the
+    /// in-process bus (one node).
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<Secret>,
+    /// Prefix of this deployment's Redis channels, so deployments can share a Redis.
+    #[arg(long, env = "CONFAB_REDIS_PREFIX", default_value = "confab")]
+    pub redis_prefix: String,
     /// HS256 signing key shared by all nodes (at least 32 characters); generated
     /// into the data directory when unset.
     #[arg(long, env = "CONFAB_JWT_SECRET")]
@@ -163,6 +170,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub database_url: Secret,
     pub jwt_secret: Option<Secret>,
+    pub redis_url: Option<Secret>,
+    pub redis_prefix: String,
     pub limits: Limits,
     pub max_body_bytes: usize,
     pub access_token_ttl: Duration,
@@ -209,6 +218,8 @@ impl Config {
             database_url: store.database_url(),
             data_dir: store.data_dir,
             jwt_secret: None,
+            redis_url: None,
+            redis_prefix: "confab".to_owned(),
             limits: Limits::default(),
             max_body_bytes: 64 * 1024,
             access_token_ttl: Duration::from_secs(900),
@@ -225,6 +236,8 @@ impl From<&ServeArgs> for Config {
             data_dir: a.store.data_dir.clone(),
             database_url: a.store.database_url(),
             jwt_secret: a.jwt_secret.clone(),
+            redis_url: a.redis_url.clone(),
+            redis_prefix: a.redis_prefix.clone(),
             limits: Limits {
                 max_text_chars: a.max_text_chars,
                 messages_per_second: a.rate_limit,

@@ -102,6 +102,31 @@ fn bad_configuration_fails_at_start_with_a_clear_message() {
 }
 
 #[test]
+fn an_unreachable_database_or_redis_is_named_without_its_password_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", "postgres://app:s3cret@127.0.0.1:1/chat"])
+        .env("CONFAB_DATA_DIR", dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("postgres://app:***@127.0.0.1:1/chat"), "{stderr}");
+    assert!(stderr.contains("check that the server is running"), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--redis-url", "redis://:hidden@127.0.0.1:1"])
+        .env("CONFAB_DATA_DIR", dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("Redis at redis://:***@127.0.0.1:1"), "{stderr}");
+    assert!(!stderr.contains("hidden"), "{stderr}");
+}
+
+#[test]
 fn serve_logs_its_address_answers_and_exits_0_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)

@@ -2,24 +2,48 @@
 //! design: the store is the truth, and a client that missed an event recovers it
 //! with `sync`. Knows nothing of WebSockets: it hands events to a [`Sink`].
 
+mod redis;
+
 use std::sync::Arc;
 
-use crate::domain::Event;
+use crate::domain::{Event, UserId};
+
+pub use redis::RedisBus;
 
 /// Where a node's bus delivers events: this node's hub of live connections.
 pub trait Sink: Send + Sync + 'static {
     fn deliver(&self, event: &Event);
+    /// The users with a live connection here (to subscribe for after a reconnect).
+    fn local_users(&self) -> Vec<UserId>;
+    /// Events may have been lost (the bus was down): close every connection with
+    /// 1013 so each client reconnects and syncs.
+    fn events_missed(&self);
 }
 
 /// Publishes events to every node.
 pub trait Bus: Send + Sync + 'static {
-    /// Hands `event` to every node that has a connection of one of its recipients.
-    /// Never blocks and never fails the caller: delivery is best effort.
+    /// Hands `event` to every node that has a connection of one of its recipients,
+    /// this one first. Never blocks and never fails the caller: delivery is best effort.
     fn publish(&self, event: Event);
+
+    /// `user` now has a connection on this node: start hearing their events.
+    fn watch(&self, _user: UserId) {}
+
+    /// `user`'s last connection on this node closed.
+    fn unwatch(&self, _user: UserId) {}
 
     /// Whether the bus is connected (for `/readyz`).
     fn is_healthy(&self) -> bool {
         true
+    }
+
+    /// Stops the bus's background work (at shutdown).
+    fn close(&self) {}
+}
+
+impl std::fmt::Debug for dyn Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bus")
     }
 }
 

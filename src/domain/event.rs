@@ -9,7 +9,7 @@ use super::{ErrorCode, Message, Seq, ThreadId, User, UserId};
 pub struct ConnectionId(pub u64);
 
 /// Who gets the `message_ack` of a message sent over a WebSocket.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Ack {
     pub user: UserId,
     pub connection: ConnectionId,
@@ -19,7 +19,8 @@ pub struct Ack {
 /// What happens in a thread that its participants' live connections must hear of.
 /// The bus carries these; it is a doorbell, not the truth: a lost event is
 /// recovered by `sync` from the store.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
     /// A stored message: `new_message` to every connection of `recipients` except
     /// the acked one, which gets `message_ack`.
@@ -30,4 +31,36 @@ pub enum Event {
     Read { thread_id: ThreadId, user_id: UserId, up_to_seq: Seq, recipients: Arc<[UserId]> },
     /// A message sent over a WebSocket was refused after it was queued.
     Refused { user: UserId, connection: ConnectionId, code: ErrorCode, detail: String, client_msg_id: Option<String> },
+}
+
+impl Event {
+    /// The same event addressed to `user` alone: what a node delivers when it hears
+    /// the event on `user`'s channel, so a node that holds several recipients still
+    /// delivers each of them exactly once.
+    pub fn only_for(&self, user: UserId) -> Option<Self> {
+        let only: Arc<[UserId]> = Arc::new([user]);
+        match self {
+            Self::Message { message, recipients, .. } if recipients.contains(&user) => {
+                Some(Self::Message { message: message.clone(), recipients: only, ack: None })
+            }
+            Self::Typing { thread_id, user: who, recipients } if recipients.contains(&user) => {
+                Some(Self::Typing { thread_id: *thread_id, user: who.clone(), recipients: only })
+            }
+            Self::Read { thread_id, user_id, up_to_seq, recipients } if recipients.contains(&user) => {
+                Some(Self::Read { thread_id: *thread_id, user_id: *user_id, up_to_seq: *up_to_seq, recipients: only })
+            }
+            _ => None,
+        }
+    }
+
+    /// The users whose channels carry this event to other nodes (none for a refusal,
+    /// which only the sending connection's node needs).
+    pub fn recipients(&self) -> &[UserId] {
+        match self {
+            Self::Message { recipients, .. } | Self::Typing { recipients, .. } | Self::Read { recipients, .. } => {
+                recipients
+            }
+            Self::Refused { .. } => &[],
+        }
+    }
 }

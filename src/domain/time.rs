@@ -1,5 +1,5 @@
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A UTC instant with millisecond precision: stored as milliseconds since the epoch
 /// in every backend (so both stores agree to the millisecond), shown as RFC 3339
@@ -31,12 +31,23 @@ impl Serialize for Timestamp {
     }
 }
 
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&text)
+            .map(|t| Self(t.timestamp_millis()))
+            .map_err(|e| serde::de::Error::custom(format!("not an RFC 3339 timestamp: {e}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn timestamps_are_rfc3339_utc_with_z_and_millis() {
-        assert_eq!(Timestamp::from_millis(1_785_058_200_123).to_rfc3339(), "2026-07-26T09:30:00.123Z");
+        let t = Timestamp::from_millis(1_785_058_200_123);
+        assert_eq!(t.to_rfc3339(), "2026-07-26T09:30:00.123Z");
+        assert_eq!(serde_json::from_value::<Timestamp>(serde_json::to_value(t).unwrap()).unwrap(), t);
     }
 }

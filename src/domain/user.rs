@@ -31,7 +31,7 @@ impl Role {
 }
 
 /// The public view of a user (contract: User).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct User {
     #[schema(value_type = i64)]
     pub id: UserId,
@@ -41,7 +41,7 @@ pub struct User {
 }
 
 /// A user as a message names its sender and recipient (no role, as in the seed).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UserRef {
     #[schema(value_type = i64)]
     pub id: UserId,

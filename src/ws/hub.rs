@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
 
 use axum::extract::ws::Utf8Bytes;
 use prometheus::{IntCounter, IntGauge, Registry};
@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::protocol;
-use crate::bus::Sink;
+use crate::bus::{Bus, Sink};
 use crate::domain::{ConnectionId, Event, Seq, ThreadId, UserId};
 
 /// Close code for a client that cannot keep up (RFC 6455 "try again later").
@@ -90,6 +90,8 @@ pub struct Hub {
     next: AtomicU64,
     max_per_user: usize,
     metrics: HubMetrics,
+    /// The bus to tell when a user's first connection opens or last one closes.
+    bus: OnceLock<Weak<dyn Bus>>,
 }
 
 /// Refused registration: the user has too many open connections.
@@ -117,7 +119,17 @@ impl Hub {
             next: AtomicU64::new(1),
             max_per_user,
             metrics,
+            bus: OnceLock::new(),
         })
+    }
+
+    /// Connects the hub to the bus that feeds it, so the bus hears which users are here.
+    pub fn attach(&self, bus: &Arc<dyn Bus>) {
+        let _ = self.bus.set(Arc::downgrade(bus));
+    }
+
+    fn bus(&self) -> Option<Arc<dyn Bus>> {
+        self.bus.get().and_then(Weak::upgrade)
     }
 
     pub(crate) fn connections_of(&self, user: UserId) -> usize {
@@ -136,6 +148,11 @@ impl Hub {
         let conns = users.entry(user).or_default();
         if conns.len() >= self.max_per_user {
             return Err(TooManyConnections);
+        }
+        if conns.is_empty()
+            && let Some(bus) = self.bus()
+        {
+            bus.watch(user);
         }
         conns.push(Conn { id, queue, closer });
         self.metrics.connections.inc();
@@ -182,6 +199,17 @@ impl Hub {
 }
 
 impl Sink for Hub {
+    fn local_users(&self) -> Vec<UserId> {
+        self.users.read().unwrap_or_else(PoisonError::into_inner).keys().copied().collect()
+    }
+
+    fn events_missed(&self) {
+        let users = self.users.read().unwrap_or_else(PoisonError::into_inner);
+        for conn in users.values().flatten() {
+            conn.closer.close(CLOSE_TRY_AGAIN, "events may have been missed; reconnect and sync");
+        }
+    }
+
     fn deliver(&self, event: &Event) {
         match event {
             Event::Message { message, recipients, ack } => {
@@ -233,6 +261,9 @@ impl Drop for Registration {
             conns.retain(|c| c.id != self.id);
             if conns.is_empty() {
                 users.remove(&self.user);
+                if let Some(bus) = self.hub.bus() {
+                    bus.unwatch(self.user);
+                }
             }
         }
         self.hub.metrics.connections.dec();

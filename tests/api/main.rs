@@ -2,8 +2,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod accounts;
+mod cluster;
 mod marketplace;
 mod messages;
+mod multi_node;
 mod ops;
 mod support;
 mod websocket;
