@@ -47,6 +47,29 @@ ensure_redis() {
     fi
 }
 
+# nginx is not a service the tests share: the load-balancer test starts its own, from
+# the binary of Debian's package, with deploy/nginx.conf.
+ensure_nginx() {
+    if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then return 0; fi
+    if ! command -v apt-get >/dev/null; then
+        echo "error: nginx is not installed (the load-balancer test needs it); install Debian's package nginx" >&2
+        return 1
+    fi
+    echo "== installing nginx (Debian's package) for the load-balancer test"
+    # Install the binary only: keep the package from starting a system nginx on port 80.
+    local policy=/usr/sbin/policy-rc.d created=0
+    if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created=1; fi
+    (apt-get install -y -qq --no-install-recommends nginx >/dev/null 2>&1 ||
+        { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends nginx >/dev/null; })
+    local status=$?
+    if [ "$created" = 1 ]; then rm -f "$policy"; fi
+    if [ "$status" != 0 ] || [ ! -x /usr/sbin/nginx ]; then
+        echo "error: installing nginx failed; install Debian's package nginx by hand" >&2
+        return 1
+    fi
+}
+
 ensure_postgres
 ensure_redis
-echo "== services: PostgreSQL and Redis answer"
+ensure_nginx
+echo "== services: PostgreSQL and Redis answer; nginx is installed"

@@ -26,8 +26,12 @@ pub trait Bus: Send + Sync + 'static {
     /// this one first. Never blocks and never fails the caller: delivery is best effort.
     fn publish(&self, event: Event);
 
-    /// `user` now has a connection on this node: start hearing their events.
-    fn watch(&self, _user: UserId) {}
+    /// `user` now has a connection on this node: hear their events from now on. The
+    /// answer, when there is one, completes once other nodes' events for `user`
+    /// reach this node.
+    fn watch(&self, _user: UserId) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        None
+    }
 
     /// `user`'s last connection on this node closed.
     fn unwatch(&self, _user: UserId) {}

@@ -52,7 +52,7 @@ struct Envelope {
 }
 
 enum Interest {
-    Watch(UserId),
+    Watch(UserId, tokio::sync::oneshot::Sender<()>),
     Unwatch(UserId),
 }
 
@@ -139,8 +139,9 @@ impl Bus for RedisBus {
         }
     }
 
-    fn watch(&self, user: UserId) {
-        let _ = self.interest.send(Interest::Watch(user));
+    fn watch(&self, user: UserId) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let (done, subscribed) = tokio::sync::oneshot::channel();
+        self.interest.send(Interest::Watch(user, done)).ok().map(|()| subscribed)
     }
 
     fn unwatch(&self, user: UserId) {
@@ -297,9 +298,15 @@ impl SubscribeTask {
                 () = self.stop.cancelled() => return true,
                 interest = self.interests.recv() => {
                     let result = match interest {
-                        Some(Interest::Watch(user)) if watched.insert(user) => sink.subscribe(self.channels.user(user)).await,
+                        Some(Interest::Watch(user, done)) => {
+                            let result = if watched.insert(user) { sink.subscribe(self.channels.user(user)).await } else { Ok(()) };
+                            if result.is_ok() {
+                                let _ = done.send(());
+                            }
+                            result
+                        }
                         Some(Interest::Unwatch(user)) if watched.remove(&user) => sink.unsubscribe(self.channels.user(user)).await,
-                        Some(_) => Ok(()),
+                        Some(Interest::Unwatch(_)) => Ok(()),
                         None => return true,
                     };
                     if let Err(e) = result {

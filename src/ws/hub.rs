@@ -142,21 +142,18 @@ impl Hub {
         user: UserId,
         queue: mpsc::Sender<Outgoing>,
         closer: Closer,
-    ) -> Result<Registration, TooManyConnections> {
+    ) -> Result<(Registration, Option<tokio::sync::oneshot::Receiver<()>>), TooManyConnections> {
         let id = ConnectionId(self.node | (self.next.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff));
         let mut users = self.users.write().unwrap_or_else(PoisonError::into_inner);
         let conns = users.entry(user).or_default();
         if conns.len() >= self.max_per_user {
             return Err(TooManyConnections);
         }
-        if conns.is_empty()
-            && let Some(bus) = self.bus()
-        {
-            bus.watch(user);
-        }
+        // Every connection asks, so each can wait until the subscription is in place.
+        let subscribed = self.bus().and_then(|bus| bus.watch(user));
         conns.push(Conn { id, queue, closer });
         self.metrics.connections.inc();
-        Ok(Registration { hub: self.clone(), user, id })
+        Ok((Registration { hub: self.clone(), user, id }, subscribed))
     }
 
     fn push(&self, conn: &Conn, item: Outgoing) {

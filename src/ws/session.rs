@@ -35,6 +35,8 @@ const RECENT: usize = 4096;
 /// Live messages held during one `sync`; a client that falls this far behind while
 /// catching up is closed and syncs again.
 const MAX_HELD: usize = 8192;
+/// How long a new connection waits for the bus to subscribe for its user.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(3);
 /// A sync replays in pages of this many messages.
 const SYNC_PAGE: u32 = 200;
 
@@ -53,9 +55,16 @@ pub(crate) async fn run(socket: WebSocket, state: AppState, user: Option<User>) 
     };
     let (queue, rx) = mpsc::channel(limits.queue);
     let closer = Closer::new(&state.closing);
-    let Ok(registration) = state.hub.register(user.id, queue.clone(), closer.clone()) else {
+    let Ok((registration, subscribed)) = state.hub.register(user.id, queue.clone(), closer.clone()) else {
         return close_now(&mut sink, CLOSE_POLICY, "too many connections for this user").await;
     };
+    // Read no frame before other nodes' events for this user can reach this node, so
+    // a client's first exchange (a ping, a sync) proves it will hear the rest.
+    if let Some(subscribed) = subscribed
+        && timeout(SUBSCRIBE_WAIT, subscribed).await.is_err()
+    {
+        tracing::warn!(user = %user.id, "the bus did not confirm the subscription in time; the client may need to sync");
+    }
     tracing::debug!(user = %user.id, connection = registration.id().0, "websocket connected");
     let writer = tokio::spawn(write_loop(sink, rx, closer.clone(), limits.ping_interval));
     let mut session = Session { state: &state, user: &user, connection: registration.id(), queue, closer };

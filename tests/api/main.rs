@@ -3,6 +3,7 @@
 
 mod accounts;
 mod cluster;
+mod load_balancer;
 mod marketplace;
 mod messages;
 mod multi_node;

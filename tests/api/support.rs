@@ -173,6 +173,25 @@ impl TestApp {
 }
 
 impl TestApp {
+    /// A client of a deployment that this test did not start (one behind a load
+    /// balancer): the same helpers, nothing to stop.
+    pub(crate) fn front(base: &str) -> Self {
+        Self {
+            base: base.to_owned(),
+            client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client"),
+            data_dir: PathBuf::new(),
+            shutdown: None,
+            server: None,
+            _dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// Forgets the server (a `front` owns none).
+    pub(crate) fn detach(&mut self) {
+        self.shutdown = None;
+        self.server = None;
+    }
+
     /// Stops the server as SIGTERM would and waits until it has finished.
     pub(crate) async fn stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
