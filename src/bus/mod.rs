@@ -18,6 +18,8 @@ pub trait Sink: Send + Sync + 'static {
     /// Events may have been lost (the bus was down): close every connection with
     /// 1013 so each client reconnects and syncs.
     fn events_missed(&self);
+    /// The same, for one user's connections.
+    fn user_missed_events(&self, user: UserId);
 }
 
 /// Publishes events to every node.

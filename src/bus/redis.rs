@@ -12,11 +12,13 @@
 //!
 //! When Redis goes away, local delivery goes on and `/readyz` reports the bus down;
 //! both connections retry with backoff, and once back, every connection of this
-//! node is closed with 1013 so its client syncs what it missed.
+//! node is closed with 1013 so its client syncs what it missed. Events this node
+//! could not publish are followed, once it can, by a notice on their recipients'
+//! channels, whose nodes then close those users' connections the same way.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -38,17 +40,19 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// What travels on a channel: the event and the node it came from.
+/// What travels on a channel: an event, or word that events for the channel's user
+/// were lost (their node then closes that user's connections so they sync).
 #[derive(Serialize)]
 struct Outgoing<'a> {
     node: u64,
-    event: &'a Event,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<&'a Event>,
 }
 
 #[derive(Deserialize)]
 struct Envelope {
     node: u64,
-    event: Event,
+    event: Option<Event>,
 }
 
 enum Interest {
@@ -65,7 +69,15 @@ pub struct RedisBus {
     subscribed: Arc<AtomicBool>,
     publishing: Arc<AtomicBool>,
     dropped: Arc<AtomicU64>,
+    /// Users whose events were dropped: their nodes are told to make them sync.
+    missed: Arc<Mutex<HashSet<UserId>>>,
     stop: CancellationToken,
+}
+
+impl Drop for RedisBus {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 impl RedisBus {
@@ -97,18 +109,20 @@ impl RedisBus {
             subscribed: Arc::new(AtomicBool::new(false)),
             publishing: Arc::new(AtomicBool::new(true)),
             dropped: Arc::new(AtomicU64::new(0)),
+            missed: Arc::default(),
             stop: CancellationToken::new(),
         };
         let channels = Channels { prefix: prefix.to_owned() };
-        tokio::spawn(publish_loop(
-            client.clone(),
-            Some(con),
+        tokio::spawn(publish_loop(PublishTask {
+            client: client.clone(),
+            con: Some(con),
             events,
-            channels.clone(),
-            bus.node,
-            bus.publishing.clone(),
-            bus.stop.clone(),
-        ));
+            channels: channels.clone(),
+            node: bus.node,
+            healthy: bus.publishing.clone(),
+            missed: bus.missed.clone(),
+            stop: bus.stop.clone(),
+        }));
         tokio::spawn(subscribe_loop(SubscribeTask {
             client,
             channels,
@@ -128,7 +142,8 @@ impl Bus for RedisBus {
         if event.recipients().is_empty() {
             return;
         }
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.outgoing.try_send(event) {
+        if let Err(mpsc::error::TrySendError::Full(event)) = self.outgoing.try_send(event) {
+            self.missed.lock().unwrap_or_else(PoisonError::into_inner).extend(event.recipients());
             let n = self.dropped.fetch_add(1, Ordering::Relaxed);
             if n.is_multiple_of(1000) {
                 tracing::warn!(
@@ -172,59 +187,97 @@ impl Channels {
     }
 }
 
-async fn publish_loop(
+struct PublishTask {
     client: redis::Client,
-    mut con: Option<redis::aio::MultiplexedConnection>,
-    mut events: mpsc::Receiver<Event>,
+    con: Option<redis::aio::MultiplexedConnection>,
+    events: mpsc::Receiver<Event>,
     channels: Channels,
     node: u64,
     healthy: Arc<AtomicBool>,
+    missed: Arc<Mutex<HashSet<UserId>>>,
     stop: CancellationToken,
-) {
+}
+
+async fn publish_loop(mut task: PublishTask) {
     let mut batch = Vec::with_capacity(PIPELINE);
-    let mut backoff = BACKOFF_MIN;
     loop {
+        // Reconnect first, whether or not there is traffic, so `/readyz` recovers on
+        // an idle node too.
+        if task.con.is_none() && !task.reconnect().await {
+            return;
+        }
         let first = tokio::select! {
-            () = stop.cancelled() => return,
-            event = events.recv() => event,
+            () = task.stop.cancelled() => return,
+            event = task.events.recv() => event,
         };
         let Some(first) = first else { return };
         batch.push(first);
         while batch.len() < PIPELINE {
-            match events.try_recv() {
+            match task.events.try_recv() {
                 Ok(event) => batch.push(event),
                 Err(_) => break,
             }
         }
-        if con.is_none() {
-            match tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection()).await {
-                Ok(Ok(c)) => {
-                    con = Some(c);
-                    backoff = BACKOFF_MIN;
-                }
-                _ => {
-                    healthy.store(false, Ordering::Relaxed);
-                    batch.clear();
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                    continue;
-                }
+        // One retry on a fresh connection; what still fails is dropped, and its
+        // recipients' nodes are told to make them sync.
+        let sent = task.send(&batch).await || (task.reconnect().await && task.send(&batch).await);
+        if !sent {
+            let mut missed = task.missed.lock().unwrap_or_else(PoisonError::into_inner);
+            for event in &batch {
+                missed.extend(event.recipients());
             }
         }
+        batch.clear();
+    }
+}
+
+impl PublishTask {
+    /// Connects with backoff until it works (true) or the bus stops (false).
+    async fn reconnect(&mut self) -> bool {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let attempt = tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_multiplexed_async_connection()).await;
+            if let Ok(Ok(mut con)) = attempt
+                && redis::cmd("PING").query_async::<String>(&mut con).await.is_ok()
+            {
+                self.con = Some(con);
+                self.healthy.store(true, Ordering::Relaxed);
+                return true;
+            }
+            self.healthy.store(false, Ordering::Relaxed);
+            tokio::select! {
+                () = self.stop.cancelled() => return false,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Publishes `batch` (and any pending sync notices) in one round trip.
+    async fn send(&mut self, batch: &[Event]) -> bool {
+        let Some(con) = self.con.as_mut() else { return false };
         let mut pipe = redis::pipe();
-        for event in batch.drain(..) {
-            let Ok(payload) = serde_json::to_vec(&Outgoing { node, event: &event }) else { continue };
-            for user in event.recipients() {
-                pipe.publish(channels.user(*user), payload.as_slice()).ignore();
+        let missed: Vec<UserId> = self.missed.lock().unwrap_or_else(PoisonError::into_inner).drain().collect();
+        if !missed.is_empty() {
+            let notice = serde_json::to_vec(&Outgoing { node: self.node, event: None }).unwrap_or_default();
+            for user in &missed {
+                pipe.publish(self.channels.user(*user), notice.as_slice()).ignore();
             }
         }
-        let Some(c) = con.as_mut() else { continue };
-        match pipe.query_async::<()>(c).await {
-            Ok(()) => healthy.store(true, Ordering::Relaxed),
+        for event in batch {
+            let Ok(payload) = serde_json::to_vec(&Outgoing { node: self.node, event: Some(event) }) else { continue };
+            for user in event.recipients() {
+                pipe.publish(self.channels.user(*user), payload.as_slice()).ignore();
+            }
+        }
+        match pipe.query_async::<()>(con).await {
+            Ok(()) => true,
             Err(e) => {
                 tracing::warn!(error = %e, "publishing to Redis failed; reconnecting");
-                healthy.store(false, Ordering::Relaxed);
-                con = None;
+                self.missed.lock().unwrap_or_else(PoisonError::into_inner).extend(missed);
+                self.healthy.store(false, Ordering::Relaxed);
+                self.con = None;
+                false
             }
         }
     }
@@ -267,7 +320,7 @@ async fn subscribe_loop(mut task: SubscribeTask) {
             tokio::select! {
                 () = &mut wait => break,
                 () = task.stop.cancelled() => return,
-                _ = task.interests.recv() => {},
+                interest = task.interests.recv() => if interest.is_none() { return },
             }
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -279,12 +332,13 @@ impl SubscribeTask {
     /// connection drops (false) or the bus stops (true).
     async fn listen(&mut self, pubsub: redis::aio::PubSub, was_down: bool) -> bool {
         let (mut sink, mut stream) = pubsub.split();
-        while self.interests.try_recv().is_ok() {}
+        // Watches queued meanwhile are answered by the loop below: their users are
+        // among the hub's users subscribed here, or come after this snapshot.
         let mut watched: HashSet<UserId> = self.sink.local_users().into_iter().collect();
         if !watched.is_empty() {
             let names: Vec<String> = watched.iter().map(|u| self.channels.user(*u)).collect();
-            if let Err(e) = sink.subscribe(names).await {
-                tracing::warn!(error = %e, "subscribing to Redis failed; retrying");
+            if !matches!(tokio::time::timeout(CONNECT_TIMEOUT, sink.subscribe(names)).await, Ok(Ok(()))) {
+                tracing::warn!("subscribing to Redis failed; retrying");
                 return false;
             }
         }
@@ -297,20 +351,22 @@ impl SubscribeTask {
             tokio::select! {
                 () = self.stop.cancelled() => return true,
                 interest = self.interests.recv() => {
-                    let result = match interest {
+                    // A Redis that stops answering must not stall every new connection.
+                    let ok = match interest {
                         Some(Interest::Watch(user, done)) => {
-                            let result = if watched.insert(user) { sink.subscribe(self.channels.user(user)).await } else { Ok(()) };
-                            if result.is_ok() {
+                            let ok = !watched.insert(user) || answered(sink.subscribe(self.channels.user(user))).await;
+                            if ok {
                                 let _ = done.send(());
                             }
-                            result
+                            ok
                         }
-                        Some(Interest::Unwatch(user)) if watched.remove(&user) => sink.unsubscribe(self.channels.user(user)).await,
-                        Some(Interest::Unwatch(_)) => Ok(()),
+                        Some(Interest::Unwatch(user)) => {
+                            !watched.remove(&user) || answered(sink.unsubscribe(self.channels.user(user))).await
+                        }
                         None => return true,
                     };
-                    if let Err(e) = result {
-                        tracing::warn!(error = %e, "changing a Redis subscription failed; reconnecting");
+                    if !ok {
+                        tracing::warn!("changing a Redis subscription failed; reconnecting");
                         return false;
                     }
                 }
@@ -337,8 +393,18 @@ impl SubscribeTask {
         if envelope.node == self.node {
             return;
         }
-        if let Some(event) = envelope.event.only_for(user) {
-            self.sink.deliver(&event);
+        match envelope.event {
+            Some(event) => {
+                if let Some(event) = event.only_for(user) {
+                    self.sink.deliver(&event);
+                }
+            }
+            None => self.sink.user_missed_events(user),
         }
     }
+}
+
+/// Whether a subscription change was answered in time.
+async fn answered(change: impl std::future::Future<Output = redis::RedisResult<()>>) -> bool {
+    matches!(tokio::time::timeout(CONNECT_TIMEOUT, change).await, Ok(Ok(())))
 }

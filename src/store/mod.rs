@@ -240,10 +240,12 @@ pub async fn connect(url: &str) -> anyhow::Result<Arc<dyn Store>> {
     }
 }
 
-/// A URL as it may be logged: the password replaced by `***`.
+/// A URL as it may be logged: the password (in the authority or a `password=`
+/// query parameter) replaced by `***`.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    let (rest, query) = rest.split_once('?').map_or((rest, None), |(r, q)| (r, Some(q)));
+    let (authority, path) = rest.split_once('/').map_or((rest, None), |(a, p)| (a, Some(p)));
     let authority = match authority.rsplit_once('@') {
         Some((credentials, host)) => match credentials.split_once(':') {
             Some((user, _)) => format!("{user}:***@{host}"),
@@ -251,11 +253,23 @@ pub fn redact_url(url: &str) -> String {
         },
         None => authority.to_owned(),
     };
-    if path.is_empty() && !rest.contains('/') {
-        format!("{scheme}://{authority}")
-    } else {
-        format!("{scheme}://{authority}/{path}")
+    let mut shown = format!("{scheme}://{authority}");
+    if let Some(path) = path {
+        shown.push('/');
+        shown.push_str(path);
     }
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&pairs.join("&"));
+    }
+    shown
 }
 
 fn error_text(e: &StoreError) -> String {
@@ -269,5 +283,6 @@ mod tests {
         assert_eq!(super::redact_url("postgres://app:s3cret@db:5432/chat"), "postgres://app:***@db:5432/chat");
         assert_eq!(super::redact_url("redis://:pw@cache:6379"), "redis://:***@cache:6379");
         assert_eq!(super::redact_url("postgres://db/chat"), "postgres://db/chat");
+        assert_eq!(super::redact_url("postgres://db/chat?user=a&password=b"), "postgres://db/chat?user=a&password=***");
     }
 }

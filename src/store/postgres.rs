@@ -224,7 +224,38 @@ async fn open_thread_in(tx: &mut Transaction<'_, Postgres>, open: OpenThread) ->
 const UNREAD_SUBQUERY: &str = "(SELECT COUNT(*) FROM messages x WHERE x.thread_id = t.id \
      AND x.seq > p.last_read_seq AND (x.actor_id IS NULL OR x.actor_id <> p.user_id))";
 
+/// How often a batch is tried when PostgreSQL aborts it for a deadlock.
+const BATCH_ATTEMPTS: u32 = 3;
+
+/// A deadlock (40P01) or serialization failure (40001): the transaction did nothing
+/// and may simply be run again.
+fn is_transient(e: &StoreError) -> bool {
+    let StoreError::Other(source) = e else { return false };
+    source
+        .downcast_ref::<sqlx::Error>()
+        .and_then(|e| e.as_database_error())
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "40P01" || c == "40001")
+}
+
 impl PostgresStore {
+    /// One attempt at [`Store::append_messages`]: thread locks in id order (stable, so
+    /// one thread's messages keep their order), so batches rarely wait in a cycle.
+    async fn append_batch(&self, batch: Vec<NewMessage>) -> Result<Vec<Result<Appended>>> {
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by_key(|&i| batch[i].thread_id);
+        let mut slots: Vec<Option<NewMessage>> = batch.into_iter().map(Some).collect();
+        let mut results: Vec<Option<Result<Appended>>> = (0..slots.len()).map(|_| None).collect();
+        let mut tx = self.pool.begin().await?;
+        for i in order {
+            if let Some(new) = slots[i].take() {
+                results[i] = Some(append_in(&mut tx, new).await?);
+            }
+        }
+        tx.commit().await?;
+        Ok(results.into_iter().map(|r| r.unwrap_or(Err(StoreError::NotFound("message")))).collect())
+    }
+
     async fn participants_of(&self, threads: &[Uuid]) -> Result<HashMap<Uuid, Vec<Participant>>> {
         if threads.is_empty() {
             return Ok(HashMap::new());
@@ -413,20 +444,18 @@ impl Store for PostgresStore {
     }
 
     async fn append_messages(&self, batch: Vec<NewMessage>) -> Result<Vec<Result<Appended>>> {
-        // Lock threads in id order (stable, so one thread's messages keep their order):
-        // two nodes' batches then never wait on each other in a cycle.
-        let mut order: Vec<usize> = (0..batch.len()).collect();
-        order.sort_by_key(|&i| batch[i].thread_id);
-        let mut slots: Vec<Option<NewMessage>> = batch.into_iter().map(Some).collect();
-        let mut results: Vec<Option<Result<Appended>>> = (0..slots.len()).map(|_| None).collect();
-        let mut tx = self.pool.begin().await?;
-        for i in order {
-            if let Some(new) = slots[i].take() {
-                results[i] = Some(append_in(&mut tx, new).await?);
+        // A deadlock or serialization failure (two nodes' batches waiting on each
+        // other's keys) aborts the whole transaction; nothing was stored, so try again.
+        let mut attempt = 1;
+        loop {
+            match self.append_batch(batch.clone()).await {
+                Err(e) if attempt < BATCH_ATTEMPTS && is_transient(&e) => {
+                    tracing::warn!(attempt, error = %e, "a batch of messages met a deadlock; retrying");
+                    attempt += 1;
+                }
+                other => return other,
             }
         }
-        tx.commit().await?;
-        Ok(results.into_iter().map(|r| r.unwrap_or(Err(StoreError::NotFound("message")))).collect())
     }
 
     async fn thread(&self, id: ThreadId, viewer: UserId) -> Result<Option<ThreadRecord>> {

@@ -207,6 +207,13 @@ impl Sink for Hub {
         }
     }
 
+    fn user_missed_events(&self, user: UserId) {
+        let users = self.users.read().unwrap_or_else(PoisonError::into_inner);
+        for conn in users.get(&user).into_iter().flatten() {
+            conn.closer.close(CLOSE_TRY_AGAIN, "events may have been missed; reconnect and sync");
+        }
+    }
+
     fn deliver(&self, event: &Event) {
         match event {
             Event::Message { message, recipients, ack } => {

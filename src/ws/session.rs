@@ -61,7 +61,7 @@ pub(crate) async fn run(socket: WebSocket, state: AppState, user: Option<User>) 
     // Read no frame before other nodes' events for this user can reach this node, so
     // a client's first exchange (a ping, a sync) proves it will hear the rest.
     if let Some(subscribed) = subscribed
-        && timeout(SUBSCRIBE_WAIT, subscribed).await.is_err()
+        && !matches!(timeout(SUBSCRIBE_WAIT, subscribed).await, Ok(Ok(())))
     {
         tracing::warn!(user = %user.id, "the bus did not confirm the subscription in time; the client may need to sync");
     }

@@ -6,51 +6,11 @@ use std::time::Duration;
 
 use confab::config::Secret;
 
+use crate::pg_schema::Schema;
 use crate::support::{TestApp, WAIT};
-
-pub(crate) fn postgres_url() -> String {
-    std::env::var("CONFAB_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
 
 pub(crate) fn redis_url() -> String {
     std::env::var("CONFAB_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
-
-/// A PostgreSQL schema of its own, dropped with everything in it at the end.
-pub(crate) struct Schema {
-    pub(crate) name: String,
-}
-
-impl Schema {
-    pub(crate) async fn create() -> Self {
-        let url = postgres_url();
-        let admin = sqlx::PgPool::connect(&url).await.unwrap_or_else(|e| panic!("PostgreSQL at {url} must run: {e}"));
-        let name = format!("confab_test_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(&format!("CREATE SCHEMA {name}")).execute(&admin).await.expect("create schema");
-        Self { name }
-    }
-
-    /// A database URL whose connections use this schema.
-    pub(crate) fn url(&self) -> String {
-        let base = postgres_url();
-        let sep = if base.contains('?') { '&' } else { '?' };
-        format!("{base}{sep}options=-csearch_path%3D{}", self.name)
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-            rt.block_on(async {
-                if let Ok(pool) = sqlx::PgPool::connect(&postgres_url()).await {
-                    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).execute(&pool).await;
-                }
-            });
-        })
-        .join();
-    }
 }
 
 pub(crate) struct Cluster {

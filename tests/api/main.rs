@@ -8,6 +8,8 @@ mod marketplace;
 mod messages;
 mod multi_node;
 mod ops;
+#[path = "../common/pg_schema.rs"]
+mod pg_schema;
 mod support;
 mod websocket;
 mod workflows;
