@@ -78,7 +78,12 @@ async fn missing_forged_expired_and_refresh_tokens_are_refused() {
     use tokio_tungstenite::tungstenite::Error;
     let app = TestApp::spawn_with(|c| c.ws.auth_timeout = Duration::from_millis(300)).await;
     let alice = app.signup("alice", "client").await;
-    for token in ["not.a.token", alice.refresh.as_str()] {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let claims = json!({"token_type": "access", "user_id": alice.id, "sub": alice.id.to_string(),
+        "iat": now - 3600, "exp": now - 600, "jti": "x"});
+    let key = jsonwebtoken::EncodingKey::from_secret(crate::support::JWT_SECRET.as_bytes());
+    let expired = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
+    for token in ["not.a.token", alice.refresh.as_str(), expired.as_str()] {
         let url = app.ws_url(&format!("/ws/chat/?token={token}"));
         match tokio_tungstenite::connect_async(url).await {
             Err(Error::Http(response)) => assert_eq!(response.status(), 401),
