@@ -1,5 +1,6 @@
 //! Who is in which thread, cached: membership of a two-person thread never changes,
-//! so checking it on every send must not cost a query.
+//! and neither does which thread is a pair's direct one, so checking them on every
+//! send must not cost a query.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -31,6 +32,8 @@ impl ThreadMembers {
 #[derive(Debug, Default)]
 pub(super) struct Members {
     by_thread: Mutex<HashMap<ThreadId, Arc<ThreadMembers>>>,
+    /// The direct thread of each pair, the lower id first.
+    direct: Mutex<HashMap<(UserId, UserId), ThreadId>>,
 }
 
 impl Members {
@@ -48,4 +51,20 @@ impl Members {
         map.insert(thread, members.clone());
         members
     }
+
+    pub(super) fn direct(&self, a: UserId, b: UserId) -> Option<ThreadId> {
+        self.direct.lock().unwrap_or_else(PoisonError::into_inner).get(&pair(a, b)).copied()
+    }
+
+    pub(super) fn remember_direct(&self, a: UserId, b: UserId, thread: ThreadId) {
+        let mut map = self.direct.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= MAX_THREADS {
+            map.clear();
+        }
+        map.insert(pair(a, b), thread);
+    }
+}
+
+fn pair(a: UserId, b: UserId) -> (UserId, UserId) {
+    if a <= b { (a, b) } else { (b, a) }
 }

@@ -146,12 +146,19 @@ impl Chat {
         if to == sender.id {
             return Err(Error::validation("you cannot message yourself"));
         }
-        if let Some(id) = self.store().direct_thread(sender.id, to).await? {
+        if let Some(id) = self.members.direct(sender.id, to) {
             return Ok(id);
         }
-        self.store().user(to).await?.ok_or_else(|| Error::not_found("recipient"))?;
-        let open = OpenThread { key: ThreadKey::Direct { a: sender.id, b: to }, first_message: None };
-        Ok(self.store().open_thread(open).await?.thread_id)
+        let id = match self.store().direct_thread(sender.id, to).await? {
+            Some(id) => id,
+            None => {
+                self.store().user(to).await?.ok_or_else(|| Error::not_found("recipient"))?;
+                let open = OpenThread { key: ThreadKey::Direct { a: sender.id, b: to }, first_message: None };
+                self.store().open_thread(open).await?.thread_id
+            }
+        };
+        self.members.remember_direct(sender.id, to, id);
+        Ok(id)
     }
 
     /// One thread as `viewer` sees it.
