@@ -39,6 +39,9 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the subscription connection proves it is alive (a half-open TCP
+/// connection would otherwise look like a quiet one forever).
+const HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// What travels on a channel: an event, or word that events for the channel's user
 /// were lost (their node then closes that user's connections so they sync).
@@ -180,6 +183,12 @@ struct Channels {
 impl Channels {
     fn user(&self, user: UserId) -> String {
         format!("{}:user:{}", self.prefix, user.0)
+    }
+
+    /// A channel nobody publishes to: subscribing to it again is a round trip that
+    /// proves the connection alive.
+    fn heartbeat(&self, node: u64) -> String {
+        format!("{}:heartbeat:{node:x}", self.prefix)
     }
 
     fn parse(&self, channel: &str) -> Option<UserId> {
@@ -347,9 +356,16 @@ impl SubscribeTask {
             tracing::info!("Redis is back; closing this node's connections so their clients sync");
             self.sink.events_missed();
         }
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
         loop {
             tokio::select! {
                 () = self.stop.cancelled() => return true,
+                _ = heartbeat.tick() => {
+                    if !answered(sink.subscribe(self.channels.heartbeat(self.node))).await {
+                        tracing::warn!("the Redis subscription connection stopped answering; reconnecting");
+                        return false;
+                    }
+                }
                 interest = self.interests.recv() => {
                     // A Redis that stops answering must not stall every new connection.
                     let ok = match interest {
