@@ -40,6 +40,40 @@ pub struct MessageRecord {
     pub created_at: Timestamp,
 }
 
+impl MessageRecord {
+    /// A new user message taking `seq` in its thread.
+    pub fn user(thread_id: ThreadId, seq: Seq, sender: UserId, text: String, client_msg_id: Option<String>) -> Self {
+        Self {
+            id: MessageId::generate(),
+            thread_id,
+            seq,
+            kind: MessageKind::User,
+            sender_id: Some(sender),
+            actor_id: Some(sender),
+            text,
+            metadata: json!({}),
+            client_msg_id,
+            created_at: Timestamp::now(),
+        }
+    }
+
+    /// A new system message taking `seq` in its thread.
+    pub fn system(thread_id: ThreadId, seq: Seq, message: SystemMessage, created_at: Timestamp) -> Self {
+        Self {
+            id: MessageId::generate(),
+            thread_id,
+            seq,
+            kind: MessageKind::System,
+            sender_id: None,
+            actor_id: Some(message.actor),
+            text: message.text,
+            metadata: message.metadata,
+            client_msg_id: None,
+            created_at,
+        }
+    }
+}
+
 /// The contract's Message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Message {

@@ -21,8 +21,8 @@ use super::{
     StoreError, ThreadKey,
 };
 use crate::domain::{
-    ClientMsgId, Freelancer, Job, JobId, MessageId, MessageKind, MessageRecord, Page, PageRequest, Participant,
-    Profile, Proposal, Seq, SystemMessage, ThreadId, ThreadKind, ThreadRecord, Timestamp, User, UserId,
+    ClientMsgId, Freelancer, Job, JobId, MessageRecord, Page, PageRequest, Participant, Profile, Proposal, Seq,
+    SystemMessage, ThreadId, ThreadKind, ThreadRecord, Timestamp, User, UserId,
 };
 
 /// Connections per node: enough for the committer, the workflows and the reads of a
@@ -79,18 +79,7 @@ async fn insert_system_message(
     now: Timestamp,
 ) -> Result<MessageRecord> {
     let seq: i64 = sqlx::query_scalar(BUMP_THREAD).bind(thread.0).fetch_one(&mut **tx).await?;
-    let record = MessageRecord {
-        id: MessageId::generate(),
-        thread_id: thread,
-        seq: Seq(seq),
-        kind: MessageKind::System,
-        sender_id: None,
-        actor_id: Some(message.actor),
-        text: message.text,
-        metadata: message.metadata,
-        client_msg_id: None,
-        created_at: now,
-    };
+    let record = MessageRecord::system(thread, Seq(seq), message, now);
     insert_message(tx, &record).await?;
     Ok(record)
 }
@@ -157,18 +146,8 @@ async fn message_by_key(
 async fn insert_new(tx: &mut Transaction<'_, Postgres>, new: NewMessage) -> Result<Result<Appended>> {
     let seq: Option<i64> = sqlx::query_scalar(BUMP_THREAD).bind(new.thread_id.0).fetch_optional(&mut **tx).await?;
     let Some(seq) = seq else { return Ok(Err(StoreError::NotFound("thread"))) };
-    let record = MessageRecord {
-        id: MessageId::generate(),
-        thread_id: new.thread_id,
-        seq: Seq(seq),
-        kind: MessageKind::User,
-        sender_id: Some(new.sender),
-        actor_id: Some(new.sender),
-        text: new.text,
-        metadata: serde_json::json!({}),
-        client_msg_id: new.client_msg_id.map(ClientMsgId::into_inner),
-        created_at: Timestamp::now(),
-    };
+    let key = new.client_msg_id.map(ClientMsgId::into_inner);
+    let record = MessageRecord::user(new.thread_id, Seq(seq), new.sender, new.text, key);
     insert_message(tx, &record).await?;
     Ok(Ok(Appended { message: record, duplicate: false }))
 }
