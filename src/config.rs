@@ -117,7 +117,8 @@ pub struct ServeArgs {
     #[arg(long, env = "CONFAB_WS_QUEUE", default_value_t = 1024)]
     pub ws_queue: usize,
     /// Largest WebSocket frame, in bytes; larger ones close the connection with 1009.
-    #[arg(long, env = "CONFAB_WS_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    /// Smaller frames whose text is over the limit get a `payload_too_large` error.
+    #[arg(long, env = "CONFAB_WS_MAX_FRAME_BYTES", default_value_t = 1024 * 1024)]
     pub ws_max_frame_bytes: usize,
     /// Seconds between server pings.
     #[arg(long, env = "CONFAB_WS_PING_INTERVAL", default_value_t = 30)]
@@ -184,7 +185,8 @@ pub struct Config {
 pub struct WsLimits {
     /// Frames queued per connection: about a minute of a busy chat, a few MB at most.
     pub queue: usize,
-    /// Largest frame: room for the longest message text with JSON escaping.
+    /// Largest frame read: the contract's 1 MiB, far above the longest message text,
+    /// so an over-long message gets an `error` that names it rather than a close.
     pub max_frame_bytes: usize,
     /// Pings keep proxies from dropping quiet connections and find dead ones.
     pub ping_interval: Duration,
@@ -200,7 +202,7 @@ impl Default for WsLimits {
     fn default() -> Self {
         Self {
             queue: 1024,
-            max_frame_bytes: 64 * 1024,
+            max_frame_bytes: 1024 * 1024,
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
             auth_timeout: Duration::from_secs(5),

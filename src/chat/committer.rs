@@ -1,8 +1,10 @@
-//! The single task that stores sent messages: it takes whatever sends are queued
-//! (up to a batch), commits them in one transaction, then publishes each in commit
-//! order. One commit per batch is what lets the server keep up under load; one
-//! publisher is what keeps every connection's events in seq order. At low load a
-//! batch is one message and nothing waits.
+//! The single task that writes messages: it takes whatever jobs are queued (up to
+//! a batch), commits consecutive sends in one transaction, runs each workflow's
+//! find-or-create in its turn, and publishes every stored message in commit order.
+//! One commit per batch is what lets the server keep up under load; one publisher
+//! (system messages and the answers to repeated keys included) is what keeps every
+//! connection's events in seq order on a node. At low load a batch is one job and
+//! nothing waits.
 
 use std::sync::Arc;
 
@@ -13,16 +15,34 @@ use tokio_util::sync::CancellationToken;
 use super::members::ThreadMembers;
 use super::{Error, Sent};
 use crate::bus::Bus;
-use crate::domain::{Ack, ErrorCode, Event, Message};
-use crate::store::{Appended, NewMessage, Store, StoreError};
+use crate::domain::{Ack, ErrorCode, Event, Message, Proposal, User, UserId};
+use crate::store::{Appended, NewMessage, NewProposal, OpenThread, Opened, Store, StoreError};
 
 /// Past a few hundred messages a transaction gains little and delays the first ack.
 const MAX_BATCH: usize = 256;
+
+/// What the committer is asked to do.
+pub(super) enum Job {
+    Send(SendJob),
+    /// Boxed: rare, and much larger than a send.
+    Open(Box<OpenJob>),
+}
 
 pub(super) struct SendJob {
     pub(super) new: NewMessage,
     pub(super) members: Arc<ThreadMembers>,
     pub(super) reply: Reply,
+}
+
+/// A workflow's find-or-create of a thread (with its proposal, when there is one).
+/// It runs here so that its system message, seq 1, is published before any message
+/// that follows it in the thread.
+pub(super) struct OpenJob {
+    pub(super) open: OpenThread,
+    pub(super) proposal: Option<NewProposal>,
+    /// The two people of the thread, to address and render the system message.
+    pub(super) participants: [User; 2],
+    pub(super) reply: oneshot::Sender<Result<(Option<Proposal>, Opened), StoreError>>,
 }
 
 /// Where the outcome of a send goes.
@@ -36,10 +56,11 @@ pub(super) enum Reply {
 pub(super) fn spawn(
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
-    mut jobs: mpsc::Receiver<SendJob>,
+    mut jobs: mpsc::Receiver<Job>,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let committer = Committer { store, bus };
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             let first = tokio::select! {
@@ -55,99 +76,164 @@ pub(super) fn spawn(
                     Err(_) => break,
                 }
             }
-            commit(&store, &bus, &mut batch).await;
+            committer.run(&mut batch).await;
         }
         // Stopping: store what was queued before the stop, then end.
         jobs.close();
         while let Some(job) = jobs.recv().await {
             batch.push(job);
             if batch.len() == MAX_BATCH {
-                commit(&store, &bus, &mut batch).await;
+                committer.run(&mut batch).await;
             }
         }
         if !batch.is_empty() {
-            commit(&store, &bus, &mut batch).await;
+            committer.run(&mut batch).await;
         }
     })
 }
 
-async fn commit(store: &Arc<dyn Store>, bus: &Arc<dyn Bus>, batch: &mut Vec<SendJob>) {
-    let (news, rest): (Vec<NewMessage>, Vec<(Arc<ThreadMembers>, Reply)>) =
-        batch.drain(..).map(|j| (j.new, (j.members, j.reply))).unzip();
-    match store.append_messages(news).await {
-        Ok(results) => {
-            for ((members, reply), result) in rest.into_iter().zip(results) {
-                finish(store, bus, members, reply, result);
-            }
-        }
-        Err(e) => {
-            let (code, detail) = match e {
-                StoreError::Unavailable(_) => (ErrorCode::Unavailable, "the database is unavailable; send again"),
-                _ => (ErrorCode::Internal, "the message could not be stored; send again"),
-            };
-            tracing::error!(error = %super::error_chain(&e), messages = rest.len(), "storing a batch of messages failed");
-            for (_, reply) in rest {
-                fail(bus, reply, Error::rejected(code, detail));
-            }
-        }
-    }
+/// Who sent a message and under which key, kept for its answer.
+struct Sender {
+    user: UserId,
+    key: Option<String>,
 }
 
-fn finish(
-    store: &Arc<dyn Store>,
-    bus: &Arc<dyn Bus>,
-    members: Arc<ThreadMembers>,
-    reply: Reply,
-    result: Result<Appended, StoreError>,
-) {
-    match result {
-        Ok(Appended { message, duplicate: false }) => {
-            let message = Arc::new(Message::fresh(message, members.users.iter()));
-            let ack = match &reply {
-                Reply::Connection(ack) => Some(ack.clone()),
-                Reply::Caller(_) => None,
-            };
-            bus.publish(Event::Message { message: message.clone(), recipients: members.ids.clone(), ack });
-            if let Reply::Caller(tx) = reply {
-                let _ = tx.send(Ok(Sent { message: Message::clone(&message), duplicate: false }));
-            }
-        }
-        Ok(Appended { message, duplicate: true }) => {
-            // Rare: answer with the first message as it is now, off the hot path.
-            let (store, bus) = (store.clone(), bus.clone());
-            tokio::spawn(async move {
-                let sender = message.sender_id.unwrap_or(crate::domain::UserId(0));
-                let view = match store.thread(message.thread_id, sender).await {
-                    Ok(Some(thread)) => Ok(Message::view(message, &thread.participants)),
-                    Ok(None) => Err(Error::not_found("thread")),
-                    Err(e) => Err(e.into()),
-                };
-                match (view, reply) {
-                    (Ok(m), Reply::Caller(tx)) => {
-                        let _ = tx.send(Ok(Sent { message: m, duplicate: true }));
+struct Committer {
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+}
+
+impl Committer {
+    /// Runs the jobs in queue order: consecutive sends as one transaction.
+    async fn run(&self, batch: &mut Vec<Job>) {
+        let mut sends = Vec::new();
+        for job in batch.drain(..) {
+            match job {
+                Job::Send(send) => sends.push(send),
+                Job::Open(open) => {
+                    if !sends.is_empty() {
+                        self.commit(std::mem::take(&mut sends)).await;
                     }
-                    (Ok(m), Reply::Connection(ack)) => {
-                        bus.publish(Event::Message { message: Arc::new(m), recipients: Arc::new([]), ack: Some(ack) });
-                    }
-                    (Err(e), reply) => fail(&bus, reply, e),
+                    self.open(*open).await;
                 }
-            });
+            }
         }
-        Err(e) => fail(bus, reply, e.into()),
+        if !sends.is_empty() {
+            self.commit(sends).await;
+        }
     }
-}
 
-fn fail(bus: &Arc<dyn Bus>, reply: Reply, error: Error) {
-    match reply {
-        Reply::Caller(tx) => {
-            let _ = tx.send(Err(error));
+    async fn open(&self, job: OpenJob) {
+        let OpenJob { open, proposal, participants, reply } = job;
+        let outcome = match proposal {
+            Some(new) => self.store.submit_proposal(new, open).await.map(|(p, o)| (Some(p), o)),
+            None => self.store.open_thread(open).await.map(|o| (None, o)),
+        };
+        if let Ok((_, opened)) = &outcome
+            && let Some(record) = &opened.first_message
+        {
+            let message = Arc::new(Message::fresh(record.clone(), participants.iter()));
+            let recipients = participants.iter().map(|u| u.id).collect();
+            self.bus.publish(Event::Message { message, recipients, ack: None });
         }
-        Reply::Connection(ack) => bus.publish(Event::Refused {
-            user: ack.user,
-            connection: ack.connection,
-            code: error.code(),
-            detail: error.detail(),
-            client_msg_id: ack.client_msg_id,
-        }),
+        let _ = reply.send(outcome);
+    }
+
+    async fn commit(&self, sends: Vec<SendJob>) {
+        let mut news = Vec::with_capacity(sends.len());
+        let mut rest = Vec::with_capacity(sends.len());
+        for job in sends {
+            let sent =
+                Sender { user: job.new.sender, key: job.new.client_msg_id.as_ref().map(|k| k.as_str().to_owned()) };
+            news.push(job.new);
+            rest.push((job.members, job.reply, sent));
+        }
+        match self.store.append_messages(news).await {
+            Ok(results) => {
+                for ((members, reply, sent), result) in rest.into_iter().zip(results) {
+                    self.finish(members, reply, sent, result).await;
+                }
+            }
+            Err(e) => {
+                let (code, detail) = match e {
+                    StoreError::Unavailable(_) => (ErrorCode::Unavailable, "the database is unavailable; send again"),
+                    _ => (ErrorCode::Internal, "the message could not be stored; send again"),
+                };
+                tracing::error!(error = %super::error_chain(&e), messages = rest.len(), "storing a batch of messages failed");
+                for (_, reply, _) in rest {
+                    self.fail(reply, Error::rejected(code, detail));
+                }
+            }
+        }
+    }
+
+    async fn finish(
+        &self,
+        members: Arc<ThreadMembers>,
+        reply: Reply,
+        sent: Sender,
+        result: Result<Appended, StoreError>,
+    ) {
+        match result {
+            Ok(Appended { message, duplicate: false }) => {
+                let message = Arc::new(Message::fresh(message, members.users.iter()));
+                let ack = match &reply {
+                    Reply::Connection(ack) => Some(ack.clone()),
+                    Reply::Caller(_) => None,
+                };
+                self.bus.publish(Event::Message { message: message.clone(), recipients: members.ids.clone(), ack });
+                if let Reply::Caller(tx) = reply {
+                    let _ = tx.send(Ok(Sent { message: Message::clone(&message), duplicate: false }));
+                }
+            }
+            Ok(Appended { message, duplicate: true }) => {
+                // A retry: answer with the first message as it is now (its read state
+                // may have changed). Rare, so one read here costs little, and answering
+                // from this task keeps the answer in publish order.
+                let participants = match self.store.thread(message.thread_id, sent.user).await {
+                    Ok(Some(thread)) => thread.participants,
+                    Ok(None) => return self.fail(reply, Error::not_found("thread")),
+                    Err(e) => return self.fail(reply, e.into()),
+                };
+                let message = Message::view(message, &participants);
+                match reply {
+                    Reply::Caller(tx) => {
+                        let _ = tx.send(Ok(Sent { message, duplicate: true }));
+                    }
+                    Reply::Connection(ack) => {
+                        let ack = Ack { repeated: true, ..ack };
+                        self.bus.publish(Event::Message {
+                            message: Arc::new(message),
+                            recipients: Arc::new([]),
+                            ack: Some(ack),
+                        });
+                    }
+                }
+            }
+            Err(StoreError::KeyReused) => {
+                let detail = format!(
+                    "client_msg_id {:?} was already used in this thread for a message with another text; \
+                     use a new key for a new message",
+                    sent.key.unwrap_or_default()
+                );
+                self.fail(reply, Error::rejected(ErrorCode::Conflict, detail));
+            }
+            Err(e) => self.fail(reply, e.into()),
+        }
+    }
+
+    fn fail(&self, reply: Reply, error: Error) {
+        match reply {
+            Reply::Caller(tx) => {
+                let _ = tx.send(Err(error));
+            }
+            Reply::Connection(ack) => self.bus.publish(Event::Refused {
+                user: ack.user,
+                connection: ack.connection,
+                code: error.code(),
+                detail: error.detail(),
+                client_msg_id: ack.client_msg_id,
+            }),
+        }
     }
 }

@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use super::committer::{Reply, SendJob};
+use super::committer::{Job, Reply, SendJob};
 use super::members::ThreadMembers;
 use super::{Chat, Error, Result};
 use crate::domain::{
-    Ack, ClientMsgId, ConnectionId, ErrorCode, Event, Message, MessageText, Page, PageRequest, Seq, Thread, ThreadId,
+    Ack, ClientMsgId, ConnectionId, ErrorCode, Event, InboxCursor, Message, MessageText, Page, Seq, Thread, ThreadId,
     User, UserId,
 };
-use crate::store::{Cursor, NewMessage, OpenThread, ReadMarker, ThreadKey};
+use crate::store::{Cursor, InboxFrom, NewMessage, OpenThread, ReadMarker, ThreadKey};
 
 /// Where a message goes: a thread, or the direct thread with a user (created if needed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +27,36 @@ pub enum SendTarget {
 pub struct Sent {
     pub message: Message,
     pub duplicate: bool,
+}
+
+/// A send that passed every check made before storing, ready to queue.
+#[derive(Debug)]
+pub struct PreparedSend {
+    new: NewMessage,
+    members: Arc<ThreadMembers>,
+}
+
+impl PreparedSend {
+    /// The thread it goes into (for a `recipient_id` send, the pair's direct thread).
+    pub fn thread_id(&self) -> ThreadId {
+        self.new.thread_id
+    }
+}
+
+/// A page of the inbox and the cursor of the page after it (`None` on the last).
+#[derive(Debug, Clone)]
+pub struct Inbox {
+    pub page: Page<Thread>,
+    pub next: Option<InboxCursor>,
+}
+
+/// What a `sync` must replay: each thread with a message after the seq the client
+/// named, with that seq; and the last seq of every thread the user is in, so the
+/// connection knows where each thread stands once the replay is done.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncPlan {
+    pub replay: Vec<(ThreadId, Seq)>,
+    pub heads: Vec<(ThreadId, Seq)>,
 }
 
 /// Unread counts across a user's threads.
@@ -64,14 +94,20 @@ impl Chat {
         }
     }
 
-    /// Validates a send and finds its thread and participants.
-    async fn prepare(
+    /// Validates a send and finds its thread and participants: everything that can
+    /// be refused before storing.
+    ///
+    /// # Errors
+    /// `rate_limited`; `payload_too_large` for text over the limit;
+    /// `validation_failed` for empty text or a bad `client_msg_id`; `not_found` for a
+    /// thread the sender is not in or an unknown recipient.
+    pub async fn prepare_send(
         &self,
         sender: &User,
         target: SendTarget,
         text: String,
         client_msg_id: Option<String>,
-    ) -> Result<(NewMessage, Arc<ThreadMembers>)> {
+    ) -> Result<PreparedSend> {
         self.check_rate(sender)?;
         let text = MessageText::parse(text, self.limits.max_text_chars)?.into_inner();
         let client_msg_id = client_msg_id.map(ClientMsgId::parse).transpose()?;
@@ -80,10 +116,10 @@ impl Chat {
             SendTarget::Recipient(to) => self.direct_thread_with(sender, to).await?,
         };
         let members = self.members_for(thread_id, sender.id).await?;
-        Ok((NewMessage { thread_id, sender: sender.id, text, client_msg_id }, members))
+        Ok(PreparedSend { new: NewMessage { thread_id, sender: sender.id, text, client_msg_id }, members })
     }
 
-    async fn enqueue(&self, job: SendJob) -> Result<()> {
+    pub(super) async fn enqueue(&self, job: Job) -> Result<()> {
         self.sends
             .send(job)
             .await
@@ -94,9 +130,8 @@ impl Chat {
     /// committed before this returns.
     ///
     /// # Errors
-    /// `rate_limited`; `validation_failed` for empty or over-long text or a bad
-    /// `client_msg_id`; `not_found` for a thread the sender is not in or an unknown
-    /// recipient.
+    /// Those of [`Chat::prepare_send`]; `conflict` for a `client_msg_id` already used
+    /// in this thread with another text.
     pub async fn send_message(
         &self,
         sender: &User,
@@ -104,30 +139,24 @@ impl Chat {
         text: String,
         client_msg_id: Option<String>,
     ) -> Result<Sent> {
-        let (new, members) = self.prepare(sender, target, text, client_msg_id).await?;
+        let PreparedSend { new, members } = self.prepare_send(sender, target, text, client_msg_id).await?;
         let (tx, rx) = oneshot::channel();
-        self.enqueue(SendJob { new, members, reply: Reply::Caller(tx) }).await?;
+        self.enqueue(Job::Send(SendJob { new, members, reply: Reply::Caller(tx) })).await?;
         rx.await.map_err(|_| Error::rejected(ErrorCode::Unavailable, "the server is shutting down; send again"))?
     }
 
     /// Queues a message sent over a WebSocket. Once stored, the sending connection
     /// gets `message_ack` and every other connection of the participants
-    /// `new_message`, in commit order; a refusal after queueing arrives as an
-    /// [`Event::Refused`].
+    /// `new_message`, in commit order; a refusal after queueing (a reused key, the
+    /// database down) arrives as an [`Event::Refused`].
     ///
     /// # Errors
-    /// The refusals of [`Chat::send_message`] that can be told before storing.
-    pub async fn submit_message(
-        &self,
-        sender: &User,
-        connection: ConnectionId,
-        target: SendTarget,
-        text: String,
-        client_msg_id: Option<String>,
-    ) -> Result<()> {
-        let (new, members) = self.prepare(sender, target, text, client_msg_id.clone()).await?;
-        let ack = Ack { user: sender.id, connection, client_msg_id };
-        self.enqueue(SendJob { new, members, reply: Reply::Connection(ack) }).await
+    /// `unavailable` when the server is shutting down.
+    pub async fn submit_message(&self, prepared: PreparedSend, connection: ConnectionId) -> Result<()> {
+        let PreparedSend { new, members } = prepared;
+        let client_msg_id = new.client_msg_id.as_ref().map(|k| k.as_str().to_owned());
+        let ack = Ack { user: new.sender, connection, client_msg_id, repeated: false };
+        self.enqueue(Job::Send(SendJob { new, members, reply: Reply::Connection(ack) })).await
     }
 
     /// Tells the other participants that `user` is typing.
@@ -170,9 +199,11 @@ impl Chat {
         Ok(record.into())
     }
 
-    /// `viewer`'s threads, most recent activity first.
-    pub async fn inbox(&self, viewer: &User, page: PageRequest) -> Result<Page<Thread>> {
-        Ok(self.store().inbox(viewer.id, page).await?.map(Thread::from))
+    /// A page of `viewer`'s threads, most recent activity first.
+    pub async fn inbox(&self, viewer: &User, from: InboxFrom, limit: u32) -> Result<Inbox> {
+        let page = self.store().inbox(viewer.id, from, limit).await?;
+        let next = if page.has_more { page.results.last().map(|t| t.cursor()) } else { None };
+        Ok(Inbox { page: page.map(Thread::from), next })
     }
 
     /// A page of a thread's messages in seq order.
@@ -218,31 +249,31 @@ impl Chat {
         self.check_rate(viewer)?;
         let members = self.members_for(id, viewer.id).await?;
         let marker = self.store().mark_read(id, viewer.id, up_to.map(Seq)).await?;
-        self.bus.publish(Event::Read {
-            thread_id: id,
-            user_id: viewer.id,
-            up_to_seq: marker.up_to_seq,
-            recipients: members.others(viewer.id),
-        });
+        if marker.moved {
+            self.bus.publish(Event::Read {
+                thread_id: id,
+                user_id: viewer.id,
+                up_to_seq: marker.up_to_seq,
+                recipients: members.others(viewer.id),
+            });
+        }
         Ok(marker)
     }
 
-    /// The threads `user` must be sent messages of to catch up, each with the seq to
-    /// start after: every thread they are in with a message after the seq they name
-    /// (0 for a thread they do not name). Threads they are not in are ignored.
-    pub async fn sync_plan(&self, user: &User, seen: &HashMap<ThreadId, Seq>) -> Result<Vec<(ThreadId, Seq)>> {
-        let mut plan: Vec<(ThreadId, Seq)> = self
-            .store()
-            .thread_heads(user.id)
-            .await?
-            .into_iter()
-            .filter_map(|(thread, last)| {
+    /// What a `sync` must replay for `user`: every thread they are in with a message
+    /// after the seq they name (0 for a thread they do not name). Threads they are
+    /// not in are ignored.
+    pub async fn sync_plan(&self, user: &User, seen: &HashMap<ThreadId, Seq>) -> Result<SyncPlan> {
+        let mut heads = self.store().thread_heads(user.id).await?;
+        heads.sort();
+        let replay = heads
+            .iter()
+            .filter_map(|&(thread, last)| {
                 let from = seen.get(&thread).copied().unwrap_or_default();
                 (last > from).then_some((thread, from))
             })
             .collect();
-        plan.sort();
-        Ok(plan)
+        Ok(SyncPlan { replay, heads })
     }
 
     /// Messages from `other` to `viewer` that `viewer` has not read (seed route).

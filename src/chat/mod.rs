@@ -22,10 +22,10 @@ use crate::domain::{ErrorCode, Thread, ValidationError};
 use crate::store::{Store, StoreError};
 
 pub use accounts::Registration;
-pub use messaging::{SendTarget, Sent, UnreadTotals};
+pub use messaging::{Inbox, PreparedSend, SendTarget, Sent, SyncPlan, UnreadTotals};
 pub use workflows::{Opening, ProposalSubmitted};
 
-use committer::SendJob;
+use committer::Job;
 use members::Members;
 use rate::RateLimiter;
 
@@ -58,7 +58,7 @@ pub struct Chat {
     limits: Limits,
     members: Arc<Members>,
     rate: Arc<RateLimiter>,
-    sends: mpsc::Sender<SendJob>,
+    sends: mpsc::Sender<Job>,
     committer: Arc<Committer>,
 }
 
@@ -182,7 +182,7 @@ impl Error {
 
 impl From<ValidationError> for Error {
     fn from(e: ValidationError) -> Self {
-        Self::validation(e.detail())
+        Self::rejected(e.code(), e.detail())
     }
 }
 
@@ -191,6 +191,10 @@ impl From<StoreError> for Error {
         match e {
             StoreError::Conflict(what) => Self::rejected(ErrorCode::Conflict, format!("already exists ({what})")),
             StoreError::NotFound(what) => Self::not_found(what),
+            StoreError::KeyReused => Self::rejected(
+                ErrorCode::Conflict,
+                "this client_msg_id was already used in this thread for another text; use a new key",
+            ),
             e @ StoreError::Unavailable(_) => Self::Unavailable(e),
             StoreError::Other(e) => Self::Internal(e),
         }

@@ -2,11 +2,12 @@
 //! only when it is created. The store makes it exactly-once; this layer decides who
 //! may do what.
 
-use std::sync::Arc;
+use tokio::sync::oneshot;
 
+use super::committer::{Job, OpenJob};
 use super::{Chat, Error, Result};
 use crate::domain::{
-    ErrorCode, Event, JobId, JobStatus, LongText, Message, Money, Proposal, Role, SystemMessage, Thread, User, UserId,
+    ErrorCode, JobId, JobStatus, LongText, Money, Proposal, Role, SystemMessage, Thread, User, UserId,
 };
 use crate::store::{NewProposal, OpenThread, Opened, StoreError, ThreadKey};
 
@@ -45,7 +46,7 @@ impl Chat {
             key: ThreadKey::Direct { a: caller.id, b: freelancer.id },
             first_message: Some(SystemMessage::hire(caller, &freelancer)),
         };
-        let opened = self.store().open_thread(open).await?;
+        let (_, opened) = self.open_in_order(open, None, [caller.clone(), freelancer]).await?;
         self.opening(caller, opened).await
     }
 
@@ -62,7 +63,7 @@ impl Chat {
             key: ThreadKey::Job { job: job.id, a: caller.id, b: job.client.id },
             first_message: Some(SystemMessage::proposal(caller, &job)),
         };
-        let opened = self.store().open_thread(open).await?;
+        let (_, opened) = self.open_in_order(open, None, [caller.clone(), job.client]).await?;
         self.opening(caller, opened).await
     }
 
@@ -93,25 +94,37 @@ impl Chat {
             first_message: Some(SystemMessage::proposal(caller, &job)),
         };
         let new = NewProposal { job: job.id, freelancer: caller.clone(), cover_letter, bid_amount };
-        let (proposal, opened) = self.store().submit_proposal(new, open).await.map_err(|e| match e {
-            StoreError::Conflict(_) => {
-                Error::rejected(ErrorCode::Conflict, "you have already submitted a proposal for this job")
-            }
-            other => other.into(),
-        })?;
+        let (proposal, opened) =
+            self.open_in_order(open, Some(new), [caller.clone(), job.client]).await.map_err(|e| match e {
+                StoreError::Conflict(_) => {
+                    Error::rejected(ErrorCode::Conflict, "you have already submitted a proposal for this job")
+                }
+                other => other.into(),
+            })?;
+        let proposal =
+            proposal.ok_or_else(|| Error::Internal("the committer answered a proposal without it".into()))?;
         let opening = self.opening(caller, opened).await?;
         Ok(ProposalSubmitted { proposal, opening })
     }
 
-    /// The thread as the caller sees it; a new thread's system message is delivered
-    /// live to every participant, like any message.
+    /// Runs a find-or-create on the committer, which publishes a new thread's system
+    /// message (seq 1) in commit order, before anything sent into the thread after it.
+    async fn open_in_order(
+        &self,
+        open: OpenThread,
+        proposal: Option<NewProposal>,
+        participants: [User; 2],
+    ) -> Result<(Option<Proposal>, Opened), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Open(Box::new(OpenJob { open, proposal, participants, reply }));
+        let gone = || StoreError::Other("the message committer has stopped".into());
+        self.enqueue(job).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    /// The thread as the caller sees it.
     async fn opening(&self, caller: &User, opened: Opened) -> Result<Opening> {
         let thread = self.thread(caller, opened.thread_id).await?;
-        if let Some(record) = opened.first_message {
-            let message = Arc::new(Message::fresh(record, thread.participants.iter()));
-            let recipients = thread.participants.iter().map(|u| u.id).collect();
-            self.bus().publish(Event::Message { message, recipients, ack: None });
-        }
         Ok(Opening { thread, created: opened.created })
     }
 }

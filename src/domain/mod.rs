@@ -1,6 +1,7 @@
 //! The contract's nouns and rules as plain data: users, jobs, threads, messages,
 //! the validated input types and the error codes. No I/O, no async, no axum, no SQL.
 
+mod cursor;
 mod error;
 mod event;
 mod ids;
@@ -11,6 +12,7 @@ mod thread;
 mod time;
 mod user;
 
+pub use cursor::InboxCursor;
 pub use error::ErrorCode;
 pub use event::{Ack, ConnectionId, Event};
 pub use ids::{ClientMsgId, JobId, MessageId, Seq, ThreadId, UserId};

@@ -4,23 +4,38 @@
 
 use std::fmt;
 
-/// Why a client's input was refused; becomes `validation_failed` with this detail.
+use super::ErrorCode;
+
+/// Why a client's input was refused: `validation_failed` (or `payload_too_large`
+/// for a message text over the limit) with this detail.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ValidationError(String);
+pub struct ValidationError {
+    detail: String,
+    code: ErrorCode,
+}
 
 impl ValidationError {
     pub fn new(detail: impl Into<String>) -> Self {
-        Self(detail.into())
+        Self { detail: detail.into(), code: ErrorCode::ValidationFailed }
+    }
+
+    /// Input that is well-formed but larger than the server takes.
+    pub fn too_large(detail: impl Into<String>) -> Self {
+        Self { detail: detail.into(), code: ErrorCode::PayloadTooLarge }
     }
 
     pub fn detail(&self) -> &str {
-        &self.0
+        &self.detail
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        self.code
     }
 }
 
 impl fmt::Display for ValidationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.detail)
     }
 }
 
@@ -154,8 +169,17 @@ pub struct MessageText(String);
 
 impl MessageText {
     /// # Errors
-    /// Blank, over `max_chars` characters, or containing NUL.
+    /// `payload_too_large` over `max_chars` characters; blank or containing NUL.
     pub fn parse(s: String, max_chars: usize) -> Result<Self, ValidationError> {
+        // Bytes bound characters from above: most texts skip the count.
+        if s.len() > max_chars {
+            let chars = s.chars().count();
+            if chars > max_chars {
+                return Err(ValidationError::too_large(format!(
+                    "text is {chars} characters; the limit is {max_chars}"
+                )));
+            }
+        }
         checked("text", s, max_chars).map(Self)
     }
 
@@ -173,7 +197,8 @@ mod tests {
         let html = "<script>alert('x')</script>'; DROP TABLE messages; --".to_owned();
         assert_eq!(MessageText::parse(html.clone(), 4000).map(MessageText::into_inner), Ok(html));
         assert!(MessageText::parse("   \n".to_owned(), 4000).is_err());
-        assert!(MessageText::parse("é".repeat(11), 10).is_err());
+        let long = MessageText::parse("é".repeat(11), 10).unwrap_err();
+        assert_eq!(long.code(), ErrorCode::PayloadTooLarge);
         assert!(MessageText::parse("é".repeat(10), 10).is_ok());
         assert!(MessageText::parse("a\0b".to_owned(), 10).is_err());
     }

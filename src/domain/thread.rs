@@ -1,6 +1,6 @@
 use serde::Serialize;
 
-use super::{JobRef, Message, MessageRecord, Seq, ThreadId, Timestamp, User, UserId};
+use super::{InboxCursor, JobRef, Message, MessageRecord, Seq, ThreadId, Timestamp, User, UserId};
 
 /// `direct`: two people, no job; `job`: two people about one job; `group`: more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
@@ -46,9 +46,16 @@ pub struct ThreadRecord {
     pub last_message: Option<MessageRecord>,
     pub unread_count: i64,
     pub created_at: Timestamp,
+    /// The thread's place in inbox order: larger is more recent.
+    pub activity: i64,
 }
 
 impl ThreadRecord {
+    /// The inbox cursor that continues after this thread.
+    pub fn cursor(&self) -> InboxCursor {
+        InboxCursor { activity: self.activity, id: self.id }
+    }
+
     pub fn has_participant(&self, user: UserId) -> bool {
         self.participants.iter().any(|p| p.user.id == user)
     }

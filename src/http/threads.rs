@@ -8,8 +8,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::extract::{AuthUser, Json, Query, ThreadPath, flexible_id};
 use super::{ApiError, AppState, ErrorBody, PageQuery};
 use crate::chat::{Opening, SendTarget, redirect_url};
-use crate::domain::{JobId, Message, Page, PageRequest, Seq, Thread, UserId, ValidationError};
-use crate::store::Cursor;
+use crate::domain::{InboxCursor, JobId, Message, Page, PageRequest, Seq, Thread, UserId, ValidationError};
+use crate::store::{Cursor, InboxFrom};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -68,14 +68,50 @@ pub(crate) async fn proposal_chat(
     Ok(workflow_answer(state.chat.proposal_chat(&user, job).await?))
 }
 
-#[utoipa::path(get, path = "/api/chat/threads/", tag = "threads", security(("bearer" = [])), params(PageQuery),
-    responses((status = 200, body = Page<Thread>)))]
+/// `?limit=&cursor=` of the inbox.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct InboxQuery {
+    /// 1 to 200, default 50.
+    limit: Option<i64>,
+    /// The `next` of the previous page; absent for the first page.
+    cursor: Option<String>,
+    /// Legacy: threads to skip. A walk by offset may repeat or skip threads whose
+    /// activity moves meanwhile; use `cursor`.
+    offset: Option<i64>,
+}
+
+/// A page of the inbox: the contract's list shape plus the cursor of the next page.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct InboxPage {
+    results: Vec<Thread>,
+    has_more: bool,
+    /// Send back as `?cursor=` for the next page; `null` on the last page.
+    next: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/chat/threads/", tag = "threads", security(("bearer" = [])), params(InboxQuery),
+    description = "The caller's threads, most recent activity first, paged by an opaque keyset cursor: a walk \
+        repeats no thread and skips only one whose activity moved to the top meanwhile.",
+    responses((status = 200, body = InboxPage), (status = 400, body = ErrorBody)))]
 pub(crate) async fn list_threads(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Query(q): Query<PageQuery>,
-) -> Result<axum::Json<Page<Thread>>, ApiError> {
-    Ok(axum::Json(state.chat.inbox(&user, q.parse()?).await?))
+    Query(q): Query<InboxQuery>,
+) -> Result<axum::Json<InboxPage>, ApiError> {
+    let limit = PageRequest::parse(q.limit, None)?.limit;
+    let from = match (q.cursor, q.offset) {
+        (Some(_), Some(_)) => return Err(ValidationError::new("give cursor or offset, not both").into()),
+        (Some(cursor), None) => InboxFrom::After(InboxCursor::parse(&cursor)?),
+        (None, Some(offset)) => InboxFrom::Offset(PageRequest::parse(None, Some(offset))?.offset),
+        (None, None) => InboxFrom::Start,
+    };
+    let inbox = state.chat.inbox(&user, from, limit).await?;
+    Ok(axum::Json(InboxPage {
+        results: inbox.page.results,
+        has_more: inbox.page.has_more,
+        next: inbox.next.map(|c| c.encode()),
+    }))
 }
 
 #[utoipa::path(get, path = "/api/chat/threads/{id}/", tag = "threads", security(("bearer" = [])),
@@ -89,7 +125,8 @@ pub(crate) async fn get_thread(
 }
 
 /// A page of messages: `after_seq` gives those right after, `before_seq` those right
-/// before, neither the newest; always in seq order.
+/// before, both the first of those strictly between, neither the newest; always in
+/// seq order.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct MessagesQuery {
@@ -106,7 +143,7 @@ impl MessagesQuery {
         limit: Option<i64>,
     ) -> Result<(Cursor, u32), ValidationError> {
         let cursor = match (before_seq, after_seq) {
-            (Some(_), Some(_)) => return Err(ValidationError::new("give before_seq or after_seq, not both")),
+            (Some(b), Some(a)) if a >= 0 && b >= 0 => Cursor::Between(Seq(a), Seq(b)),
             (Some(b), None) if b >= 0 => Cursor::Before(Seq(b)),
             (None, Some(a)) if a >= 0 => Cursor::After(Seq(a)),
             (None, None) => Cursor::Latest,
@@ -133,14 +170,18 @@ pub(crate) async fn list_messages(
 #[serde(deny_unknown_fields)]
 pub(crate) struct SendBody {
     text: String,
-    /// The sender's idempotency key: repeating it returns the first message.
+    /// The sender's idempotency key, scoped to the sender and the thread: the same
+    /// key with the same text returns the first message; with another text it is
+    /// 409 `conflict`; in another thread it is another message.
     client_msg_id: Option<String>,
 }
 
 #[utoipa::path(post, path = "/api/chat/threads/{id}/messages/", tag = "threads", security(("bearer" = [])),
     params(("id" = String, Path, format = Uuid)), request_body = SendBody,
-    responses((status = 201, body = Message), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 413, body = ErrorBody)))]
+    responses((status = 201, body = Message, description = "stored, or the first message of a repeated key"),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "the client_msg_id names another text in this thread"),
+        (status = 413, body = ErrorBody, description = "text over the limit")))]
 pub(crate) async fn post_message(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,

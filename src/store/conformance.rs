@@ -9,7 +9,7 @@ use std::sync::Arc;
 use futures::future::join_all;
 use serde_json::json;
 
-use super::{Cursor, NewJob, NewMessage, NewProposal, NewUser, OpenThread, Store, StoreError, ThreadKey};
+use super::{Cursor, InboxFrom, NewJob, NewMessage, NewProposal, NewUser, OpenThread, Store, StoreError, ThreadKey};
 use crate::domain::{
     ClientMsgId, JobId, MessageKind, Money, PageRequest, Profile, Role, Seq, SystemMessage, ThreadId, User, UserId,
 };
@@ -178,7 +178,7 @@ pub async fn a_repeated_client_msg_id_returns_the_first_message(store: Arc<dyn S
     let thread = direct(&*store, &a, &b).await;
     let first = send(&*store, thread, &a, "once", Some("c-1")).await;
     assert!(!first.duplicate);
-    let again = send(&*store, thread, &a, "twice?", Some("c-1")).await;
+    let again = send(&*store, thread, &a, "once", Some("c-1")).await;
     assert!(again.duplicate);
     assert_eq!(again.message, first.message);
     // Another sender may use the same key.
@@ -217,10 +217,11 @@ pub async fn a_batch_commits_together_and_refuses_only_its_bad_messages(store: A
         new("one", thread, Some("k")),
         new("lost", ThreadId::generate(), None),
         new("two", thread, None),
-        new("one again", thread, Some("k")),
+        new("one", thread, Some("k")),
+        new("not one", thread, Some("k")),
     ];
     let results = store.append_messages(batch).await.unwrap();
-    assert_eq!(results.len(), 4);
+    assert_eq!(results.len(), 5);
     let first = results[0].as_ref().unwrap();
     assert!(!first.duplicate && first.message.seq == Seq(1));
     assert!(matches!(results[1], Err(StoreError::NotFound(_))));
@@ -228,6 +229,7 @@ pub async fn a_batch_commits_together_and_refuses_only_its_bad_messages(store: A
     let again = results[3].as_ref().unwrap();
     assert!(again.duplicate);
     assert_eq!(again.message, first.message);
+    assert!(matches!(results[4], Err(StoreError::KeyReused)), "{:?}", results[4]);
     let stored: Vec<String> =
         store.messages(thread, Cursor::Latest, 10).await.unwrap().results.into_iter().map(|m| m.text).collect();
     assert_eq!(stored, vec!["one".to_owned(), "two".to_owned()]);
@@ -272,6 +274,15 @@ pub async fn message_pages_follow_their_cursor_in_seq_order(store: Arc<dyn Store
     assert_eq!((seqs(&tail), tail.has_more), (vec![9, 10], false));
     let none = store.messages(thread, Cursor::After(Seq(10)), 3).await.unwrap();
     assert_eq!((seqs(&none), none.has_more), (vec![], false));
+    // Both bounds: strictly between, the first `limit` of them, in seq order.
+    let between = store.messages(thread, Cursor::Between(Seq(2), Seq(9)), 3).await.unwrap();
+    assert_eq!((seqs(&between), between.has_more), (vec![3, 4, 5], true));
+    let rest = store.messages(thread, Cursor::Between(Seq(5), Seq(9)), 3).await.unwrap();
+    assert_eq!((seqs(&rest), rest.has_more), (vec![6, 7, 8], false));
+    let empty = store.messages(thread, Cursor::Between(Seq(4), Seq(5)), 3).await.unwrap();
+    assert_eq!((seqs(&empty), empty.has_more), (vec![], false));
+    let reversed = store.messages(thread, Cursor::Between(Seq(8), Seq(3)), 3).await.unwrap();
+    assert_eq!(seqs(&reversed), Vec::<i64>::new());
 }
 
 pub async fn read_markers_move_forward_only_and_drive_unread_counts(store: Arc<dyn Store>) {
@@ -291,9 +302,11 @@ pub async fn read_markers_move_forward_only_and_drive_unread_counts(store: Arc<d
     assert_eq!(store.unread_by_thread(b.id).await.unwrap(), vec![(thread, 5)]);
 
     let marker = store.mark_read(thread, b.id, Some(Seq(3))).await.unwrap();
-    assert_eq!((marker.up_to_seq, marker.unread_count), (Seq(3), 2));
+    assert_eq!((marker.up_to_seq, marker.unread_count, marker.moved), (Seq(3), 2, true));
     let back = store.mark_read(thread, b.id, Some(Seq(1))).await.unwrap();
-    assert_eq!(back.up_to_seq, Seq(3), "a read marker never moves back");
+    assert_eq!((back.up_to_seq, back.moved), (Seq(3), false), "a read marker never moves back");
+    let same = store.mark_read(thread, b.id, Some(Seq(3))).await.unwrap();
+    assert_eq!((same.up_to_seq, same.unread_count, same.moved), (Seq(3), 2, false), "nor is rewritten in place");
     let past = store.mark_read(thread, b.id, Some(Seq(1000))).await.unwrap();
     assert_eq!((past.up_to_seq, past.unread_count), (Seq(6), 0), "nor past the last message");
     let all = store.mark_read(thread, a.id, None).await.unwrap();
@@ -313,7 +326,7 @@ pub async fn a_thread_is_invisible_to_outsiders(store: Arc<dyn Store>) {
     let thread = direct(&*store, &a, &b).await;
     assert!(store.thread(thread, c.id).await.unwrap().is_none());
     assert!(store.thread(ThreadId::generate(), a.id).await.unwrap().is_none());
-    assert!(store.inbox(c.id, PageRequest::default()).await.unwrap().results.is_empty());
+    assert!(store.inbox(c.id, InboxFrom::Start, 50).await.unwrap().results.is_empty());
     let members: Vec<UserId> = store.participants(thread).await.unwrap().iter().map(|u| u.id).collect();
     assert_eq!(members, vec![a.id, b.id]);
     assert!(store.participants(ThreadId::generate()).await.unwrap().is_empty());
@@ -327,14 +340,14 @@ pub async fn the_inbox_lists_threads_by_latest_activity(store: Arc<dyn Store>) {
         threads.push(direct(&*store, &me, &other).await);
     }
     let first = send(&*store, threads[0], &me, "bump the oldest", None).await;
-    let inbox = store.inbox(me.id, PageRequest { limit: 2, offset: 0 }).await.unwrap();
+    let inbox = store.inbox(me.id, InboxFrom::Start, 2).await.unwrap();
     assert!(inbox.has_more);
     let ids: Vec<ThreadId> = inbox.results.iter().map(|t| t.id).collect();
     assert_eq!(ids, vec![threads[0], threads[2]]);
     assert_eq!(inbox.results[0].last_message.as_ref(), Some(&first.message));
     assert_eq!(inbox.results[0].participants.len(), 2);
     assert!(inbox.results[1].last_message.is_none());
-    let rest = store.inbox(me.id, PageRequest { limit: 2, offset: 2 }).await.unwrap();
+    let rest = store.inbox(me.id, InboxFrom::Offset(2), 2).await.unwrap();
     assert_eq!(rest.results.iter().map(|t| t.id).collect::<Vec<_>>(), vec![threads[1]]);
     assert!(!rest.has_more);
 }
@@ -377,9 +390,95 @@ pub async fn a_proposal_and_its_thread_are_written_together_or_not_at_all(store:
     };
     let (_, first) = store.submit_proposal(p2(), open2()).await.unwrap();
     assert!(first.created);
-    let before = store.inbox(client.id, PageRequest::default()).await.unwrap().results.len();
+    let before = store.inbox(client.id, InboxFrom::Start, 50).await.unwrap().results.len();
     assert!(store.submit_proposal(p2(), open2()).await.is_err());
-    assert_eq!(store.inbox(client.id, PageRequest::default()).await.unwrap().results.len(), before);
+    assert_eq!(store.inbox(client.id, InboxFrom::Start, 50).await.unwrap().results.len(), before);
+}
+
+pub async fn a_client_msg_id_is_scoped_to_its_sender_and_thread(store: Arc<dyn Store>) {
+    let a = user(&*store, "a", Role::Client).await;
+    let b = user(&*store, "b", Role::Freelancer).await;
+    let c = user(&*store, "c", Role::Freelancer).await;
+    let with_b = direct(&*store, &a, &b).await;
+    let with_c = direct(&*store, &a, &c).await;
+    let hello_b = send(&*store, with_b, &a, "hello b", Some("c-1")).await;
+    // A client whose keys restart each session uses `c-1` again in another thread.
+    let hello_c = send(&*store, with_c, &a, "hello c", Some("c-1")).await;
+    assert!(!hello_c.duplicate, "the same key in another thread is another message");
+    assert_ne!(hello_c.message.id, hello_b.message.id);
+    assert_eq!((hello_c.message.thread_id, hello_c.message.text.as_str()), (with_c, "hello c"));
+
+    // The same key in the same thread with another text is refused; nothing changes.
+    let reused = NewMessage {
+        thread_id: with_b,
+        sender: a.id,
+        text: "something else".to_owned(),
+        client_msg_id: Some(ClientMsgId::parse("c-1".to_owned()).unwrap()),
+    };
+    assert!(matches!(store.append_message(reused).await, Err(StoreError::KeyReused)));
+    let stored = store.messages(with_b, Cursor::Latest, 10).await.unwrap().results;
+    assert_eq!(stored, vec![hello_b.message.clone()]);
+    assert_eq!(store.thread_heads(b.id).await.unwrap(), vec![(with_b, Seq(1))], "no seq was taken");
+    // A retry with the same text gets the first message.
+    let retry = send(&*store, with_b, &a, "hello b", Some("c-1")).await;
+    assert!(retry.duplicate);
+    assert_eq!(retry.message, hello_b.message);
+}
+
+pub async fn concurrent_reuses_of_a_key_store_one_message_and_refuse_other_texts(store: Arc<dyn Store>) {
+    let a = user(&*store, "a", Role::Client).await;
+    let b = user(&*store, "b", Role::Freelancer).await;
+    let thread = direct(&*store, &a, &b).await;
+    let sends = (0..50).map(|i| {
+        let store = store.clone();
+        let new = NewMessage {
+            thread_id: thread,
+            sender: a.id,
+            text: if i % 2 == 0 { "even".to_owned() } else { "odd".to_owned() },
+            client_msg_id: Some(ClientMsgId::parse("k".to_owned()).unwrap()),
+        };
+        tokio::spawn(async move { store.append_message(new).await })
+    });
+    let results: Vec<_> = join_all(sends).await.into_iter().map(Result::unwrap).collect();
+    let stored = store.messages(thread, Cursor::Latest, 200).await.unwrap().results;
+    assert_eq!(stored.len(), 1, "one message for one key");
+    let winner = &stored[0];
+    assert_eq!(winner.seq, Seq(1));
+    for result in results {
+        match result {
+            Ok(appended) => {
+                assert_eq!(appended.message.id, winner.id);
+            }
+            Err(StoreError::KeyReused) => {}
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+}
+
+pub async fn an_inbox_walk_by_cursor_repeats_nothing_and_skips_only_what_moved(store: Arc<dyn Store>) {
+    let me = user(&*store, "me", Role::Client).await;
+    let mut threads = Vec::new();
+    for i in 0..7 {
+        let other = user(&*store, &format!("o{i}"), Role::Freelancer).await;
+        threads.push(direct(&*store, &me, &other).await);
+    }
+    // Inbox order now: 6, 5, 4, 3, 2, 1, 0.
+    let first = store.inbox(me.id, InboxFrom::Start, 3).await.unwrap();
+    let ids = |p: &crate::domain::Page<crate::domain::ThreadRecord>| p.results.iter().map(|t| t.id).collect::<Vec<_>>();
+    assert_eq!((ids(&first), first.has_more), (vec![threads[6], threads[5], threads[4]], true));
+    // Live activity during the walk: a seen thread and an unseen one move to the top.
+    send(&*store, threads[5], &me, "seen, moved", None).await;
+    send(&*store, threads[2], &me, "unseen, moved", None).await;
+    let cursor = first.results.last().unwrap().cursor();
+    let second = store.inbox(me.id, InboxFrom::After(cursor), 3).await.unwrap();
+    assert_eq!((ids(&second), second.has_more), (vec![threads[3], threads[1], threads[0]], false));
+    let mut walked: Vec<ThreadId> = ids(&first);
+    walked.extend(ids(&second));
+    assert_eq!(walked.iter().collect::<HashSet<_>>().len(), walked.len(), "no thread twice");
+    assert!(!walked.contains(&threads[2]), "only the thread that moved to the top was skipped");
+    // The walk from the start again shows the new order.
+    let again = store.inbox(me.id, InboxFrom::Start, 2).await.unwrap();
+    assert_eq!(ids(&again), vec![threads[2], threads[5]]);
 }
 
 /// Every behaviour by name, so a backend's test file can list them all and a
@@ -394,6 +493,9 @@ macro_rules! store_conformance_tests {
             a_job_thread_and_the_direct_thread_of_a_pair_are_different,
             concurrent_appends_take_seqs_without_gaps_or_repeats,
             a_repeated_client_msg_id_returns_the_first_message,
+            a_client_msg_id_is_scoped_to_its_sender_and_thread,
+            concurrent_reuses_of_a_key_store_one_message_and_refuse_other_texts,
+            an_inbox_walk_by_cursor_repeats_nothing_and_skips_only_what_moved,
             a_batch_commits_together_and_refuses_only_its_bad_messages,
             appending_to_an_unknown_thread_is_not_found,
             text_is_stored_verbatim,

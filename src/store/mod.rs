@@ -12,8 +12,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::domain::{
-    ClientMsgId, Freelancer, Job, JobId, MessageRecord, Money, Page, PageRequest, Profile, Proposal, Role, Seq,
-    SystemMessage, ThreadId, ThreadRecord, User, UserId,
+    ClientMsgId, Freelancer, InboxCursor, Job, JobId, MessageRecord, Money, Page, PageRequest, Profile, Proposal, Role,
+    Seq, SystemMessage, ThreadId, ThreadRecord, User, UserId,
 };
 
 pub use postgres::PostgresStore;
@@ -28,6 +28,10 @@ pub enum StoreError {
     /// A row the operation needs does not exist.
     #[error("not found: {0}")]
     NotFound(&'static str),
+    /// A `client_msg_id` already names another message of this sender in this
+    /// thread (one with another text): the new one is refused, nothing is written.
+    #[error("the client_msg_id was already used for another message")]
+    KeyReused,
     /// The database could not be reached or is overloaded; worth retrying later.
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
@@ -116,12 +120,19 @@ pub struct NewMessage {
     pub client_msg_id: Option<ClientMsgId>,
 }
 
-/// The outcome of an append: `duplicate` when the (sender, `client_msg_id`) pair was
-/// already stored, in which case `message` is the first one.
+/// The outcome of an append: `duplicate` when the (sender, thread, `client_msg_id`)
+/// was already stored with the same text, in which case `message` is the first one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Appended {
     pub message: MessageRecord,
     pub duplicate: bool,
+}
+
+/// The answer to a key that is already stored: the first message when the text is
+/// the same (a retry), a [`StoreError::KeyReused`] when it is not (another message
+/// under an old key must never be acknowledged as the first one).
+fn repeated(first: MessageRecord, new: &NewMessage) -> Result<Appended> {
+    if first.text == new.text { Ok(Appended { message: first, duplicate: true }) } else { Err(StoreError::KeyReused) }
 }
 
 /// Where a page of messages starts.
@@ -133,13 +144,42 @@ pub enum Cursor {
     After(Seq),
     /// The messages right before this seq.
     Before(Seq),
+    /// The first messages strictly between the two seqs.
+    Between(Seq, Seq),
 }
 
-/// The outcome of [`Store::mark_read`].
+impl Cursor {
+    /// The open seq range `(lower, upper)` a page reads, and whether it reads from
+    /// the top (the newest first, reversed afterwards).
+    fn range(self) -> (i64, i64, bool) {
+        match self {
+            Self::Latest => (i64::MIN, i64::MAX, true),
+            Self::Before(s) => (i64::MIN, s.0, true),
+            Self::After(s) => (s.0, i64::MAX, false),
+            Self::Between(a, b) => (a.0, b.0, false),
+        }
+    }
+}
+
+/// Where a page of the inbox starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboxFrom {
+    /// The most recently active thread.
+    Start,
+    /// Legacy offset paging: skips this many threads (may repeat or skip threads
+    /// whose activity moves during a walk).
+    Offset(u64),
+    /// The threads after this one in activity order (keyset paging).
+    After(InboxCursor),
+}
+
+/// The outcome of [`Store::mark_read`]; `moved` is false when the marker already
+/// stood there (nothing was written, and nobody needs telling).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadMarker {
     pub up_to_seq: Seq,
     pub unread_count: i64,
+    pub moved: bool,
 }
 
 /// Every durable operation Confab needs, each atomic on its own.
@@ -176,10 +216,11 @@ pub trait Store: Send + Sync + 'static {
     /// `Conflict` when this freelancer already proposed on this job; nothing is written.
     async fn submit_proposal(&self, new: NewProposal, thread: OpenThread) -> Result<(Proposal, Opened)>;
     /// Appends a message with the thread's next seq, or returns the first message with
-    /// the same (sender, `client_msg_id`).
+    /// the same (sender, thread, `client_msg_id`) when its text is the same.
     ///
     /// # Errors
-    /// `NotFound` for an unknown thread.
+    /// `NotFound` for an unknown thread; `KeyReused` for a key already stored in this
+    /// thread with another text.
     async fn append_message(&self, new: NewMessage) -> Result<Appended> {
         let mut results = self.append_messages(vec![new]).await?;
         results.pop().unwrap_or(Err(StoreError::Other("an empty batch answer".into())))
@@ -194,12 +235,14 @@ pub trait Store: Send + Sync + 'static {
     async fn thread(&self, id: ThreadId, viewer: UserId) -> Result<Option<ThreadRecord>>;
     /// The participants of a thread (empty for an unknown thread).
     async fn participants(&self, id: ThreadId) -> Result<Vec<User>>;
-    /// `viewer`'s threads, most recent activity first.
-    async fn inbox(&self, viewer: UserId, page: PageRequest) -> Result<Page<ThreadRecord>>;
+    /// `viewer`'s threads, most recent activity first (ties broken by id, so the
+    /// order is total and a keyset walk repeats and skips nothing).
+    async fn inbox(&self, viewer: UserId, from: InboxFrom, limit: u32) -> Result<Page<ThreadRecord>>;
     /// A page of a thread's messages, always in seq order.
     async fn messages(&self, id: ThreadId, cursor: Cursor, limit: u32) -> Result<Page<MessageRecord>>;
     /// Moves `user`'s read marker forward to `up_to` (default: the last message); it
-    /// never moves back and never passes the thread's last seq.
+    /// never moves back and never passes the thread's last seq. A marker that would
+    /// not move writes nothing; the unread count is read outside any write.
     ///
     /// # Errors
     /// `NotFound` when `user` is not in the thread.

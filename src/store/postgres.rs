@@ -17,8 +17,8 @@ use super::rows::{
     ParticipantRow, THREAD_COLUMNS, ThreadRow, USER_COLUMNS, UserRow, group_participants,
 };
 use super::{
-    Appended, Cursor, NewJob, NewMessage, NewProposal, NewUser, OpenThread, Opened, ReadMarker, Result, Store,
-    StoreError, ThreadKey,
+    Appended, Cursor, InboxFrom, NewJob, NewMessage, NewProposal, NewUser, OpenThread, Opened, ReadMarker, Result,
+    Store, StoreError, ThreadKey, repeated,
 };
 use crate::domain::{
     ClientMsgId, Freelancer, Job, JobId, MessageRecord, Page, PageRequest, Participant, Profile, Proposal, Seq,
@@ -51,8 +51,24 @@ impl PostgresStore {
     /// # Errors
     /// A server that cannot be reached or refuses the login.
     pub async fn connect_with(options: PgConnectOptions) -> Result<Self> {
-        let pool =
-            PgPoolOptions::new().max_connections(POOL).acquire_timeout(ACQUIRE_TIMEOUT).connect_with(options).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(POOL)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            // The savepoint retry of a racing `client_msg_id` must see the row the
+            // other transaction committed, which a REPEATABLE READ snapshot hides:
+            // set the level ourselves instead of trusting the server's default.
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::Executor::execute(
+                        &mut *conn,
+                        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
         Ok(Self { pool })
     }
 
@@ -108,11 +124,12 @@ async fn insert_message(tx: &mut Transaction<'_, Postgres>, m: &MessageRecord) -
 /// (nothing written for it); the outer one aborts the whole transaction.
 async fn append_in(tx: &mut Transaction<'_, Postgres>, new: NewMessage) -> Result<Result<Appended>> {
     let Some(key) = new.client_msg_id.clone() else { return insert_new(tx, new).await };
-    if let Some(existing) = message_by_key(tx, new.sender, key.as_str()).await? {
-        return Ok(Ok(Appended { message: existing, duplicate: true }));
+    if let Some(existing) = message_by_key(tx, &new, key.as_str()).await? {
+        return Ok(repeated(existing, &new));
     }
     // Another node may be storing the same key right now: try under a savepoint, and
-    // on a unique violation undo just this message (its seq too) and answer the first.
+    // on a unique violation undo just this message (its seq too) and answer with the
+    // first. Seeing that first row needs READ COMMITTED (see `connect_with`).
     let mut savepoint = sqlx::Acquire::begin(&mut **tx).await?;
     match insert_new(&mut savepoint, new.clone()).await {
         Ok(done) => {
@@ -121,8 +138,10 @@ async fn append_in(tx: &mut Transaction<'_, Postgres>, new: NewMessage) -> Resul
         }
         Err(StoreError::Conflict(_)) => {
             savepoint.rollback().await?;
-            let existing = message_by_key(tx, new.sender, key.as_str()).await?;
-            Ok(existing.map(|m| Appended { message: m, duplicate: true }).ok_or(StoreError::NotFound("message")))
+            match message_by_key(tx, &new, key.as_str()).await? {
+                Some(existing) => Ok(repeated(existing, &new)),
+                None => Err(StoreError::Other("a unique key was violated by a row that cannot be read".into())),
+            }
         }
         Err(e) => Err(e),
     }
@@ -130,13 +149,14 @@ async fn append_in(tx: &mut Transaction<'_, Postgres>, new: NewMessage) -> Resul
 
 async fn message_by_key(
     tx: &mut Transaction<'_, Postgres>,
-    sender: UserId,
+    new: &NewMessage,
     key: &str,
 ) -> Result<Option<MessageRecord>> {
     let row: Option<MessageRow> = sqlx::query_as(&format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.sender_id = $1 AND m.client_msg_id = $2"
+        "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.sender_id = $1 AND m.thread_id = $2 AND m.client_msg_id = $3"
     ))
-    .bind(sender.0)
+    .bind(new.sender.0)
+    .bind(new.thread_id.0)
     .bind(key)
     .fetch_optional(&mut **tx)
     .await?;
@@ -233,6 +253,19 @@ impl PostgresStore {
         }
         tx.commit().await?;
         Ok(results.into_iter().map(|r| r.unwrap_or(Err(StoreError::NotFound("message")))).collect())
+    }
+
+    /// `user`'s read marker in a thread and the thread's last seq; `None` when `user`
+    /// is not in it.
+    async fn read_position(&self, id: ThreadId, user: UserId) -> Result<Option<(i64, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT p.last_read_seq, t.last_seq FROM thread_participants p JOIN threads t ON t.id = p.thread_id \
+             WHERE p.thread_id = $1 AND p.user_id = $2",
+        )
+        .bind(id.0)
+        .bind(user.0)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     async fn participants_of(&self, threads: &[Uuid]) -> Result<HashMap<Uuid, Vec<Participant>>> {
@@ -460,19 +493,24 @@ impl Store for PostgresStore {
         Ok(participants.into_values().flatten().map(|p| p.user).collect())
     }
 
-    async fn inbox(&self, viewer: UserId, page: PageRequest) -> Result<Page<ThreadRecord>> {
-        let rows: Vec<ThreadRow> = sqlx::query_as(&format!(
+    async fn inbox(&self, viewer: UserId, from: InboxFrom, limit: u32) -> Result<Page<ThreadRecord>> {
+        let (after, offset) = match from {
+            InboxFrom::Start => ("", 0),
+            InboxFrom::Offset(n) => ("", n),
+            InboxFrom::After(_) => ("AND (t.activity, t.id) < ($3, $4)", 0),
+        };
+        let sql = format!(
             "SELECT {THREAD_COLUMNS}, {UNREAD_SUBQUERY} AS unread_count FROM thread_participants p \
              JOIN threads t ON t.id = p.thread_id \
              LEFT JOIN jobs j ON j.id = t.job_id \
              LEFT JOIN messages m ON m.thread_id = t.id AND m.seq = t.last_seq \
-             WHERE p.user_id = $1 ORDER BY t.activity DESC LIMIT $2 OFFSET $3"
-        ))
-        .bind(viewer.0)
-        .bind(i64::from(page.limit) + 1)
-        .bind(page.offset as i64)
-        .fetch_all(&self.pool)
-        .await?;
+             WHERE p.user_id = $1 {after} ORDER BY t.activity DESC, t.id DESC LIMIT $2 OFFSET {offset}"
+        );
+        let mut query = sqlx::query_as::<_, ThreadRow>(&sql).bind(viewer.0).bind(i64::from(limit) + 1);
+        if let InboxFrom::After(cursor) = from {
+            query = query.bind(cursor.activity).bind(cursor.id.0);
+        }
+        let rows: Vec<ThreadRow> = query.fetch_all(&self.pool).await?;
         let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
         let mut participants = self.participants_of(&ids).await?;
         let records = rows
@@ -482,53 +520,63 @@ impl Store for PostgresStore {
                 r.into_record(p)
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Page::from_overfetch(records, page.limit))
+        Ok(Page::from_overfetch(records, limit))
     }
 
     async fn messages(&self, id: ThreadId, cursor: Cursor, limit: u32) -> Result<Page<MessageRecord>> {
-        let (filter, order, bound) = match cursor {
-            Cursor::Latest => ("<", "DESC", i64::MAX),
-            Cursor::Before(s) => ("<", "DESC", s.0),
-            Cursor::After(s) => (">", "ASC", s.0),
-        };
+        let (lower, upper, from_top) = cursor.range();
+        let order = if from_top { "DESC" } else { "ASC" };
         let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.thread_id = $1 AND m.seq {filter} $2 \
-             ORDER BY m.seq {order} LIMIT $3"
+            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.thread_id = $1 AND m.seq > $2 AND m.seq < $3 \
+             ORDER BY m.seq {order} LIMIT $4"
         );
-        let rows: Vec<MessageRow> =
-            sqlx::query_as(&sql).bind(id.0).bind(bound).bind(i64::from(limit) + 1).fetch_all(&self.pool).await?;
-        let mut records = rows.into_iter().map(MessageRecord::try_from).collect::<Result<Vec<_>>>()?;
-        let has_more = records.len() > limit as usize;
-        records.truncate(limit as usize);
-        if order == "DESC" {
-            records.reverse();
+        let rows: Vec<MessageRow> = sqlx::query_as(&sql)
+            .bind(id.0)
+            .bind(lower)
+            .bind(upper)
+            .bind(i64::from(limit) + 1)
+            .fetch_all(&self.pool)
+            .await?;
+        let records = rows.into_iter().map(MessageRecord::try_from).collect::<Result<Vec<_>>>()?;
+        let mut page = Page::from_overfetch(records, limit);
+        if from_top {
+            page.results.reverse();
         }
-        Ok(Page { results: records, has_more })
+        Ok(page)
     }
 
     async fn mark_read(&self, id: ThreadId, user: UserId, up_to: Option<Seq>) -> Result<ReadMarker> {
-        let mut tx = self.pool.begin().await?;
-        let marker: Option<i64> = sqlx::query_scalar(
-            "UPDATE thread_participants SET last_read_seq = GREATEST(last_read_seq, \
-               LEAST(COALESCE($3, 9223372036854775807), (SELECT last_seq FROM threads WHERE id = $1))) \
-             WHERE thread_id = $1 AND user_id = $2 RETURNING last_read_seq",
-        )
-        .bind(id.0)
-        .bind(user.0)
-        .bind(up_to.map(|s| s.0))
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(marker) = marker else { return Err(StoreError::NotFound("thread")) };
+        let Some((current, last)) = self.read_position(id, user).await? else {
+            return Err(StoreError::NotFound("thread"));
+        };
+        let target = up_to.map_or(last, |s| s.0.min(last));
+        let mut marker = (current, false);
+        if target > current {
+            // One statement, no explicit transaction: the row lock lasts only as
+            // long as the update, and a marker that would not move is not touched.
+            let updated: Option<i64> = sqlx::query_scalar(
+                "UPDATE thread_participants SET last_read_seq = $3 \
+                 WHERE thread_id = $1 AND user_id = $2 AND last_read_seq < $3 RETURNING last_read_seq",
+            )
+            .bind(id.0)
+            .bind(user.0)
+            .bind(target)
+            .fetch_optional(&self.pool)
+            .await?;
+            marker = match updated {
+                Some(m) => (m, true),
+                None => (self.read_position(id, user).await?.map_or(target, |(m, _)| m), false),
+            };
+        }
         let unread: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM messages WHERE thread_id = $1 AND seq > $2 AND (actor_id IS NULL OR actor_id <> $3)",
         )
         .bind(id.0)
-        .bind(marker)
+        .bind(marker.0)
         .bind(user.0)
-        .fetch_one(&mut *tx)
+        .fetch_one(&self.pool)
         .await?;
-        tx.commit().await?;
-        Ok(ReadMarker { up_to_seq: Seq(marker), unread_count: unread })
+        Ok(ReadMarker { up_to_seq: Seq(marker.0), unread_count: unread, moved: marker.1 })
     }
 
     async fn thread_heads(&self, user: UserId) -> Result<Vec<(ThreadId, Seq)>> {

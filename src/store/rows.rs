@@ -164,6 +164,7 @@ pub(super) struct ThreadRow {
     job_id: Option<i64>,
     job_title: Option<String>,
     created_at: i64,
+    activity: i64,
     unread_count: i64,
     m_id: Option<Uuid>,
     m_seq: Option<i64>,
@@ -178,7 +179,7 @@ pub(super) struct ThreadRow {
 
 /// The columns a [`ThreadRow`] needs; the query joins `threads t`, `jobs j` (left)
 /// and `messages m` (left, on the last seq) and computes `unread_count`.
-pub(super) const THREAD_COLUMNS: &str = "t.id, t.kind, t.job_id, j.title AS job_title, t.created_at, \
+pub(super) const THREAD_COLUMNS: &str = "t.id, t.kind, t.job_id, j.title AS job_title, t.created_at, t.activity, \
      m.id AS m_id, m.seq AS m_seq, m.kind AS m_kind, m.sender_id AS m_sender_id, m.actor_id AS m_actor_id, \
      m.text AS m_text, m.metadata AS m_metadata, m.client_msg_id AS m_client_msg_id, m.created_at AS m_created_at";
 
@@ -213,6 +214,7 @@ impl ThreadRow {
             last_message,
             unread_count: self.unread_count,
             created_at: Timestamp::from_millis(self.created_at),
+            activity: self.activity,
         })
     }
 }

@@ -16,8 +16,8 @@ use super::rows::{
     ParticipantRow, THREAD_COLUMNS, ThreadRow, USER_COLUMNS, UserRow, group_participants,
 };
 use super::{
-    Appended, Cursor, NewJob, NewMessage, NewProposal, NewUser, OpenThread, Opened, ReadMarker, Result, Store,
-    StoreError, ThreadKey,
+    Appended, Cursor, InboxFrom, NewJob, NewMessage, NewProposal, NewUser, OpenThread, Opened, ReadMarker, Result,
+    Store, StoreError, ThreadKey, repeated,
 };
 use crate::domain::{
     ClientMsgId, Freelancer, Job, JobId, MessageRecord, Page, PageRequest, Participant, Profile, Proposal, Seq,
@@ -107,18 +107,21 @@ async fn insert_message(tx: &mut Transaction<'_, Sqlite>, m: &MessageRecord) -> 
 }
 
 /// Appends one message inside `tx`. The inner `Err` is this message's refusal
-/// (nothing written for it); the outer one aborts the whole transaction.
+/// (nothing written for it); the outer one aborts the whole transaction. The single
+/// writer means no other transaction can store the same key meanwhile.
 async fn append_in(tx: &mut Transaction<'_, Sqlite>, new: NewMessage) -> Result<Result<Appended>> {
     if let Some(key) = &new.client_msg_id {
         let existing: Option<MessageRow> = sqlx::query_as(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.sender_id = $1 AND m.client_msg_id = $2"
+            "SELECT {MESSAGE_COLUMNS} FROM messages m \
+             WHERE m.sender_id = $1 AND m.thread_id = $2 AND m.client_msg_id = $3"
         ))
         .bind(new.sender.0)
+        .bind(new.thread_id.0)
         .bind(key.as_str())
         .fetch_optional(&mut **tx)
         .await?;
         if let Some(row) = existing {
-            return Ok(Ok(Appended { message: row.try_into()?, duplicate: true }));
+            return Ok(repeated(row.try_into()?, &new));
         }
     }
     let seq: Option<i64> = sqlx::query_scalar(BUMP_THREAD).bind(new.thread_id.0).fetch_optional(&mut **tx).await?;
@@ -180,6 +183,19 @@ async fn open_thread_in(tx: &mut Transaction<'_, Sqlite>, open: OpenThread) -> R
 /// The unread count of `$viewer` in thread `t`, for a participant row `p` of theirs.
 const UNREAD_SUBQUERY: &str = "(SELECT COUNT(*) FROM messages x WHERE x.thread_id = t.id \
      AND x.seq > p.last_read_seq AND (x.actor_id IS NULL OR x.actor_id <> p.user_id))";
+
+/// `user`'s read marker in a thread and the thread's last seq; `None` when `user`
+/// is not in it.
+async fn read_position(pool: &SqlitePool, id: ThreadId, user: UserId) -> Result<Option<(i64, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT p.last_read_seq, t.last_seq FROM thread_participants p JOIN threads t ON t.id = p.thread_id \
+         WHERE p.thread_id = $1 AND p.user_id = $2",
+    )
+    .bind(id.0)
+    .bind(user.0)
+    .fetch_optional(pool)
+    .await?)
+}
 
 impl SqliteStore {
     async fn participants_of(&self, threads: &[Uuid]) -> Result<HashMap<Uuid, Vec<Participant>>> {
@@ -406,19 +422,24 @@ impl Store for SqliteStore {
         Ok(participants.into_values().flatten().map(|p| p.user).collect())
     }
 
-    async fn inbox(&self, viewer: UserId, page: PageRequest) -> Result<Page<ThreadRecord>> {
-        let rows: Vec<ThreadRow> = sqlx::query_as(&format!(
+    async fn inbox(&self, viewer: UserId, from: InboxFrom, limit: u32) -> Result<Page<ThreadRecord>> {
+        let (after, offset) = match from {
+            InboxFrom::Start => ("", 0),
+            InboxFrom::Offset(n) => ("", n),
+            InboxFrom::After(_) => ("AND (t.activity, t.id) < ($3, $4)", 0),
+        };
+        let sql = format!(
             "SELECT {THREAD_COLUMNS}, {UNREAD_SUBQUERY} AS unread_count FROM thread_participants p \
              JOIN threads t ON t.id = p.thread_id \
              LEFT JOIN jobs j ON j.id = t.job_id \
              LEFT JOIN messages m ON m.thread_id = t.id AND m.seq = t.last_seq \
-             WHERE p.user_id = $1 ORDER BY t.activity DESC LIMIT $2 OFFSET $3"
-        ))
-        .bind(viewer.0)
-        .bind(i64::from(page.limit) + 1)
-        .bind(page.offset as i64)
-        .fetch_all(&self.reader)
-        .await?;
+             WHERE p.user_id = $1 {after} ORDER BY t.activity DESC, t.id DESC LIMIT $2 OFFSET {offset}"
+        );
+        let mut query = sqlx::query_as::<_, ThreadRow>(&sql).bind(viewer.0).bind(i64::from(limit) + 1);
+        if let InboxFrom::After(cursor) = from {
+            query = query.bind(cursor.activity).bind(cursor.id.0);
+        }
+        let rows: Vec<ThreadRow> = query.fetch_all(&self.reader).await?;
         let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
         let mut participants = self.participants_of(&ids).await?;
         let records = rows
@@ -428,53 +449,64 @@ impl Store for SqliteStore {
                 r.into_record(p)
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Page::from_overfetch(records, page.limit))
+        Ok(Page::from_overfetch(records, limit))
     }
 
     async fn messages(&self, id: ThreadId, cursor: Cursor, limit: u32) -> Result<Page<MessageRecord>> {
-        let (filter, order, bound) = match cursor {
-            Cursor::Latest => ("<", "DESC", i64::MAX),
-            Cursor::Before(s) => ("<", "DESC", s.0),
-            Cursor::After(s) => (">", "ASC", s.0),
-        };
+        let (lower, upper, from_top) = cursor.range();
+        let order = if from_top { "DESC" } else { "ASC" };
         let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.thread_id = $1 AND m.seq {filter} $2 \
-             ORDER BY m.seq {order} LIMIT $3"
+            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.thread_id = $1 AND m.seq > $2 AND m.seq < $3 \
+             ORDER BY m.seq {order} LIMIT $4"
         );
-        let rows: Vec<MessageRow> =
-            sqlx::query_as(&sql).bind(id.0).bind(bound).bind(i64::from(limit) + 1).fetch_all(&self.reader).await?;
-        let mut records = rows.into_iter().map(MessageRecord::try_from).collect::<Result<Vec<_>>>()?;
-        let has_more = records.len() > limit as usize;
-        records.truncate(limit as usize);
-        if order == "DESC" {
-            records.reverse();
+        let rows: Vec<MessageRow> = sqlx::query_as(&sql)
+            .bind(id.0)
+            .bind(lower)
+            .bind(upper)
+            .bind(i64::from(limit) + 1)
+            .fetch_all(&self.reader)
+            .await?;
+        let records = rows.into_iter().map(MessageRecord::try_from).collect::<Result<Vec<_>>>()?;
+        let mut page = Page::from_overfetch(records, limit);
+        if from_top {
+            page.results.reverse();
         }
-        Ok(Page { results: records, has_more })
+        Ok(page)
     }
 
     async fn mark_read(&self, id: ThreadId, user: UserId, up_to: Option<Seq>) -> Result<ReadMarker> {
-        let mut tx = self.writer.begin().await?;
-        let marker: Option<i64> = sqlx::query_scalar(
-            "UPDATE thread_participants SET last_read_seq = MAX(last_read_seq, \
-               MIN(COALESCE($3, 9223372036854775807), (SELECT last_seq FROM threads WHERE id = $1))) \
-             WHERE thread_id = $1 AND user_id = $2 RETURNING last_read_seq",
-        )
-        .bind(id.0)
-        .bind(user.0)
-        .bind(up_to.map(|s| s.0))
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(marker) = marker else { return Err(StoreError::NotFound("thread")) };
+        // Read where the marker stands on a reader, so a read receipt that moves
+        // nothing never queues behind (or holds) the single writer.
+        let Some((current, last)) = read_position(&self.reader, id, user).await? else {
+            return Err(StoreError::NotFound("thread"));
+        };
+        let target = up_to.map_or(last, |s| s.0.min(last));
+        let mut marker = (current, false);
+        if target > current {
+            let updated: Option<i64> = sqlx::query_scalar(
+                "UPDATE thread_participants SET last_read_seq = $3 \
+                 WHERE thread_id = $1 AND user_id = $2 AND last_read_seq < $3 RETURNING last_read_seq",
+            )
+            .bind(id.0)
+            .bind(user.0)
+            .bind(target)
+            .fetch_optional(&self.writer)
+            .await?;
+            marker = match updated {
+                Some(m) => (m, true),
+                // Another read moved it further meanwhile.
+                None => (read_position(&self.writer, id, user).await?.map_or(target, |(m, _)| m), false),
+            };
+        }
         let unread: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM messages WHERE thread_id = $1 AND seq > $2 AND (actor_id IS NULL OR actor_id <> $3)",
         )
         .bind(id.0)
-        .bind(marker)
+        .bind(marker.0)
         .bind(user.0)
-        .fetch_one(&mut *tx)
+        .fetch_one(&self.reader)
         .await?;
-        tx.commit().await?;
-        Ok(ReadMarker { up_to_seq: Seq(marker), unread_count: unread })
+        Ok(ReadMarker { up_to_seq: Seq(marker.0), unread_count: unread, moved: marker.1 })
     }
 
     async fn thread_heads(&self, user: UserId) -> Result<Vec<(ThreadId, Seq)>> {

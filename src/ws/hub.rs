@@ -7,37 +7,17 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
 
-use axum::extract::ws::Utf8Bytes;
 use prometheus::{IntCounter, IntGauge, Registry};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::order::{Delivery, MessageItem, Outgoing};
 use super::protocol;
 use crate::bus::{Bus, Sink};
-use crate::domain::{ConnectionId, Event, Seq, ThreadId, UserId};
+use crate::domain::{ConnectionId, Event, UserId};
 
 /// Close code for a client that cannot keep up (RFC 6455 "try again later").
 pub(crate) const CLOSE_TRY_AGAIN: u16 = 1013;
-
-/// What a connection's writer is handed.
-#[derive(Debug, Clone)]
-pub(crate) enum Outgoing {
-    /// A frame with no ordering duty: typing, read, error, pong.
-    Frame(Utf8Bytes),
-    /// A message frame, which the writer delivers once and in seq order per thread.
-    Message { thread: ThreadId, seq: Seq, frame: Utf8Bytes, delivery: Delivery },
-    /// Start of a `sync`: hold live messages until [`Outgoing::Release`].
-    Hold,
-    /// End of a `sync`: write this frame (`synced`, or an error), then the held messages.
-    Release(Utf8Bytes),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Delivery {
-    Live,
-    Ack,
-    Replay,
-}
 
 /// Ends a connection with a close code; the first reason given wins. A child of
 /// the server's shutdown token, so stopping the server closes every socket.
@@ -217,16 +197,18 @@ impl Sink for Hub {
     fn deliver(&self, event: &Event) {
         match event {
             Event::Message { message, recipients, ack } => {
-                let (thread, seq) = (message.thread_id, message.seq);
-                self.fan_out(recipients, ack.as_ref().map(|a| a.connection), || Outgoing::Message {
-                    thread,
-                    seq,
-                    frame: protocol::new_message(message),
-                    delivery: Delivery::Live,
+                self.fan_out(recipients, ack.as_ref().map(|a| a.connection), || {
+                    Outgoing::Message(MessageItem::new(message.clone(), protocol::new_message(message), Delivery::Live))
                 });
                 if let Some(ack) = ack {
                     let frame = protocol::message_ack(ack.client_msg_id.as_deref(), message);
-                    let item = Outgoing::Message { thread, seq, frame, delivery: Delivery::Ack };
+                    let item = if ack.repeated {
+                        // The first message of a repeated key: an answer, not a delivery.
+                        Outgoing::Frame(frame)
+                    } else {
+                        let delivery = Delivery::Ack { client_msg_id: ack.client_msg_id.clone() };
+                        Outgoing::Message(MessageItem::new(message.clone(), frame, delivery))
+                    };
                     self.to_connection(ack.user, ack.connection, item);
                 }
             }
@@ -234,11 +216,16 @@ impl Sink for Hub {
                 self.fan_out(recipients, None, || Outgoing::Frame(protocol::typing(*thread_id, user)));
             }
             Event::Read { thread_id, user_id, up_to_seq, recipients } => {
-                self.fan_out(recipients, None, || Outgoing::Frame(protocol::read(*thread_id, *user_id, *up_to_seq)));
+                self.fan_out(recipients, None, || Outgoing::Read {
+                    thread: *thread_id,
+                    up_to: *up_to_seq,
+                    frame: protocol::read(*thread_id, *user_id, *up_to_seq),
+                });
             }
             Event::Refused { user, connection, code, detail, client_msg_id } => {
                 let frame = protocol::error(*code, detail, client_msg_id.as_deref());
-                self.to_connection(*user, *connection, Outgoing::Frame(frame));
+                let item = Outgoing::Refused { client_msg_id: client_msg_id.clone(), frame };
+                self.to_connection(*user, *connection, item);
             }
         }
     }

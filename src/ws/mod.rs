@@ -3,6 +3,7 @@
 //! connections in `hub`, the frames in `protocol`.
 
 mod hub;
+mod order;
 mod protocol;
 mod session;
 
@@ -23,6 +24,10 @@ pub use hub::Hub;
 pub(crate) struct WsQuery {
     token: Option<String>,
 }
+
+/// Bytes waiting in one socket's write buffer before a write fails and the
+/// connection closes: a few hundred of the largest event frames.
+const MAX_WRITE_BUFFER: usize = 16 * 1024 * 1024;
 
 /// Subprotocol names a browser client may offer beside its token
 /// (`new WebSocket(url, ["bearer", token])`); the server echoes the name back.
@@ -77,7 +82,7 @@ pub(crate) async fn connect_ws(
     let mut upgrade = upgrade
         .max_message_size(limits.max_frame_bytes)
         .max_frame_size(limits.max_frame_bytes)
-        .max_write_buffer_size(limits.max_frame_bytes.saturating_mul(256));
+        .max_write_buffer_size(MAX_WRITE_BUFFER);
     if !offered.is_empty() {
         let chosen = offered.iter().find(|p| TOKEN_PROTOCOLS.contains(&p.as_str())).or(token_in_protocol.as_ref());
         if let Some(chosen) = chosen {

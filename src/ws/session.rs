@@ -1,10 +1,10 @@
 //! One WebSocket connection: a reader loop that turns frames into chat calls, and
 //! a writer task that drains the connection's bounded queue with one flush per
-//! wakeup. The writer delivers each message once: during a `sync` it holds live
-//! messages, replays the missed ones in seq order, then releases the held ones
-//! that the replay did not already cover.
+//! wakeup. The writer puts every thread's messages in seq order, each once (see
+//! `order`), reading from the store the gaps the bus does not fill.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
@@ -13,7 +13,8 @@ use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 
-use super::hub::{Closer, Delivery, Outgoing};
+use super::hub::Closer;
+use super::order::{Delivery, Gap, MessageItem, Outgoing, Sequencer};
 use super::protocol::{self, FrameError, RawFrame};
 use crate::auth::TokenKind;
 use crate::chat::{self, SendTarget};
@@ -30,11 +31,6 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames written per wakeup before a flush: enough to batch a burst into few
 /// syscalls, few enough that one flush is never huge.
 const WRITE_BATCH: usize = 128;
-/// Recently delivered messages remembered to drop a replayed duplicate.
-const RECENT: usize = 4096;
-/// Live messages held during one `sync`; a client that falls this far behind while
-/// catching up is closed and syncs again.
-const MAX_HELD: usize = 8192;
 /// How long a new connection waits for the bus to subscribe for its user.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(3);
 /// A sync replays in pages of this many messages.
@@ -66,7 +62,8 @@ pub(crate) async fn run(socket: WebSocket, state: AppState, user: Option<User>) 
         tracing::warn!(user = %user.id, "the bus did not confirm the subscription in time; the client may need to sync");
     }
     tracing::debug!(user = %user.id, connection = registration.id().0, "websocket connected");
-    let writer = tokio::spawn(write_loop(sink, rx, closer.clone(), limits.ping_interval));
+    let filler = Filler { chat: state.chat.clone(), user: user.clone() };
+    let writer = tokio::spawn(write_loop(sink, rx, closer.clone(), limits.ping_interval, filler));
     let mut session = Session { state: &state, user: &user, connection: registration.id(), queue, closer };
     let client_closed = session.read_loop(&mut stream, &state.shutdown, limits.idle_timeout).await;
     if client_closed {
@@ -269,8 +266,15 @@ impl Session<'_> {
             return self.error(ErrorCode::ValidationFailed, "missing field `text`", key);
         };
         let chat = &self.state.chat;
-        if let Err(e) = chat.submit_message(self.user, self.connection, target, text, frame.client_msg_id.clone()).await
-        {
+        let prepared = match chat.prepare_send(self.user, target, text, frame.client_msg_id.clone()).await {
+            Ok(prepared) => prepared,
+            Err(e) => return self.refused(&e, key),
+        };
+        // Before the send is queued, so the writer knows of it before its ack can come.
+        if let Some(key) = &frame.client_msg_id {
+            self.push(Outgoing::Expect(key.clone()));
+        }
+        if let Err(e) = chat.submit_message(prepared, self.connection).await {
             self.refused(&e, frame.client_msg_id.as_deref());
         }
     }
@@ -288,37 +292,38 @@ impl Session<'_> {
         if !self.push_wait(Outgoing::Hold).await {
             return;
         }
-        let trailer = match self.replay(&seen).await {
-            Ok(true) => protocol::synced(),
-            Ok(false) => return,
-            Err(e) => protocol::error(e.code(), &e.detail(), None),
+        let release = match self.replay(&seen).await {
+            Ok(Some(heads)) => Outgoing::Release { trailer: protocol::synced(), heads: Some(heads) },
+            Ok(None) => return,
+            Err(e) => Outgoing::Release { trailer: protocol::error(e.code(), &e.detail(), None), heads: None },
         };
-        self.push_wait(Outgoing::Release(trailer)).await;
+        self.push_wait(release).await;
     }
 
-    /// Queues the missed messages; `Ok(false)` when the connection closed meanwhile.
-    /// Each chunk waits until half the queue is free besides, so live events that
-    /// arrive during a long replay still find room.
-    async fn replay(&self, seen: &HashMap<ThreadId, Seq>) -> Result<bool, chat::Error> {
+    /// Queues the missed messages and answers where each thread stood; `Ok(None)`
+    /// when the connection closed meanwhile. Each chunk waits until half the queue
+    /// is free besides, so live events that arrive during a long replay still find room.
+    async fn replay(&self, seen: &HashMap<ThreadId, Seq>) -> Result<Option<Vec<(ThreadId, Seq)>>, chat::Error> {
         let chat = &self.state.chat;
         let headroom = self.queue.max_capacity() / 2;
         let chunk = (self.queue.max_capacity() / 4).max(1);
-        for (thread, mut after) in chat.sync_plan(self.user, seen).await? {
+        let plan = chat.sync_plan(self.user, seen).await?;
+        for (thread, mut after) in plan.replay {
             loop {
                 let page = chat.messages(self.user, thread, Cursor::After(after), SYNC_PAGE).await?;
                 for part in page.results.chunks(chunk) {
                     let permits = tokio::select! {
                         biased;
-                        () = self.closer.closed() => return Ok(false),
+                        () = self.closer.closed() => return Ok(None),
                         permits = self.queue.reserve_many(part.len() + headroom) => permits,
                     };
-                    let Ok(mut permits) = permits else { return Ok(false) };
+                    let Ok(mut permits) = permits else { return Ok(None) };
                     for message in part {
                         after = message.seq;
                         let frame = protocol::new_message(message);
-                        let item = Outgoing::Message { thread, seq: message.seq, frame, delivery: Delivery::Replay };
+                        let item = MessageItem::new(Arc::new(message.clone()), frame, Delivery::Replay);
                         if let Some(permit) = permits.next() {
-                            permit.send(item);
+                            permit.send(Outgoing::Message(item));
                         }
                     }
                     // Dropping the rest of the permits gives the headroom back at once.
@@ -328,87 +333,40 @@ impl Session<'_> {
                 }
             }
         }
-        Ok(true)
+        Ok(Some(plan.heads))
     }
 }
 
-/// The messages this connection was sent lately, to drop a duplicate replay.
-struct Recent {
-    set: HashSet<(ThreadId, Seq)>,
-    order: VecDeque<(ThreadId, Seq)>,
+/// Reads from the store the messages a gap is missing.
+struct Filler {
+    chat: chat::Chat,
+    user: User,
 }
 
-impl Recent {
-    fn new() -> Self {
-        // Grown on demand: most connections never come near the bound.
-        Self { set: HashSet::new(), order: VecDeque::new() }
-    }
-
-    /// Remembers a message; false if it was already delivered.
-    fn insert(&mut self, key: (ThreadId, Seq)) -> bool {
-        if !self.set.insert(key) {
-            return false;
+impl Filler {
+    async fn read(&self, gap: Gap) -> Result<Vec<MessageItem>, chat::Error> {
+        let mut items = Vec::new();
+        let mut after = gap.after;
+        loop {
+            let page =
+                self.chat.messages(&self.user, gap.thread, Cursor::Between(after, gap.before), SYNC_PAGE).await?;
+            for message in page.results {
+                after = message.seq;
+                let frame = protocol::new_message(&message);
+                items.push(MessageItem::new(Arc::new(message), frame, Delivery::Fill));
+            }
+            if !page.has_more {
+                return Ok(items);
+            }
         }
-        if self.order.len() == RECENT
-            && let Some(old) = self.order.pop_front()
-        {
-            self.set.remove(&old);
-        }
-        self.order.push_back(key);
-        true
     }
 }
 
-/// The writer's state between wakeups.
-struct Writer {
-    recent: Recent,
-    /// Live messages held while a sync replays; `None` when not syncing.
-    held: Option<Vec<Outgoing>>,
-    /// The last seq replayed per thread in the current sync.
-    replayed: HashMap<ThreadId, Seq>,
-}
-
-impl Writer {
-    /// Turns a queued item into the frames to write now.
-    fn accept(&mut self, item: Outgoing, out: &mut Vec<WsMessage>, closer: &Closer) {
-        match item {
-            Outgoing::Frame(frame) => out.push(WsMessage::Text(frame)),
-            Outgoing::Message { delivery: Delivery::Live | Delivery::Ack, .. } if self.held.is_some() => {
-                if let Some(held) = &mut self.held {
-                    if held.len() >= MAX_HELD {
-                        closer.close(super::hub::CLOSE_TRY_AGAIN, "too slow to keep up; reconnect and sync");
-                    }
-                    held.push(item);
-                }
-            }
-            Outgoing::Message { thread, seq, frame, delivery } => {
-                if delivery == Delivery::Replay {
-                    let last = self.replayed.entry(thread).or_default();
-                    *last = (*last).max(seq);
-                }
-                // An ack answers a send, so it is always written; it still counts as
-                // delivered, so a later replay of the same message is skipped.
-                if self.recent.insert((thread, seq)) || delivery == Delivery::Ack {
-                    out.push(WsMessage::Text(frame));
-                }
-            }
-            Outgoing::Hold => {
-                self.held = Some(Vec::new());
-                self.replayed.clear();
-            }
-            Outgoing::Release(trailer) => {
-                out.push(WsMessage::Text(trailer));
-                for item in self.held.take().unwrap_or_default() {
-                    if let Outgoing::Message { thread, seq, frame, delivery } = item {
-                        let covered = self.replayed.get(&thread).is_some_and(|last| seq <= *last);
-                        let fresh = self.recent.insert((thread, seq));
-                        if delivery == Delivery::Ack || (fresh && !covered) {
-                            out.push(WsMessage::Text(frame));
-                        }
-                    }
-                }
-            }
-        }
+/// Waits for the earliest hold to run out; never, when nothing is held.
+async fn hold_expiry(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -417,26 +375,48 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Outgoing>,
     closer: Closer,
     ping_interval: Duration,
+    filler: Filler,
 ) {
-    let mut writer = Writer { recent: Recent::new(), held: None, replayed: HashMap::new() };
+    let too_slow = "too slow to keep up; reconnect and sync";
+    let mut order = Sequencer::new(filler.user.id);
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+    let mut frames = Vec::with_capacity(WRITE_BATCH);
     let mut out = Vec::with_capacity(WRITE_BATCH);
-    loop {
+    'run: loop {
         tokio::select! {
             biased;
             () = closer.closed() => break,
             _ = ping.tick() => out.push(WsMessage::Ping(Default::default())),
-            item = rx.recv() => {
-                let Some(item) = item else { break };
-                writer.accept(item, &mut out, &closer);
-                while out.len() < WRITE_BATCH {
-                    match rx.try_recv() {
-                        Ok(item) => writer.accept(item, &mut out, &closer),
-                        Err(_) => break,
+            () = hold_expiry(order.next_deadline()) => {
+                let now = Instant::now();
+                for gap in order.due(now) {
+                    match filler.read(gap).await {
+                        Ok(items) => order.filled(gap, items, now, &mut frames),
+                        Err(e) => {
+                            tracing::warn!(error = %chat::error_chain(&e), "filling a gap in a thread failed");
+                            closer.close(super::hub::CLOSE_TRY_AGAIN, "missed messages could not be read; reconnect and sync");
+                            break 'run;
+                        }
                     }
                 }
             }
+            item = rx.recv() => {
+                let Some(item) = item else { break };
+                let now = Instant::now();
+                let mut accepted = order.accept(item, now, &mut frames);
+                while accepted.is_ok() && frames.len() < WRITE_BATCH {
+                    match rx.try_recv() {
+                        Ok(item) => accepted = order.accept(item, now, &mut frames),
+                        Err(_) => break,
+                    }
+                }
+                if accepted.is_err() {
+                    closer.close(super::hub::CLOSE_TRY_AGAIN, too_slow);
+                    break;
+                }
+            }
         }
+        out.extend(frames.drain(..).map(WsMessage::Text));
         if out.is_empty() {
             continue;
         }
@@ -453,12 +433,14 @@ async fn write_loop(
     }
     let (code, reason) = closer.reason();
     if code == 1001 {
-        // Shutting down: what is queued (the acks of the last stored messages) goes first.
-        out.clear();
+        // Shutting down: what is queued (the acks of the last stored messages) goes
+        // first, held or not.
+        let now = Instant::now();
         while let Ok(item) = rx.try_recv() {
-            writer.accept(item, &mut out, &closer);
+            let _ = order.accept(item, now, &mut frames);
         }
-        let mut feed = futures::stream::iter(out.drain(..).map(Ok));
+        order.flush(&mut frames);
+        let mut feed = futures::stream::iter(frames.drain(..).map(|f| Ok(WsMessage::Text(f))));
         let _ = timeout(CLOSE_TIMEOUT, sink.send_all(&mut feed)).await;
     }
     let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };

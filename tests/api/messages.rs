@@ -64,9 +64,13 @@ async fn a_repeated_client_msg_id_returns_the_first_message_and_never_a_second()
     let (client, _, thread) = pair(&app).await;
     let path = format!("/api/chat/threads/{thread}/messages/");
     let (s1, first) = app.post(&path, &client.token, json!({"text": "once", "client_msg_id": "k-1"})).await;
-    let (s2, again) = app.post(&path, &client.token, json!({"text": "changed?", "client_msg_id": "k-1"})).await;
+    let (s2, again) = app.post(&path, &client.token, json!({"text": "once", "client_msg_id": "k-1"})).await;
     assert_eq!((s1, s2), (201, 201));
     assert_eq!(again, first);
+    // The same key with another text is another message under an old key: refused.
+    let reused = app.post(&path, &client.token, json!({"text": "changed?", "client_msg_id": "k-1"})).await;
+    assert_error(&reused, 409, "conflict");
+    assert!(reused.1["detail"].as_str().unwrap().contains("k-1"), "{}", reused.1);
 
     let racing = (0..50).map(|_| app.post(&path, &client.token, json!({"text": "race", "client_msg_id": "k-2"})));
     let answers = join_all(racing).await;
@@ -119,8 +123,12 @@ async fn history_pages_by_seq_cursor() {
     assert_eq!(page("after_seq=0&limit=4").await, (vec![1, 2, 3, 4], true));
     assert_eq!(page("after_seq=10").await, (vec![11, 12], false));
     assert_eq!(page("").await.0, (1..=12).collect::<Vec<_>>());
+    // Both bounds: strictly between, the first `limit` of them.
+    assert_eq!(page("after_seq=2&before_seq=9&limit=3").await, (vec![3, 4, 5], true));
+    assert_eq!(page("before_seq=9&after_seq=5").await, (vec![6, 7, 8], false));
+    assert_eq!(page("after_seq=5&before_seq=5").await, (vec![], false));
     for bad in
-        ["limit=0", "limit=201", "limit=-1", "after_seq=-1", "before_seq=5&after_seq=1", "after_seq=x", "cursor=3"]
+        ["limit=0", "limit=201", "limit=-1", "after_seq=-1", "before_seq=-5&after_seq=1", "after_seq=x", "cursor=3"]
     {
         let answer = app.get(&format!("/api/chat/threads/{thread}/messages/?{bad}"), &client.token).await;
         assert_error(&answer, 400, "validation_failed");
@@ -135,7 +143,6 @@ async fn bad_message_input_is_refused_and_stores_nothing() {
     for bad in [
         json!({"text": ""}),
         json!({"text": "   \n\t"}),
-        json!({"text": "x".repeat(21)}),
         json!({"text": "nul\u{0}"}),
         json!({"text": 5}),
         json!({"text": "ok", "client_msg_id": ""}),
@@ -145,6 +152,7 @@ async fn bad_message_input_is_refused_and_stores_nothing() {
     ] {
         assert_error(&app.post(&path, &client.token, bad).await, 400, "validation_failed");
     }
+    assert_error(&app.post(&path, &client.token, json!({"text": "x".repeat(21)})).await, 413, "payload_too_large");
     assert_error(&app.post_raw(&path, &client.token, b"{\"text\": \"unterminated").await, 400, "invalid_json");
     assert_error(&app.post_raw(&path, &client.token, b"text=hello").await, 400, "invalid_json");
     assert_eq!(
@@ -235,8 +243,18 @@ async fn the_inbox_lists_the_callers_threads_most_recent_first() {
     assert_eq!(inbox["results"][0]["unread_count"], 1);
     let (_, first) = app.get("/api/chat/threads/?limit=1", &client.token).await;
     assert_eq!((ids(&first), first["has_more"].clone()), (vec![t1], json!(true)));
-    let (_, second) = app.get("/api/chat/threads/?limit=1&offset=1", &client.token).await;
-    assert_eq!((ids(&second), second["has_more"].clone()), (vec![t2], json!(false)));
+    let next = first["next"].as_str().expect("a cursor to the next page").to_owned();
+    let (_, second) = app.get(&format!("/api/chat/threads/?limit=1&cursor={next}"), &client.token).await;
+    assert_eq!(
+        (ids(&second), second["has_more"].clone(), second["next"].clone()),
+        (vec![t2.clone()], json!(false), json!(null))
+    );
+    // Offset paging stays for older clients.
+    let (_, legacy) = app.get("/api/chat/threads/?limit=1&offset=1", &client.token).await;
+    assert_eq!((ids(&legacy), legacy["has_more"].clone()), (vec![t2], json!(false)));
+    for bad in ["cursor=nope", "cursor=", "cursor=AAAA", &format!("cursor={next}&offset=1")] {
+        assert_error(&app.get(&format!("/api/chat/threads/?{bad}"), &client.token).await, 400, "validation_failed");
+    }
     let (_, theirs) = app.get("/api/chat/threads/", &f2.token).await;
     assert_eq!(theirs["results"].as_array().unwrap().len(), 1, "only the caller's own threads");
 }

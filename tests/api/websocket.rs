@@ -356,7 +356,7 @@ async fn bad_frames_get_error_events_and_the_connection_stays_usable() {
         (
             json!({"type": "message", "recipient_id": bob.id, "text": "x".repeat(51), "client_msg_id": "k4"})
                 .to_string(),
-            "validation_failed",
+            "payload_too_large",
             Some("k4"),
         ),
         (
