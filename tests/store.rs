@@ -27,10 +27,23 @@ async fn postgres() -> (Arc<dyn Store>, Schema) {
     (Arc::new(store), schema)
 }
 
+/// PostgreSQL on a database whose default isolation is REPEATABLE READ: the store
+/// sets READ COMMITTED itself, which its savepoint retry needs.
+async fn postgres_repeatable_read() -> (Arc<dyn Store>, Schema) {
+    let schema = Schema::create_repeatable_read().await;
+    let store = PostgresStore::connect(&schema.url()).await.expect("connect");
+    store.migrate().await.expect("migrate postgres");
+    (Arc::new(store), schema)
+}
+
 mod sqlite {
     confab::store_conformance_tests!(super::sqlite());
 }
 
 mod postgres {
     confab::store_conformance_tests!(super::postgres());
+}
+
+mod postgres_repeatable_read {
+    confab::store_conformance_tests!(super::postgres_repeatable_read());
 }

@@ -26,11 +26,18 @@ impl Cluster {
     }
 
     pub(crate) async fn start_on(count: usize, redis: String) -> Self {
+        Self::start_each(vec![redis; count]).await
+    }
+
+    /// One node per Redis address (all reaching the same server, some perhaps
+    /// through a [`LaggyLink`]); the first address is also the test's own.
+    pub(crate) async fn start_each(redis_urls: Vec<String>) -> Self {
         let schema = Schema::create().await;
         let prefix = format!("confab-test-{}", uuid::Uuid::new_v4().simple());
+        let redis = redis_urls.first().cloned().unwrap_or_else(redis_url);
         let mut nodes = Vec::new();
-        for _ in 0..count {
-            let (db, r, p) = (schema.url(), redis.clone(), prefix.clone());
+        for node_redis in redis_urls {
+            let (db, r, p) = (schema.url(), node_redis, prefix.clone());
             nodes.push(
                 TestApp::spawn_with(move |c| {
                     c.database_url = Secret::new(db);
@@ -108,5 +115,62 @@ impl OwnRedis {
 impl Drop for OwnRedis {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A TCP link to a server that delivers every byte `delay` late in both directions,
+/// as between data centres: one node's bus then hears the other node's messages
+/// after its own later ones, which is what per-connection ordering must survive.
+pub(crate) struct LaggyLink {
+    pub(crate) port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LaggyLink {
+    pub(crate) async fn start(target: (&'static str, u16), delay: Duration) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(target).await else { continue };
+                let (in_read, in_write) = inbound.into_split();
+                let (out_read, out_write) = outbound.into_split();
+                tokio::spawn(Self::pipe(in_read, out_write, delay));
+                tokio::spawn(Self::pipe(out_read, in_write, delay));
+            }
+        });
+        Self { port, task }
+    }
+
+    /// Copies `from` to `to`, each chunk `delay` after it was read, in order.
+    async fn pipe(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, delay: Duration) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+        let writer = tokio::spawn(async move {
+            while let Some((due, bytes)) = rx.recv().await {
+                tokio::time::sleep_until(due).await;
+                if to.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = from.read(&mut buf).await {
+            if n == 0 || tx.send((tokio::time::Instant::now() + delay, buf[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+        drop(tx);
+        let _ = writer.await;
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for LaggyLink {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

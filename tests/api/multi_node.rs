@@ -4,7 +4,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use serde_json::{Value, json};
 
-use crate::cluster::{Cluster, OwnRedis};
+use crate::cluster::{Cluster, LaggyLink, OwnRedis, redis_url};
 use crate::support::{TestApp, TestUser, WAIT};
 
 fn seq(event: &Value) -> i64 {
@@ -194,4 +194,92 @@ async fn a_redis_restart_mid_conversation_loses_nothing_acked() {
     alice_a3.send(json!({"type": "message", "thread_id": thread, "text": "after"})).await;
     assert_eq!(alice_a3.next().await["type"], "message_ack");
     assert_eq!(bob_again.next().await["message"]["text"], "after");
+}
+
+/// Reads one device's events of a round: `expected` messages of `thread`, each the
+/// next seq after `last`, acks included; a `read` event may only name a message
+/// this connection already has. Returns the new last seq.
+async fn round_on(
+    device: &mut crate::support::WsClient,
+    thread: &str,
+    mut last: i64,
+    expected: usize,
+    label: &str,
+) -> i64 {
+    let mut messages = 0;
+    while messages < expected {
+        let event = device.next().await;
+        match event["type"].as_str() {
+            Some("new_message" | "message_ack") => {
+                assert_eq!(event["message"]["thread_id"], thread, "{label}");
+                assert_eq!(seq(&event), last + 1, "{label}: seqs strictly increasing, no gap: {event}");
+                last += 1;
+                messages += 1;
+                if messages == expected / 2 {
+                    device.send(json!({"type": "read", "thread_id": thread, "up_to_seq": last})).await;
+                }
+            }
+            Some("read") => {
+                let up_to = event["up_to_seq"].as_i64().unwrap();
+                assert!(up_to <= last, "{label}: read of {up_to} before message {up_to} (at {last})");
+            }
+            _ => panic!("{label}: unexpected event {event}"),
+        }
+    }
+    last
+}
+
+#[tokio::test]
+async fn every_connection_sees_the_thread_in_seq_order_while_devices_on_both_nodes_send_at_once() {
+    const PER_DEVICE: usize = 25;
+    // Node B hears node A (and A hears B) 5 ms late through the bus, so B's own later
+    // messages reach B's connections first unless the writers put them in order.
+    let redis_port = redis_url().rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(6379);
+    let laggy = LaggyLink::start(("127.0.0.1", redis_port), Duration::from_millis(5)).await;
+    let cluster = Cluster::start_each(vec![redis_url(), laggy.url()]).await;
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let (alice, bob, thread) = pair(&cluster).await;
+    let mut devices = vec![a.ws(&alice).await, b.ws(&alice).await, a.ws(&bob).await, b.ws(&bob).await];
+    cluster.wait_subscribed(alice.id, 2).await;
+    cluster.wait_subscribed(bob.id, 2).await;
+    // Like the web app, each device syncs first, so it knows where the thread stands.
+    for device in &mut devices {
+        device.send(json!({"type": "sync", "threads": {}})).await;
+        let replayed = replay(device).await;
+        assert_eq!(replayed.iter().map(seq).collect::<Vec<_>>(), vec![1]);
+    }
+    let mut last = vec![1; devices.len()];
+    for round in 0..5 {
+        let sends = devices.iter_mut().enumerate().map(|(d, device)| {
+            let thread = thread.clone();
+            async move {
+                for n in 0..PER_DEVICE {
+                    let key = format!("r{round}-d{d}-{n}");
+                    device
+                        .send(json!({"type": "message", "thread_id": thread, "text": key, "client_msg_id": key}))
+                        .await;
+                }
+            }
+        });
+        join_all(sends).await;
+        let expected = PER_DEVICE * devices.len();
+        for (d, device) in devices.iter_mut().enumerate() {
+            last[d] = round_on(device, &thread, last[d], expected, &format!("round {round}, device {d}")).await;
+        }
+        assert!(last.iter().all(|l| *l == last[0]), "every device reached the same seq: {last:?}");
+    }
+    // Nothing else is pending but the read receipts of the last round.
+    for (d, device) in devices.iter_mut().enumerate() {
+        device.send(json!({"type": "ping"})).await;
+        loop {
+            let event = device.next().await;
+            match event["type"].as_str() {
+                Some("pong") => break,
+                Some("read") => assert!(event["up_to_seq"].as_i64().unwrap() <= last[d], "{event}"),
+                _ => panic!("device {d}: unexpected event {event}"),
+            }
+        }
+    }
+    let (_, stored) = a.get(&format!("/api/chat/threads/{thread}/"), &alice.token).await;
+    assert_eq!(stored["last_message"]["seq"].as_i64(), Some(last[0]), "every stored message was delivered");
 }

@@ -403,6 +403,104 @@ async fn bad_frames_get_error_events_and_the_connection_stays_usable() {
 }
 
 #[tokio::test]
+async fn an_over_long_text_in_a_frame_up_to_1_mib_is_refused_by_key_and_the_socket_stays_open() {
+    let app = TestApp::spawn().await;
+    let (alice, bob) = pair(&app).await;
+    let mut a = app.ws(&alice).await;
+    for (size, key) in [(100 * 1024, "big-1"), (1000 * 1024, "big-2")] {
+        a.send(json!({"type": "message", "recipient_id": bob.id, "text": "x".repeat(size), "client_msg_id": key}))
+            .await;
+        let error = a.next().await;
+        assert_eq!((error["type"].as_str(), error["error"].as_str()), (Some("error"), Some("payload_too_large")));
+        assert_eq!(error["client_msg_id"], key, "the error names the message that failed");
+    }
+    a.send(json!({"type": "message", "recipient_id": bob.id, "text": "small", "client_msg_id": "ok"})).await;
+    let ack = a.next().await;
+    assert_eq!((ack["type"].as_str(), ack["message"]["seq"].as_i64()), (Some("message_ack"), Some(1)));
+    // Only a frame over 1 MiB closes the connection.
+    a.send(json!({"type": "message", "recipient_id": bob.id, "text": "x".repeat(1100 * 1024)})).await;
+    assert_eq!(a.until_close().await.0, 1009);
+}
+
+#[tokio::test]
+async fn a_key_is_scoped_to_its_thread_and_a_reused_key_with_other_text_is_a_conflict() {
+    let app = TestApp::spawn().await;
+    let (alice, bob) = pair(&app).await;
+    let carol = app.signup("carol", "freelancer").await;
+    let mut a = app.ws(&alice).await;
+    a.send(json!({"type": "message", "recipient_id": bob.id, "text": "hello b", "client_msg_id": "c-1"})).await;
+    let to_bob = a.next().await;
+    assert_eq!((to_bob["type"].as_str(), to_bob["message"]["text"].as_str()), (Some("message_ack"), Some("hello b")));
+    // A client whose keys restart each session sends `c-1` to someone else: a new message.
+    a.send(json!({"type": "message", "recipient_id": carol.id, "text": "hello c", "client_msg_id": "c-1"})).await;
+    let to_carol = a.next().await;
+    assert_eq!(to_carol["type"], "message_ack");
+    assert_eq!(
+        (to_carol["message"]["text"].as_str(), to_carol["client_msg_id"].as_str()),
+        (Some("hello c"), Some("c-1"))
+    );
+    assert_ne!(to_carol["message"]["thread_id"], to_bob["message"]["thread_id"]);
+    // The same key in the same thread with the same text is a retry: the first message.
+    a.send(json!({"type": "message", "recipient_id": bob.id, "text": "hello b", "client_msg_id": "c-1"})).await;
+    let retry = a.next().await;
+    assert_eq!((retry["type"].as_str(), &retry["message"]), (Some("message_ack"), &to_bob["message"]));
+    // With another text it is refused, echoing the key, and nothing is stored.
+    a.send(json!({"type": "message", "recipient_id": bob.id, "text": "hello again", "client_msg_id": "c-1"})).await;
+    let refused = a.next().await;
+    assert_eq!((refused["type"].as_str(), refused["error"].as_str()), (Some("error"), Some("conflict")));
+    assert_eq!(refused["client_msg_id"], "c-1");
+    let thread = to_bob["message"]["thread_id"].as_str().unwrap();
+    let (_, history) = app.get(&format!("/api/chat/threads/{thread}/messages/"), &alice.token).await;
+    let texts: Vec<&str> = history["results"].as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, vec!["hello b"]);
+    a.assert_nothing_pending().await;
+}
+
+#[tokio::test]
+async fn a_workflows_first_message_reaches_both_participants_before_a_concurrent_second() {
+    let app = TestApp::spawn().await;
+    for round in 0..10 {
+        let client = app.signup(&format!("client{round}"), "client").await;
+        let freelancer = app.signup(&format!("freelancer{round}"), "freelancer").await;
+        // No sync: the connections know nothing of the thread, so only the order in
+        // which the node publishes can keep seq 1 first.
+        let mut c = app.ws(&client).await;
+        let mut f = app.ws(&freelancer).await;
+        let hire = app.post("/api/chat/hire-freelancer/", &client.token, json!({"freelancer_id": freelancer.id}));
+        // Each round sends a little later, to land in another part of the hire's work.
+        let send = async {
+            tokio::time::sleep(Duration::from_micros(500 * round)).await;
+            f.send(json!({"type": "message", "recipient_id": client.id, "text": "hi", "client_msg_id": "x"})).await;
+        };
+        let ((status, body), ()) = tokio::join!(hire, send);
+        assert!(status == 200 || status == 201, "round {round}: {status}");
+        // The freelancer's ack says how many messages there are: when the send came
+        // first it made the thread, and the hire found it, with no system message.
+        let mut seen = Vec::new();
+        let mut count = None;
+        while count.is_none_or(|n| seen.len() < n) {
+            let event = f.next().await;
+            let seq = event["message"]["seq"].as_i64().unwrap();
+            if event["type"] == "message_ack" {
+                count = Some(seq as usize);
+            }
+            seen.push(seq);
+        }
+        let expected: Vec<i64> = (1..=seen.len() as i64).collect();
+        assert_eq!(seen, expected, "round {round}: the freelancer's events");
+        let thread = body["thread"]["id"].as_str().unwrap();
+        assert_eq!(app.seqs(&client, thread).await, expected, "round {round}: stored");
+        let mut theirs = Vec::new();
+        for _ in 0..expected.len() {
+            theirs.push(c.next().await["message"]["seq"].as_i64().unwrap());
+        }
+        assert_eq!(theirs, expected, "round {round}: the client's events");
+        c.assert_nothing_pending().await;
+        f.assert_nothing_pending().await;
+    }
+}
+
+#[tokio::test]
 async fn a_frame_over_the_size_limit_closes_the_connection_with_1009() {
     let app = TestApp::spawn_with(|c| c.ws.max_frame_bytes = 1024).await;
     let alice = app.signup("alice", "client").await;
