@@ -12,6 +12,7 @@ use super::{ApiError, AppState, ErrorBody};
 use crate::domain::{Message, Page, UserId};
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ConversationQuery {
     /// The other user.

@@ -54,6 +54,7 @@ pub struct AppState {
 
 /// `?limit=&offset=` of a list.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
     /// 1 to 200, default 50.

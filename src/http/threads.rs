@@ -70,6 +70,7 @@ pub(crate) async fn proposal_chat(
 
 /// `?limit=&cursor=` of the inbox.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct InboxQuery {
     /// 1 to 200, default 50.
@@ -128,9 +129,12 @@ pub(crate) async fn get_thread(
 /// before, both the first of those strictly between, neither the newest; always in
 /// seq order.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct MessagesQuery {
+    /// The messages right before this seq; with `after_seq`, those strictly between.
     before_seq: Option<i64>,
+    /// The messages right after this seq; with `before_seq`, those strictly between.
     after_seq: Option<i64>,
     /// 1 to 200, default 50.
     limit: Option<i64>,

@@ -2,22 +2,30 @@
 //! its authentication here, the connection loop in `session`, this node's live
 //! connections in `hub`, the frames in `protocol`.
 
+mod fragment;
 mod hub;
 mod order;
 mod protocol;
 mod session;
 
-use axum::extract::State;
-use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
-use axum::http::{HeaderMap, header};
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::auth::TokenKind;
 use crate::domain::ErrorCode;
 use crate::http::{ApiError, AppState};
 
 pub use hub::Hub;
+
+/// An upgraded connection, its large client frames split (see `fragment`).
+pub(crate) type Socket = WebSocketStream<fragment::Refragment<TokioIo<hyper::upgrade::Upgraded>>>;
 
 /// The token of the seed's `?token=`; other query parameters are ignored.
 #[derive(Debug, Deserialize)]
@@ -29,19 +37,25 @@ pub(crate) struct WsQuery {
 /// connection closes: a few hundred of the largest event frames.
 const MAX_WRITE_BUFFER: usize = 16 * 1024 * 1024;
 
+/// Bytes tungstenite reads per call and starts its read buffer with: a burst of
+/// chat frames per read, while a connection keeps little (a frame grows the buffer
+/// by at most one `fragment::PIECE`).
+const READ_BUFFER: usize = 8 * 1024;
+
 /// Subprotocol names a browser client may offer beside its token
 /// (`new WebSocket(url, ["bearer", token])`); the server echoes the name back.
 const TOKEN_PROTOCOLS: [&str; 4] = ["bearer", "access_token", "jwt", "confab"];
 
 /// Upgrades an authenticated request: a token in `?token=` or the
 /// `Sec-WebSocket-Protocol` header is checked now (401 when bad); without one, the
-/// client must send an `auth` frame first.
-pub(crate) async fn connect_ws(
-    State(state): State<AppState>,
-    query: axum::extract::Query<WsQuery>,
-    headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
+/// client must send an `auth` frame first. The handshake is ours rather than
+/// axum's so that the socket can read through `fragment::Refragment`.
+pub(crate) async fn connect_ws(State(state): State<AppState>, mut request: Request) -> Response {
+    let query = match Query::<WsQuery>::try_from_uri(request.uri()) {
+        Ok(Query(query)) => query,
+        Err(e) => return ApiError::new(ErrorCode::ValidationFailed, format!("bad query string: {e}")).into_response(),
+    };
+    let headers = request.headers();
     let offered: Vec<String> = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
@@ -51,7 +65,7 @@ pub(crate) async fn connect_ws(
         .filter(|p| !p.is_empty())
         .collect();
     let token_in_protocol = offered.iter().find(|p| p.matches('.').count() == 2).cloned();
-    let token = query.0.token.or(token_in_protocol.clone());
+    let token = query.token.or(token_in_protocol.clone());
     let user = match token {
         None => None,
         Some(token) => {
@@ -66,11 +80,11 @@ pub(crate) async fn connect_ws(
             }
         }
     };
-    let upgrade = match upgrade {
-        Ok(upgrade) => upgrade,
-        Err(rejection) => {
-            let detail = format!("this endpoint takes a WebSocket upgrade: {rejection}");
-            return (rejection.status(), ApiError::new(ErrorCode::ValidationFailed, detail)).into_response();
+    let key = match handshake_key(request.method(), headers) {
+        Ok(key) => key,
+        Err((status, detail)) => {
+            let detail = format!("this endpoint takes a WebSocket upgrade: {detail}");
+            return (status, ApiError::new(ErrorCode::ValidationFailed, detail)).into_response();
         }
     };
     let limits = state.config.ws;
@@ -79,18 +93,67 @@ pub(crate) async fn connect_ws(
     {
         return ApiError::new(ErrorCode::RateLimited, "too many open connections for this user").into_response();
     }
-    let mut upgrade = upgrade
-        .max_message_size(limits.max_frame_bytes)
-        .max_frame_size(limits.max_frame_bytes)
+    let Some(on_upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
+        let detail = "this connection cannot be upgraded (HTTP/1.1 with `Connection: upgrade` is needed)";
+        return (StatusCode::UPGRADE_REQUIRED, ApiError::new(ErrorCode::ValidationFailed, detail)).into_response();
+    };
+    let chosen = if offered.is_empty() {
+        None
+    } else {
+        offered.iter().find(|p| TOKEN_PROTOCOLS.contains(&p.as_str())).or(token_in_protocol.as_ref()).cloned()
+    };
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .max_message_size(Some(limits.max_frame_bytes))
+        // Every frame tungstenite sees has been cut to a piece; a larger one is a bug.
+        .max_frame_size(Some(fragment::PIECE as usize))
         .max_write_buffer_size(MAX_WRITE_BUFFER);
-    if !offered.is_empty() {
-        let chosen = offered.iter().find(|p| TOKEN_PROTOCOLS.contains(&p.as_str())).or(token_in_protocol.as_ref());
-        if let Some(chosen) = chosen {
-            upgrade = upgrade.protocols([chosen.clone()]);
-        }
-    }
     let sessions = state.sessions.clone();
-    upgrade
-        .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| sessions.track_future(session::run(socket, state, user)))
+    sessions.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => return tracing::debug!(error = %e, "websocket upgrade failed"),
+        };
+        let io = fragment::Refragment::new(TokioIo::new(upgraded));
+        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+        session::run(socket, state, user).await;
+    });
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let answer = response.headers_mut();
+    answer.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    answer.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        answer.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if let Some(protocol) = chosen.and_then(|p| HeaderValue::from_str(&p).ok()) {
+        answer.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+    }
+    response
+}
+
+/// The client's `Sec-WebSocket-Key`, once the request is a valid RFC 6455 handshake.
+fn handshake_key(method: &Method, headers: &HeaderMap) -> Result<String, (StatusCode, &'static str)> {
+    let has = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|part| part.trim().eq_ignore_ascii_case(token)))
+    };
+    if method != Method::GET {
+        return Err((StatusCode::METHOD_NOT_ALLOWED, "the handshake must be a GET"));
+    }
+    if !has(header::CONNECTION, "upgrade") {
+        return Err((StatusCode::UPGRADE_REQUIRED, "`Connection: upgrade` is missing"));
+    }
+    if !has(header::UPGRADE, "websocket") {
+        return Err((StatusCode::BAD_REQUEST, "`Upgrade: websocket` is missing"));
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
+        return Err((StatusCode::BAD_REQUEST, "`Sec-WebSocket-Version: 13` is missing"));
+    }
+    match headers.get(header::SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()) {
+        Some(key) if !key.is_empty() => Ok(key.to_owned()),
+        _ => Err((StatusCode::BAD_REQUEST, "`Sec-WebSocket-Key` is missing")),
+    }
 }

@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 
-use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::domain::{ErrorCode, Message, Seq, ThreadId, User, UserId};
 

@@ -7,12 +7,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Bytes, Message as WsMessage, Utf8Bytes};
 
+use super::Socket;
 use super::hub::Closer;
 use super::order::{Delivery, Gap, MessageItem, Outgoing, Sequencer};
 use super::protocol::{self, FrameError, RawFrame};
@@ -38,7 +40,7 @@ const SYNC_PAGE: u32 = 200;
 
 /// Serves one upgraded socket until it closes. `user` is `None` when the client
 /// will authenticate with a first `auth` frame.
-pub(crate) async fn run(socket: WebSocket, state: AppState, user: Option<User>) {
+pub(crate) async fn run(socket: Socket, state: AppState, user: Option<User>) {
     let (mut sink, mut stream) = socket.split();
     let limits = state.config.ws;
     let user = match user {
@@ -92,20 +94,20 @@ pub(crate) async fn run(socket: WebSocket, state: AppState, user: Option<User>) 
 }
 
 /// The close code for a failed read: 1009 for a frame over the size limit.
-fn read_error_close(e: axum::Error) -> (u16, &'static str) {
-    match e.into_inner().downcast::<tungstenite::Error>().map(|e| *e) {
-        Ok(tungstenite::Error::Capacity(_)) => (1009, "frame too large"),
+fn read_error_close(e: &tungstenite::Error) -> (u16, &'static str) {
+    match e {
+        tungstenite::Error::Capacity(_) => (1009, "frame too large"),
         _ => (1002, "protocol error"),
     }
 }
 
-async fn close_now(sink: &mut SplitSink<WebSocket, WsMessage>, code: u16, reason: &'static str) {
-    let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+async fn close_now(sink: &mut SplitSink<Socket, WsMessage>, code: u16, reason: &'static str) {
+    let frame = CloseFrame { code: code.into(), reason: Utf8Bytes::from_static(reason) };
     let _ = timeout(CLOSE_TIMEOUT, sink.send(WsMessage::Close(Some(frame)))).await;
 }
 
 /// Waits for `{"type":"auth","token":"…"}` and returns its user.
-async fn first_frame_auth(stream: &mut SplitStream<WebSocket>, state: &AppState) -> Result<User, &'static str> {
+async fn first_frame_auth(stream: &mut SplitStream<Socket>, state: &AppState) -> Result<User, &'static str> {
     loop {
         let text = match stream.next().await {
             Some(Ok(WsMessage::Text(text))) => text,
@@ -133,7 +135,7 @@ impl Session<'_> {
     /// Reads frames until the connection ends; true when the client closed it.
     async fn read_loop(
         &mut self,
-        stream: &mut SplitStream<WebSocket>,
+        stream: &mut SplitStream<Socket>,
         shutdown: &tokio_util::sync::CancellationToken,
         idle_timeout: Duration,
     ) -> bool {
@@ -157,11 +159,12 @@ impl Session<'_> {
                     "binary frames are not supported; send JSON text frames",
                     None,
                 ),
-                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
+                // A raw frame is never produced by reading; pings are answered by tungstenite.
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
                 Some(Ok(WsMessage::Close(_))) | None => return true,
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "websocket read failed");
-                    let (code, reason) = read_error_close(e);
+                    let (code, reason) = read_error_close(&e);
                     self.closer.close(code, reason);
                     return false;
                 }
@@ -371,7 +374,7 @@ async fn hold_expiry(deadline: Option<Instant>) {
 }
 
 async fn write_loop(
-    mut sink: SplitSink<WebSocket, WsMessage>,
+    mut sink: SplitSink<Socket, WsMessage>,
     mut rx: mpsc::Receiver<Outgoing>,
     closer: Closer,
     ping_interval: Duration,
@@ -386,7 +389,7 @@ async fn write_loop(
         tokio::select! {
             biased;
             () = closer.closed() => break,
-            _ = ping.tick() => out.push(WsMessage::Ping(Default::default())),
+            _ = ping.tick() => out.push(WsMessage::Ping(Bytes::new())),
             () = hold_expiry(order.next_deadline()) => {
                 let now = Instant::now();
                 for gap in order.due(now) {
@@ -443,6 +446,6 @@ async fn write_loop(
         let mut feed = futures::stream::iter(frames.drain(..).map(|f| Ok(WsMessage::Text(f))));
         let _ = timeout(CLOSE_TIMEOUT, sink.send_all(&mut feed)).await;
     }
-    let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+    let frame = CloseFrame { code: code.into(), reason: Utf8Bytes::from_static(reason) };
     let _ = timeout(CLOSE_TIMEOUT, sink.send(WsMessage::Close(Some(frame)))).await;
 }

@@ -423,6 +423,16 @@ async fn an_over_long_text_in_a_frame_up_to_1_mib_is_refused_by_key_and_the_sock
 }
 
 #[tokio::test]
+async fn a_request_that_is_no_websocket_handshake_gets_the_contracts_error_body() {
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice", "client").await;
+    let plain = app.get(&format!("/ws/chat/?token={}", alice.token), &alice.token).await;
+    assert_error(&plain, 426, "validation_failed");
+    let bad_query = app.get("/ws/chat/?token=a&token=b", &alice.token).await;
+    assert_error(&bad_query, 400, "validation_failed");
+}
+
+#[tokio::test]
 async fn a_key_is_scoped_to_its_thread_and_a_reused_key_with_other_text_is_a_conflict() {
     let app = TestApp::spawn().await;
     let (alice, bob) = pair(&app).await;
