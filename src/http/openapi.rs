@@ -7,7 +7,11 @@ use super::{accounts, marketplace, messaging, threads};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Confab", description = "Real-time chat for online marketplaces. Every path also answers without its trailing slash."),
+    info(title = "Confab", description = "Real-time chat for online marketplaces. Every path also answers without its trailing slash. \
+        Messages carry `seq`, their position in their thread (1, 2, 3… with no gap); pages of messages and the \
+        WebSocket deliver them in seq order, each once, on every connection (see docs/websocket.md). \
+        A `client_msg_id` is scoped to its sender and its thread: the same key with the same text returns the first \
+        message, with another text it is 409 `conflict`. The inbox pages by an opaque cursor (`next`)."),
     paths(
         accounts::register_user, accounts::obtain_token, accounts::refresh_token, accounts::get_me,
         marketplace::list_freelancers, marketplace::get_freelancer, marketplace::create_job, marketplace::list_jobs,

@@ -481,6 +481,37 @@ pub async fn an_inbox_walk_by_cursor_repeats_nothing_and_skips_only_what_moved(s
     assert_eq!(ids(&again), vec![threads[2], threads[5]]);
 }
 
+pub async fn concurrent_proposals_of_one_freelancer_store_one_and_one_thread(store: Arc<dyn Store>) {
+    let client = user(&*store, "client", Role::Client).await;
+    let freelancer = user(&*store, "freelancer", Role::Freelancer).await;
+    let job = store.create_job(NewJob { client: client.id, title: "J".into(), description: "D".into() }).await.unwrap();
+    let submits = (0..50).map(|i| {
+        let store = store.clone();
+        let new = NewProposal {
+            job: job.id,
+            freelancer: freelancer.clone(),
+            cover_letter: format!("take {i}"),
+            bid_amount: Money::from_cents(100 + i),
+        };
+        let open = OpenThread {
+            key: ThreadKey::Job { job: job.id, a: freelancer.id, b: client.id },
+            first_message: system(&freelancer, "proposal"),
+        };
+        tokio::spawn(async move { store.submit_proposal(new, open).await })
+    });
+    let results: Vec<_> = join_all(submits).await.into_iter().map(Result::unwrap).collect();
+    let stored: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(stored.len(), 1, "one proposal");
+    assert!(stored[0].1.created, "its thread was created by it");
+    for refused in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(matches!(refused, StoreError::Conflict(_)), "{refused:?}");
+    }
+    let inbox = store.inbox(client.id, InboxFrom::Start, 50).await.unwrap().results;
+    assert_eq!(inbox.len(), 1, "one thread");
+    let messages = store.messages(inbox[0].id, Cursor::Latest, 10).await.unwrap().results;
+    assert_eq!(messages.len(), 1, "one system message");
+}
+
 /// Every behaviour by name, so a backend's test file can list them all and a
 /// missing one fails to compile.
 #[macro_export]
@@ -496,6 +527,7 @@ macro_rules! store_conformance_tests {
             a_client_msg_id_is_scoped_to_its_sender_and_thread,
             concurrent_reuses_of_a_key_store_one_message_and_refuse_other_texts,
             an_inbox_walk_by_cursor_repeats_nothing_and_skips_only_what_moved,
+            concurrent_proposals_of_one_freelancer_store_one_and_one_thread,
             a_batch_commits_together_and_refuses_only_its_bad_messages,
             appending_to_an_unknown_thread_is_not_found,
             text_is_stored_verbatim,
