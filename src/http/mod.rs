@@ -10,6 +10,7 @@ mod metrics;
 mod openapi;
 mod ops;
 mod threads;
+mod web;
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use tower::Layer;
+use tower_http::compression::CompressionLayer;
 use tower_http::normalize_path::NormalizePathLayer;
 use utoipa::IntoParams;
 
@@ -89,16 +91,29 @@ pub fn router(state: AppState) -> Router {
         .route("/api/messaging/unread", get(messaging::get_unread_totals))
         .route("/ws/chat", get(ws::connect_ws))
         .route("/ws/messaging", get(ws::connect_ws))
-        .route("/", get(ops::index))
+        .route("/", get(web::index))
+        .route("/assets/{version}/{*path}", get(web::asset).layer(CompressionLayer::new()))
+        .route("/widget.js", get(web::widget).layer(CompressionLayer::new()))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/api/openapi.json", get(ops::openapi));
+    let api = web::PAGES.iter().fold(api, |api, path| api.route(path, get(web::page).layer(CompressionLayer::new())));
     api.fallback(accounts::not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::track))
+        .layer(axum::middleware::from_fn(security_headers))
         .with_state(state)
+}
+
+/// Headers every answer carries: no MIME sniffing.
+async fn security_headers(request: Request, next: axum::middleware::Next) -> axum::response::Response {
+    let mut response = next.run(request).await;
+    response
+        .headers_mut()
+        .insert(axum::http::header::X_CONTENT_TYPE_OPTIONS, axum::http::HeaderValue::from_static("nosniff"));
+    response
 }
 
 async fn method_not_allowed(method: axum::http::Method) -> (axum::http::StatusCode, axum::Json<ErrorBody>) {

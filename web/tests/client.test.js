@@ -1,0 +1,146 @@
+// Unit tests of the client module's logic, under Node's own test runner:
+// `node --test web/tests/` (scripts/test.sh runs them).
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import { Backoff, ConfabClient, Outbox, SeqTracker, refreshDelay, tokenExpiry } from "../confab-client.js";
+
+test("backoff grows, is capped, keeps its jitter within the upper half, and resets", () => {
+  let r = 0;
+  const backoff = new Backoff({ base: 100, max: 1000, random: () => r });
+  assert.deepEqual([backoff.next(), backoff.next(), backoff.next(), backoff.next(), backoff.next()], [50, 100, 200, 400, 500]);
+  r = 1;
+  assert.equal(backoff.next(), 1000, "capped, at most the cap");
+  backoff.reset();
+  assert.equal(backoff.next(), 100);
+  const spread = new Set(Array.from({ length: 50 }, () => new Backoff({ base: 1000 }).next()));
+  assert.ok(spread.size > 10, "clients cut off together come back at different times");
+});
+
+test("the tracker drops what it has seen and names every thread in a sync", () => {
+  const tracker = new SeqTracker();
+  assert.equal(tracker.observe("t1", 1), true);
+  assert.equal(tracker.observe("t1", 2), true);
+  assert.equal(tracker.observe("t1", 2), false, "a duplicate");
+  assert.equal(tracker.observe("t1", 1), false, "an older one");
+  tracker.seen("t2", 7);
+  tracker.seen("t2", 3);
+  assert.deepEqual(tracker.syncFrame(), { type: "sync", threads: { t1: 2, t2: 7 } });
+});
+
+test("the outbox gives each send its own key and a retry the same one", () => {
+  const outbox = new Outbox("p");
+  const a = outbox.add({ threadId: "t", text: "hello" });
+  const b = outbox.add({ recipientId: 5, text: "hi" });
+  assert.deepEqual([a.clientMsgId, b.clientMsgId], ["p-1", "p-2"]);
+  outbox.failed(a.clientMsgId, "unavailable");
+  assert.deepEqual(outbox.frames(), [{ type: "message", text: "hi", client_msg_id: "p-2", recipient_id: 5 }]);
+  outbox.retry(a.clientMsgId);
+  assert.deepEqual(outbox.frames().map((f) => f.client_msg_id), ["p-1", "p-2"]);
+  outbox.acked("p-1");
+  assert.deepEqual(outbox.frames().map((f) => f.client_msg_id), ["p-2"]);
+});
+
+test("a token is refreshed a minute before it expires, or at 80% of a short life", () => {
+  const token = `x.${Buffer.from(JSON.stringify({ exp: 2000 })).toString("base64url")}.y`;
+  assert.equal(tokenExpiry(token), 2000);
+  assert.equal(tokenExpiry("garbage"), null);
+  assert.equal(refreshDelay(1000 + 900, 1000 * 1000, 1000), 720_000, "15 minutes: refreshed after 12");
+  assert.equal(refreshDelay(1000 + 60, 1000 * 1000, 1000), 0, "a minute left: now");
+  assert.equal(refreshDelay(100, 200_000), 0, "expired: now");
+});
+
+/** A WebSocket stand-in the test drives by hand. */
+class FakeSocket {
+  /** @type {FakeSocket[]} */
+  static all = [];
+  constructor(url) {
+    this.url = url;
+    this.readyState = 0;
+    /** @type {any[]} */
+    this.sent = [];
+    FakeSocket.all.push(this);
+  }
+  send(text) {
+    this.sent.push(JSON.parse(text));
+  }
+  close() {
+    this.readyState = 3;
+    this.onclose?.({});
+  }
+  open() {
+    this.readyState = 1;
+    this.onopen?.({});
+  }
+  /** @param {unknown} event */
+  receive(event) {
+    this.onmessage?.({ data: JSON.stringify(event) });
+  }
+}
+
+const tick = () => new Promise((resolve) => setTimeout(resolve, 5));
+const message = (thread, seq, extra = {}) => ({ id: `m${seq}`, thread_id: thread, seq, kind: "user", sender: { id: 1 }, text: `m${seq}`, ...extra });
+
+test("the client delivers each message once, retries with the same key, and syncs after a reconnect", async () => {
+  FakeSocket.all = [];
+  const client = new ConfabClient({ server: "http://chat.test", getToken: () => "tok", WebSocket: /** @type {any} */ (FakeSocket), backoff: new Backoff({ base: 1, max: 2 }) });
+  const seen = [];
+  const acks = [];
+  const failures = [];
+  const states = [];
+  client.addEventListener("message", (e) => seen.push(e.detail.message.seq));
+  client.addEventListener("ack", (e) => acks.push(e.detail.clientMsgId));
+  client.addEventListener("failed", (e) => failures.push(e.detail));
+  client.addEventListener("state", (e) => states.push(e.detail.state));
+  client.connect();
+  await tick();
+  const first = FakeSocket.all[0];
+  assert.equal(first.url, "ws://chat.test/ws/chat/?token=tok");
+  first.open();
+  assert.deepEqual(first.sent, [], "a first connection with nothing seen asks for no sync");
+
+  first.receive({ type: "new_message", message: message("t", 1) });
+  first.receive({ type: "new_message", message: message("t", 2) });
+  first.receive({ type: "new_message", message: message("t", 2) });
+  assert.deepEqual(seen, [1, 2], "the repeat was dropped");
+
+  const sent = client.send({ threadId: "t", text: "mine" });
+  assert.equal(first.sent.at(-1).client_msg_id, sent.clientMsgId);
+  first.receive({ type: "error", error: "unavailable", detail: "down", client_msg_id: sent.clientMsgId });
+  assert.equal(failures[0].error, "unavailable");
+  client.retry(sent.clientMsgId);
+  assert.equal(first.sent.at(-1).client_msg_id, sent.clientMsgId, "a retry reuses its key");
+
+  // The connection drops before the ack; the client comes back by itself.
+  first.close();
+  assert.equal(client.state, "offline");
+  await tick();
+  const second = FakeSocket.all[1];
+  assert.ok(second, "reconnected after its backoff");
+  second.open();
+  assert.deepEqual(second.sent[0], { type: "sync", threads: { t: 2 } }, "asks for everything after what it saw");
+  assert.equal(second.sent[1].client_msg_id, sent.clientMsgId, "and sends what still waits for its ack, same key");
+  second.receive({ type: "new_message", message: message("t", 3) });
+  second.receive({ type: "message_ack", client_msg_id: sent.clientMsgId, message: message("t", 4) });
+  second.receive({ type: "synced" });
+  assert.deepEqual(seen, [1, 2, 3]);
+  assert.deepEqual(acks, [sent.clientMsgId]);
+  assert.equal(client.outbox.frames().length, 0, "nothing left to send");
+  assert.deepEqual(states, ["connecting", "online", "offline", "connecting", "online"]);
+  client.close();
+  assert.equal(client.state, "closed");
+});
+
+test("a client without a token waits and tries again instead of connecting", async () => {
+  FakeSocket.all = [];
+  let token = null;
+  const client = new ConfabClient({ getToken: () => token, WebSocket: /** @type {any} */ (FakeSocket), backoff: new Backoff({ base: 1, max: 2 }), server: "https://chat.test" });
+  client.connect();
+  await tick();
+  assert.equal(FakeSocket.all.length, 0);
+  token = "later";
+  await tick();
+  await tick();
+  assert.equal(FakeSocket.all[0]?.url, "wss://chat.test/ws/chat/?token=later");
+  client.close();
+});
