@@ -69,7 +69,25 @@ ensure_nginx() {
     fi
 }
 
+# The browser tests drive Debian's Chromium with the npm package playwright-core
+# (whose own browser download cannot work here), and need Node.js with npm.
+ensure_browser_tools() {
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        echo "== installing Node.js and npm (Debian's packages) for the web app's checks"
+        (apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null 2>&1 ||
+            { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; }) ||
+            { echo "error: installing Node.js failed; install Debian's nodejs and npm by hand" >&2; return 1; }
+    fi
+    if [ ! -x /usr/bin/chromium ]; then
+        echo "== installing Chromium (Debian's package) for the browser tests"
+        (apt-get install -y -qq chromium >/dev/null 2>&1 ||
+            { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null; }) ||
+            { echo "error: installing chromium failed; install Debian's package chromium by hand" >&2; return 1; }
+    fi
+}
+
 ensure_postgres
 ensure_redis
 ensure_nginx
-echo "== services: PostgreSQL and Redis answer; nginx is installed"
+ensure_browser_tools
+echo "== services: PostgreSQL and Redis answer; nginx, Node.js and Chromium are installed"

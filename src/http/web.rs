@@ -80,10 +80,8 @@ pub(crate) async fn page() -> Response {
 
 /// `/`: the app for a browser, the JSON index for anything else (scripts, probes).
 pub(crate) async fn index(headers: HeaderMap) -> Response {
-    let wants_html = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.contains("text/html"));
+    let wants_html =
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|accept| accept.contains("text/html"));
     if wants_html { page().await } else { super::ops::index().await.into_response() }
 }
 
@@ -96,7 +94,8 @@ pub(crate) async fn asset(Path((asked, path)): Path<(String, String)>) -> Respon
 /// `/widget.js`: the embedding entry point at a stable address, for other sites. It
 /// imports the current version's module, so the rest is cached like any asset.
 pub(crate) async fn widget() -> Response {
-    let body = format!("// Confab's embeddable chat: see docs/embedding.md.\nimport \"./assets/{}/widget.js\";\n", version());
+    let body =
+        format!("// Confab's embeddable chat: see docs/embedding.md.\nimport \"./assets/{}/widget.js\";\n", version());
     let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/javascript; charset=utf-8"));

@@ -11,5 +11,6 @@ mod ops;
 #[path = "../common/pg_schema.rs"]
 mod pg_schema;
 mod support;
+mod web;
 mod websocket;
 mod workflows;
