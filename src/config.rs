@@ -94,6 +94,11 @@ pub struct ServeArgs {
     /// Prefix of this deployment's Redis channels, so deployments can share a Redis.
     #[arg(long, env = "CONFAB_REDIS_PREFIX", default_value = "confab")]
     pub redis_prefix: String,
+    /// Web origins besides the server's own that may embed the chat widget
+    /// (comma-separated, e.g. `https://market.example`): their WebSocket handshakes
+    /// are accepted and REST answers their CORS preflights. Others are refused with 403.
+    #[arg(long, env = "CONFAB_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    pub allowed_origins: Vec<String>,
     /// HS256 signing key shared by all nodes (at least 32 characters); generated
     /// into the data directory when unset.
     #[arg(long, env = "CONFAB_JWT_SECRET")]
@@ -173,6 +178,8 @@ pub struct Config {
     pub jwt_secret: Option<Secret>,
     pub redis_url: Option<Secret>,
     pub redis_prefix: String,
+    /// Normalized (`scheme://host[:port]`, no trailing slash).
+    pub allowed_origins: Vec<String>,
     pub limits: Limits,
     pub max_body_bytes: usize,
     pub access_token_ttl: Duration,
@@ -222,6 +229,7 @@ impl Config {
             jwt_secret: None,
             redis_url: None,
             redis_prefix: "confab".to_owned(),
+            allowed_origins: Vec::new(),
             limits: Limits::default(),
             max_body_bytes: 64 * 1024,
             access_token_ttl: Duration::from_secs(900),
@@ -240,6 +248,7 @@ impl From<&ServeArgs> for Config {
             jwt_secret: a.jwt_secret.clone(),
             redis_url: a.redis_url.clone(),
             redis_prefix: a.redis_prefix.clone(),
+            allowed_origins: a.allowed_origins.clone(),
             limits: Limits {
                 max_text_chars: a.max_text_chars,
                 messages_per_second: a.rate_limit,
@@ -260,6 +269,19 @@ impl From<&ServeArgs> for Config {
     }
 }
 
+/// An origin as browsers send it: `scheme://host[:port]`, without path or slash.
+///
+/// # Errors
+/// Anything else, with what was expected.
+pub fn parse_origin(s: &str) -> Result<String, String> {
+    let s = s.trim().trim_end_matches('/');
+    let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains(['/', '?', '#', ' ', '@']) => Ok(s.to_ascii_lowercase()),
+        _ => Err(format!("{s:?} is not an origin; expected scheme://host[:port], e.g. https://market.example")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,5 +294,15 @@ mod tests {
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.database_url.expose(), "sqlite://./data/confab.db");
         assert_eq!(format!("{:?}", Secret::new("hunter2")), "***");
+        assert!(config.allowed_origins.is_empty());
+    }
+
+    #[test]
+    fn allowed_origins_are_a_comma_separated_list_of_origins() {
+        let cli = Cli::try_parse_from(["confab", "--allowed-origins", "https://Market.example/,http://localhost:3000"])
+            .unwrap();
+        assert_eq!(cli.serve.allowed_origins, vec!["https://market.example", "http://localhost:3000"]);
+        assert!(Cli::try_parse_from(["confab", "--allowed-origins", "market.example"]).is_err());
+        assert!(Cli::try_parse_from(["confab", "--allowed-origins", "https://market.example/path"]).is_err());
     }
 }

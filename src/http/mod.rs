@@ -99,12 +99,35 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/api/openapi.json", get(ops::openapi));
     let api = web::PAGES.iter().fold(api, |api, path| api.route(path, get(web::page).layer(CompressionLayer::new())));
-    api.fallback(accounts::not_found)
+    let app = api
+        .fallback(accounts::not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::track))
-        .layer(axum::middleware::from_fn(security_headers))
-        .with_state(state)
+        .layer(axum::middleware::from_fn(security_headers));
+    let app = match cors(&state.config.allowed_origins) {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
+    app.with_state(state)
+}
+
+/// CORS for the origins that embed the widget (`--allowed-origins`), none otherwise:
+/// their pages may call the REST API with a bearer token (no cookies are used).
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderValue, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    if origins.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 /// Headers every answer carries: no MIME sniffing.

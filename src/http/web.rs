@@ -23,7 +23,7 @@ struct Assets;
 
 /// The routes of the browser app, as the original system named them; each answers
 /// with the same shell, and the app draws the page from the address.
-pub(crate) const PAGES: [&str; 12] = [
+pub(crate) const PAGES: [&str; 11] = [
     "/signin",
     "/signup",
     "/freelancers",
@@ -35,7 +35,6 @@ pub(crate) const PAGES: [&str; 12] = [
     "/dashboard/inbox",
     "/dashboard/inbox/{id}",
     "/chat-demo",
-    "/widget-demo",
 ];
 
 /// Scripts, styles and connections only from this server; no inline script, no

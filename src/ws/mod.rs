@@ -56,6 +56,10 @@ pub(crate) async fn connect_ws(State(state): State<AppState>, mut request: Reque
         Err(e) => return ApiError::new(ErrorCode::ValidationFailed, format!("bad query string: {e}")).into_response(),
     };
     let headers = request.headers();
+    if let Err(origin) = origin_allowed(headers, &state.config.allowed_origins) {
+        let detail = format!("WebSocket connections from {origin} are not allowed (see --allowed-origins)");
+        return ApiError::new(ErrorCode::Forbidden, detail).into_response();
+    }
     let offered: Vec<String> = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
@@ -129,6 +133,17 @@ pub(crate) async fn connect_ws(State(state): State<AppState>, mut request: Reque
         answer.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
     }
     response
+}
+
+/// A browser's handshake must come from this server's own pages or an allowed
+/// origin, so another site cannot open a socket with a user's token. A handshake
+/// without `Origin` is from a program, not a browser, and is let through.
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> Result<(), String> {
+    let Some(origin) = headers.get(header::ORIGIN) else { return Ok(()) };
+    let origin = origin.to_str().unwrap_or_default().trim_end_matches('/').to_ascii_lowercase();
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_ascii_lowercase();
+    let own = origin.split_once("://").is_some_and(|(_, rest)| !host.is_empty() && rest == host);
+    if own || allowed.iter().any(|a| *a == origin) { Ok(()) } else { Err(origin) }
 }
 
 /// The client's `Sec-WebSocket-Key`, once the request is a valid RFC 6455 handshake.

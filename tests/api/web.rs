@@ -77,3 +77,38 @@ async fn assets_are_versioned_cached_for_a_year_and_compressed() {
     assert_eq!(widget.headers()["access-control-allow-origin"], "*");
     assert!(widget.text().await.unwrap().contains(&format!("./assets/{version}/widget.js")));
 }
+
+async fn handshake(app: &TestApp, user: &crate::support::TestUser, origin: &str) -> Result<(), u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = app.ws_url(&format!("/ws/chat/?token={}", user.token)).into_client_request().unwrap();
+    request.headers_mut().insert("origin", origin.parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Ok(_) => Ok(()),
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => Err(res.status().as_u16()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test]
+async fn only_the_servers_own_pages_and_allowed_origins_may_open_a_socket_or_call_across_origins() {
+    let app = TestApp::spawn_with(|c| c.allowed_origins = vec!["https://market.example".to_owned()]).await;
+    let alice = app.signup("alice", "client").await;
+    let own = app.base.clone();
+    assert_eq!(handshake(&app, &alice, &own).await, Ok(()), "the server's own pages");
+    assert_eq!(handshake(&app, &alice, "https://market.example").await, Ok(()), "an allowed origin");
+    assert_eq!(handshake(&app, &alice, "https://evil.example").await, Err(403), "any other site");
+
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, app.url("/api/chat/threads/"))
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "authorization")
+            .send()
+    };
+    let allowed = preflight("https://market.example").await.unwrap();
+    assert_eq!(allowed.headers()["access-control-allow-origin"], "https://market.example");
+    assert!(allowed.headers()["access-control-allow-headers"].to_str().unwrap().contains("authorization"));
+    let refused = preflight("https://evil.example").await.unwrap();
+    assert!(refused.headers().get("access-control-allow-origin").is_none());
+}

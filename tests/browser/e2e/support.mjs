@@ -13,9 +13,10 @@ const root = resolve(fileURLToPath(import.meta.url), "../../../..");
 /** The server binary: `CONFAB_BIN`, or the debug build `cargo test` made. */
 const binary = process.env.CONFAB_BIN ?? join(root, "target/debug/confab");
 
-export async function startServer() {
+/** @param {string[]} [extra] more flags for `confab serve` */
+export async function startServer(extra = []) {
   const dir = mkdtempSync(join(tmpdir(), "confab-e2e-"));
-  const child = spawn(binary, ["serve", "--demo", "--listen", "127.0.0.1:0", "--data-dir", dir], {
+  const child = spawn(binary, ["serve", "--demo", "--listen", "127.0.0.1:0", "--data-dir", dir, ...extra], {
     env: { ...process.env, RUST_LOG: "info", CONFAB_LOG_FORMAT: "text" },
     stdio: ["ignore", "pipe", "pipe"],
   });
