@@ -143,7 +143,7 @@ fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> Result<(), String>
     let origin = origin.to_str().unwrap_or_default().trim_end_matches('/').to_ascii_lowercase();
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_ascii_lowercase();
     let own = origin.split_once("://").is_some_and(|(_, rest)| !host.is_empty() && rest == host);
-    if own || allowed.iter().any(|a| *a == origin) { Ok(()) } else { Err(origin) }
+    if own || allowed.contains(&origin) { Ok(()) } else { Err(origin) }
 }
 
 /// The client's `Sec-WebSocket-Key`, once the request is a valid RFC 6455 handshake.
