@@ -11,7 +11,8 @@ let client;
 let freelancer;
 
 before(async () => {
-  server = await startServer();
+  // Room for the history test's burst of sends.
+  server = await startServer(["--rate-limit", "200", "--rate-burst", "500"]);
   browser = await startBrowser();
   client = await signedIn(browser, server.base, "testclient");
   freelancer = await signedIn(browser, server.base, "testfreelancer");
@@ -52,6 +53,9 @@ test("the client hires from the profile, both see the system message and chat bo
   // The freelancer has the conversation open: the client sees it was seen.
   await conversation(page).getByText("Seen").waitFor();
 
+  // Typing shows on the other side.
+  await other.getByRole("textbox", { name: "Message" }).pressSequentially("Yes");
+  await page.getByText("Test Freelancer is typing…").waitFor();
   await other.getByRole("textbox", { name: "Message" }).fill("Yes!\nHow many hours?");
   await other.keyboard.press("Shift+Enter");
   await other.getByRole("textbox", { name: "Message" }).press("Enter");
@@ -148,11 +152,41 @@ test("the chat button on /chat-demo opens a chat window whose message the other 
   await dialog.waitFor({ state: "detached" });
 });
 
+test("a send the server refuses says why and offers a retry; older history loads on scrolling up", async () => {
+  const { page } = client;
+  await page.goto("/dashboard/inbox");
+  await page.getByRole("link", { name: /Test Freelancer/ }).first().click();
+  const box = page.getByRole("textbox", { name: "Message" });
+  await box.fill("x".repeat(4001));
+  await box.press("Enter");
+  await conversation(page).getByText("Not sent: too long.").waitFor();
+  await conversation(page).getByRole("button", { name: "Retry sending this message" }).waitFor();
+
+  // Forty more messages from the freelancer: the page holds the newest 30, then more as it scrolls up.
+  const token = await freelancer.page.evaluate(() => JSON.parse(localStorage.getItem("confab.session") ?? "{}").access);
+  const thread = new URL(page.url()).pathname.split("/").pop();
+  for (let n = 1; n <= 40; n++) {
+    const res = await fetch(`${server.base}/api/chat/threads/${thread}/messages/`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+      body: JSON.stringify({ text: `history ${n}` }),
+    });
+    assert.equal(res.status, 201);
+  }
+  await page.reload();
+  await conversation(page).getByText("history 40").waitFor();
+  const before = await conversation(page).locator(".message").count();
+  assert.equal(before, 30, "only the newest page is in the page");
+  await conversation(page).evaluate((list) => (list.scrollTop = 0));
+  await page.waitForFunction(() => document.querySelectorAll("[role=log] .message").length > 30);
+  await conversation(page).getByText("history 1", { exact: true }).waitFor({ state: "attached" });
+});
+
 test("on a phone-sized screen the inbox is one column and a conversation opens without sideways scrolling", async () => {
   const phone = await signedIn(browser, server.base, "testclient", { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
   const { page } = phone;
   await page.getByRole("link", { name: /Test Freelancer/ }).first().click();
-  await conversation(page).getByText("Sent from the chat window").waitFor();
+  await conversation(page).getByText("history 40").waitFor();
   assert.equal(await page.getByRole("navigation", { name: "Inbox" }).isVisible(), false, "the list gives way to the conversation");
   await page.getByRole("link", { name: "← All conversations" }).waitFor();
   const width = await page.evaluate(() => document.documentElement.scrollWidth);
