@@ -13,7 +13,7 @@
  */
 
 import { ApiError, request } from "./confab-client.js";
-import { chatClient, clock, h, me } from "./chat.js";
+import { chatClient, clock, h, me, toast } from "./chat.js";
 
 /** @typedef {import("./confab-client.js").Message} Message */
 
@@ -21,6 +21,8 @@ import { chatClient, clock, h, me } from "./chat.js";
 const PAGE = 30;
 /** How long a typing indicator stays without a new `typing` event. */
 const TYPING_SHOWN_MS = 4000;
+/** At most one `read` frame this often. */
+const READ_EVERY_MS = 500;
 /** At most one `typing` frame this often. */
 const TYPING_EVERY_MS = 2500;
 
@@ -51,6 +53,11 @@ export class ConfabConversation extends HTMLElement {
     /** @type {number | null} */
     this.myId = null;
     this.seenUpTo = 0;
+    /** The seq this view last reported read. */
+    this.readUpTo = 0;
+    /** @type {ReturnType<typeof setTimeout> | null} */
+    this.readTimer = null;
+    this.readAgain = false;
     this.lastTypingSent = 0;
     /** @type {ReturnType<typeof setTimeout> | null} */
     this.typingTimer = null;
@@ -99,6 +106,14 @@ export class ConfabConversation extends HTMLElement {
 
   disconnectedCallback() {
     const client = chatClient();
+    // What was shown was read, even if the view goes before its read was sent.
+    if (this.readTimer) {
+      clearTimeout(this.readTimer);
+      this.readTimer = null;
+      if (this.readAgain && this.threadId && this.newest > this.readUpTo && client.state === "online") {
+        client.markRead(this.threadId, this.newest);
+      }
+    }
     for (const [type, handler] of this.handlers) client.removeEventListener(type, handler);
     this.handlers = [];
     document.removeEventListener("visibilitychange", this.onVisible);
@@ -272,9 +287,30 @@ export class ConfabConversation extends HTMLElement {
     }
   }
 
+  /** Tells the server: at once, then at most every half second while messages pour
+   * in (read frames count against the sender's rate limit). */
   markRead() {
-    if (!this.threadId || this.newest === 0 || document.visibilityState !== "visible" || !this.isConnected) return;
-    chatClient().markRead(this.threadId, this.newest);
+    if (this.readTimer) {
+      this.readAgain = true;
+      return;
+    }
+    this.sendRead();
+    this.readTimer = setTimeout(() => {
+      this.readTimer = null;
+      if (this.readAgain) {
+        this.readAgain = false;
+        this.markRead();
+      }
+    }, READ_EVERY_MS);
+  }
+
+  sendRead() {
+    const client = chatClient();
+    if (!this.threadId || this.newest <= this.readUpTo || document.visibilityState !== "visible" || !this.isConnected) return;
+    // Offline, the frame would be lost: the `synced` after reconnecting comes back here.
+    if (client.state !== "online") return;
+    this.readUpTo = this.newest;
+    client.markRead(this.threadId, this.newest);
     this.dispatchEvent(new CustomEvent("read", { bubbles: true, detail: { threadId: this.threadId } }));
   }
 
@@ -380,7 +416,6 @@ export class ConfabChatButton extends HTMLElement {
       const self = await me();
       if (self.id === user.id) throw new ApiError(400, "validation_failed", "this is you");
     } catch (e) {
-      const { toast } = await import("./chat.js");
       toast(e instanceof ApiError && e.status === 401 ? "Sign in to send messages" : `Cannot open the chat: ${e instanceof Error ? e.message : e}`);
       return;
     }
