@@ -201,7 +201,6 @@ impl Committer {
                         let _ = tx.send(Ok(Sent { message, duplicate: true }));
                     }
                     Reply::Connection(ack) => {
-                        let ack = Ack { repeated: true, ..ack };
                         self.bus.publish(Event::Message {
                             message: Arc::new(message),
                             recipients: Arc::new([]),

@@ -155,7 +155,7 @@ impl Chat {
     pub async fn submit_message(&self, prepared: PreparedSend, connection: ConnectionId) -> Result<()> {
         let PreparedSend { new, members } = prepared;
         let client_msg_id = new.client_msg_id.as_ref().map(|k| k.as_str().to_owned());
-        let ack = Ack { user: new.sender, connection, client_msg_id, repeated: false };
+        let ack = Ack { user: new.sender, connection, client_msg_id };
         self.enqueue(Job::Send(SendJob { new, members, reply: Reply::Connection(ack) })).await
     }
 
@@ -258,6 +258,11 @@ impl Chat {
             });
         }
         Ok(marker)
+    }
+
+    /// The last seq of every thread `user` is in.
+    pub async fn thread_heads(&self, user: &User) -> Result<Vec<(ThreadId, Seq)>> {
+        Ok(self.store().thread_heads(user.id).await?)
     }
 
     /// What a `sync` must replay for `user`: every thread they are in with a message

@@ -46,7 +46,7 @@ impl Chat {
             key: ThreadKey::Direct { a: caller.id, b: freelancer.id },
             first_message: Some(SystemMessage::hire(caller, &freelancer)),
         };
-        let (_, opened) = self.open_in_order(open, None, [caller.clone(), freelancer]).await?;
+        let (_, opened) = self.open_in_order(open, None, [caller.clone(), freelancer]).await??;
         self.opening(caller, opened).await
     }
 
@@ -63,7 +63,7 @@ impl Chat {
             key: ThreadKey::Job { job: job.id, a: caller.id, b: job.client.id },
             first_message: Some(SystemMessage::proposal(caller, &job)),
         };
-        let (_, opened) = self.open_in_order(open, None, [caller.clone(), job.client]).await?;
+        let (_, opened) = self.open_in_order(open, None, [caller.clone(), job.client]).await??;
         self.opening(caller, opened).await
     }
 
@@ -95,7 +95,7 @@ impl Chat {
         };
         let new = NewProposal { job: job.id, freelancer: caller.clone(), cover_letter, bid_amount };
         let (proposal, opened) =
-            self.open_in_order(open, Some(new), [caller.clone(), job.client]).await.map_err(|e| match e {
+            self.open_in_order(open, Some(new), [caller.clone(), job.client]).await?.map_err(|e| match e {
                 StoreError::Conflict(_) => {
                     Error::rejected(ErrorCode::Conflict, "you have already submitted a proposal for this job")
                 }
@@ -114,12 +114,12 @@ impl Chat {
         open: OpenThread,
         proposal: Option<NewProposal>,
         participants: [User; 2],
-    ) -> Result<(Option<Proposal>, Opened), StoreError> {
+    ) -> Result<Result<(Option<Proposal>, Opened), StoreError>> {
         let (reply, answer) = oneshot::channel();
         let job = Job::Open(Box::new(OpenJob { open, proposal, participants, reply }));
-        let gone = || StoreError::Other("the message committer has stopped".into());
-        self.enqueue(job).await.map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        self.enqueue(job).await?;
+        // The committer stops only at shutdown: the caller is told to try again.
+        answer.await.map_err(|_| Error::rejected(ErrorCode::Unavailable, "the server is shutting down; try again"))
     }
 
     /// The thread as the caller sees it.

@@ -14,10 +14,6 @@ pub struct Ack {
     pub user: UserId,
     pub connection: ConnectionId,
     pub client_msg_id: Option<String>,
-    /// The answer to a repeated key: the first message, delivered long ago, so the
-    /// connection writes it at once instead of in seq order.
-    #[serde(default)]
-    pub repeated: bool,
 }
 
 /// What happens in a thread that its participants' live connections must hear of.

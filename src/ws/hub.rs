@@ -202,13 +202,8 @@ impl Sink for Hub {
                 });
                 if let Some(ack) = ack {
                     let frame = protocol::message_ack(ack.client_msg_id.as_deref(), message);
-                    let item = if ack.repeated {
-                        // The first message of a repeated key: an answer, not a delivery.
-                        Outgoing::Frame(frame)
-                    } else {
-                        let delivery = Delivery::Ack { client_msg_id: ack.client_msg_id.clone() };
-                        Outgoing::Message(MessageItem::new(message.clone(), frame, delivery))
-                    };
+                    let delivery = Delivery::Ack { client_msg_id: ack.client_msg_id.clone() };
+                    let item = Outgoing::Message(MessageItem::new(message.clone(), frame, delivery));
                     self.to_connection(ack.user, ack.connection, item);
                 }
             }
@@ -224,7 +219,7 @@ impl Sink for Hub {
             }
             Event::Refused { user, connection, code, detail, client_msg_id } => {
                 let frame = protocol::error(*code, detail, client_msg_id.as_deref());
-                let item = Outgoing::Refused { client_msg_id: client_msg_id.clone(), frame };
+                let item = Outgoing::Refused { thread: None, client_msg_id: client_msg_id.clone(), frame };
                 self.to_connection(*user, *connection, item);
             }
         }

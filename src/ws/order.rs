@@ -75,13 +75,15 @@ pub(crate) enum Outgoing {
     /// A frame with no ordering duty: typing, error, pong, the answer to a repeated key.
     Frame(Utf8Bytes),
     /// An `error` about a queued message: the connection no longer awaits its ack.
-    Refused { client_msg_id: Option<String>, frame: Utf8Bytes },
+    /// Its thread, when known (a refusal after queueing does not say).
+    Refused { thread: Option<ThreadId>, client_msg_id: Option<String>, frame: Utf8Bytes },
     /// A message, delivered once and in seq order per thread.
     Message(MessageItem),
     /// A `read` event: written only once message `up_to` of its thread is.
     Read { thread: ThreadId, up_to: Seq, frame: Utf8Bytes },
-    /// The connection sent a message with this key and awaits its ack.
-    Expect(String),
+    /// The connection sent a message into this thread (with this key, if any) and
+    /// awaits its ack.
+    Expect { thread: ThreadId, client_msg_id: Option<String> },
     /// Start of a `sync`: hold live events until [`Outgoing::Release`].
     Hold,
     /// End of a `sync`: this frame (`synced`, or an error), then the held events.
@@ -106,6 +108,11 @@ pub(crate) struct Overflow;
 #[derive(Debug, Default)]
 struct Line {
     last: Seq,
+    /// Everything after `start` up to `last` was delivered on this connection; at
+    /// or below it nothing was, so a replay the client asks for still sends it.
+    start: Seq,
+    /// The first seq the current `sync` replayed below `start`.
+    replayed_from: Option<Seq>,
     held: BTreeMap<Seq, MessageItem>,
     /// `read` frames waiting for their message, in arrival order.
     reads: Vec<(Seq, Utf8Bytes)>,
@@ -125,23 +132,50 @@ pub(crate) struct Sequencer {
     /// Live events held while a `sync` replays.
     syncing: Option<Vec<Outgoing>>,
     held: usize,
-    /// Keys of sent messages whose ack has not been written, with their count.
-    awaited: HashMap<String, u32>,
+    /// Sends whose ack has not been written, by thread and key (`None`: sent
+    /// without a key), with their count.
+    awaited: HashMap<(ThreadId, Option<String>), u32>,
     /// Own messages written as acks from the store, whose late ack must be dropped.
     converted: HashSet<(ThreadId, Seq)>,
 }
 
 impl Sequencer {
+    /// A connection that knows nothing of where threads stand.
+    #[cfg(test)]
     pub(crate) fn new(me: UserId) -> Self {
+        Self::starting_at(me, None)
+    }
+
+    /// A connection that knows where each of the user's threads stood just before
+    /// it joined the bus: every thread is known from its first message on, and
+    /// what was stored in between comes as a gap, filled from the store.
+    pub(crate) fn starting_at(me: UserId, heads: Option<Vec<(ThreadId, Seq)>>) -> Self {
+        let complete = heads.is_some();
+        let lines = heads
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(t, last)| (t, Line { last, start: last, ..Line::default() }))
+            .collect();
         Self {
             me,
-            lines: HashMap::new(),
+            lines,
             deadlines: HashMap::new(),
-            complete: false,
+            complete,
             syncing: None,
             held: 0,
             awaited: HashMap::new(),
             converted: HashSet::new(),
+        }
+    }
+
+    /// Starts a thread just before `seq` if its position said `seq` was already
+    /// there: for events that reached the connection before its positions were read.
+    pub(crate) fn start_before(&mut self, thread: ThreadId, seq: Seq) {
+        if let Some(line) = self.lines.get_mut(&thread)
+            && seq <= line.last
+        {
+            line.last = Seq(seq.0 - 1);
+            line.start = line.last;
         }
     }
 
@@ -152,19 +186,25 @@ impl Sequencer {
     pub(crate) fn accept(&mut self, item: Outgoing, now: Instant, out: &mut Vec<Utf8Bytes>) -> Result<(), Overflow> {
         match item {
             Outgoing::Frame(frame) => out.push(frame),
-            Outgoing::Refused { client_msg_id, frame } => {
-                self.forget_key(client_msg_id.as_deref());
+            Outgoing::Refused { thread, client_msg_id, frame } => {
+                match thread {
+                    Some(thread) => self.forget(thread, client_msg_id.as_deref()),
+                    None => self.forget_anywhere(client_msg_id.as_deref()),
+                }
                 out.push(frame);
             }
-            Outgoing::Expect(key) => {
+            Outgoing::Expect { thread, client_msg_id } => {
                 if self.awaited.len() >= MAX_AWAITED {
                     self.awaited.clear();
                 }
-                *self.awaited.entry(key).or_default() += 1;
+                *self.awaited.entry((thread, client_msg_id)).or_default() += 1;
             }
             Outgoing::Hold => {
                 if self.syncing.is_none() {
                     self.syncing = Some(Vec::new());
+                    for line in self.lines.values_mut() {
+                        line.replayed_from = None;
+                    }
                 }
             }
             Outgoing::Message(item) if item.delivery == Delivery::Replay => self.offer(item, now, out)?,
@@ -182,7 +222,7 @@ impl Sequencer {
             Outgoing::Release { trailer, heads } => {
                 if let Some(heads) = heads {
                     for (thread, head) in heads {
-                        let line = self.lines.entry(thread).or_default();
+                        let line = self.lines.entry(thread).or_insert_with(|| Line { start: head, ..Line::default() });
                         line.last = line.last.max(head);
                     }
                     self.complete = true;
@@ -276,12 +316,22 @@ impl Sequencer {
         let line = self.lines.entry(thread).or_insert_with(|| {
             // A thread first heard of now: after a sync it is new (it starts at 0);
             // before one, or in a replay, this message is where it starts.
-            let start = if complete && item.delivery != Delivery::Replay { 0 } else { seq.0 - 1 };
-            Line { last: Seq(start), ..Line::default() }
+            let start = Seq(if complete && item.delivery != Delivery::Replay { 0 } else { seq.0 - 1 });
+            Line { last: start, start, ..Line::default() }
         });
-        if seq <= line.last {
+        let replay = item.delivery == Delivery::Replay;
+        if replay && seq <= line.start {
+            // Asked for by the client and never sent on this connection. Once the
+            // replay reaches `start`, all from its first seq on has been delivered.
+            let from = *line.replayed_from.get_or_insert(seq);
+            if seq == line.start {
+                line.start = Seq(from.0 - 1);
+                line.replayed_from = None;
+            }
+            self.write(item, out);
+        } else if seq <= line.last {
             self.duplicate(item, out);
-        } else if seq.0 == line.last.0 + 1 || item.delivery == Delivery::Replay {
+        } else if seq.0 == line.last.0 + 1 || replay {
             self.write(item, out);
             self.drain(thread, out);
         } else {
@@ -330,7 +380,8 @@ impl Sequencer {
         if self.converted.remove(&(item.thread(), item.seq())) {
             return;
         }
-        self.forget_key(client_msg_id.as_deref());
+        // Also the answer to a repeated key: the first message, delivered long ago.
+        self.forget(item.thread(), client_msg_id.as_deref());
         out.push(item.frame);
     }
 
@@ -342,22 +393,22 @@ impl Sequencer {
         }
         match &item.delivery {
             Delivery::Ack { client_msg_id } => {
-                self.forget_key(client_msg_id.as_deref());
+                self.forget(thread, client_msg_id.as_deref());
                 out.push(item.frame);
             }
             Delivery::Live => out.push(item.frame),
             Delivery::Replay | Delivery::Fill => {
                 let own = item.message.sender.as_ref().is_some_and(|s| s.id == self.me);
-                match item.message.client_msg_id.as_deref() {
-                    Some(key) if own && self.awaited.contains_key(key) => {
-                        self.forget_key(Some(key));
-                        if self.converted.len() >= MAX_AWAITED {
-                            self.converted.clear();
-                        }
-                        self.converted.insert((thread, seq));
-                        out.push(protocol::message_ack(Some(key), &item.message));
+                let key = (thread, item.message.client_msg_id.clone());
+                if own && self.awaited.contains_key(&key) {
+                    self.forget(thread, key.1.as_deref());
+                    if self.converted.len() >= MAX_AWAITED {
+                        self.converted.clear();
                     }
-                    _ => out.push(item.frame),
+                    self.converted.insert((thread, seq));
+                    out.push(protocol::message_ack(key.1.as_deref(), &item.message));
+                } else {
+                    out.push(item.frame);
                 }
             }
         }
@@ -406,13 +457,22 @@ impl Sequencer {
         }
     }
 
-    fn forget_key(&mut self, key: Option<&str>) {
-        let Some(key) = key else { return };
-        if let Some(n) = self.awaited.get_mut(key) {
+    /// One send into `thread` under `key` is answered.
+    fn forget(&mut self, thread: ThreadId, key: Option<&str>) {
+        let entry = (thread, key.map(str::to_owned));
+        if let Some(n) = self.awaited.get_mut(&entry) {
             *n -= 1;
             if *n == 0 {
-                self.awaited.remove(key);
+                self.awaited.remove(&entry);
             }
+        }
+    }
+
+    /// A refusal that names only the key: forget one send with that key.
+    fn forget_anywhere(&mut self, key: Option<&str>) {
+        let found = self.awaited.keys().find(|(_, k)| k.as_deref() == key).cloned();
+        if let Some((thread, key)) = found {
+            self.forget(thread, key.as_deref());
         }
     }
 }
@@ -595,7 +655,7 @@ mod tests {
     fn an_own_message_read_from_the_store_before_its_ack_is_written_as_the_ack_once() {
         let t = ThreadId::generate();
         let mut run = Run::new();
-        run.feed(Outgoing::Expect("k-1".into()));
+        run.feed(Outgoing::Expect { thread: t, client_msg_id: Some("k-1".into()) });
         run.feed(Outgoing::Hold);
         let own = message(t, 1, ME, Some("k-1"));
         run.feed(Outgoing::Message(MessageItem::new(own.clone(), "replay 1".into(), Delivery::Replay)));
@@ -615,9 +675,83 @@ mod tests {
         let mut run = Run::new();
         run.feed(live(t, 1));
         run.feed(live(t, 3));
-        run.feed(Outgoing::Refused { client_msg_id: Some("k".into()), frame: "error k".into() });
-        run.feed(Outgoing::Frame("ack of a repeat".into()));
-        assert_eq!(run.written(), ["live 1", "error k", "ack of a repeat"]);
+        run.feed(Outgoing::Expect { thread: t, client_msg_id: Some("k".into()) });
+        run.feed(Outgoing::Refused { thread: None, client_msg_id: Some("k".into()), frame: "error k".into() });
+        assert!(run.order.awaited.is_empty(), "no ack is awaited for a refused send");
+        // A repeated key is answered with the first message, long delivered: at once.
+        run.feed(Outgoing::Expect { thread: t, client_msg_id: Some("old".into()) });
+        run.feed(Outgoing::Message(item(t, 1, Delivery::Ack { client_msg_id: Some("old".into()) })));
+        assert_eq!(run.written(), ["live 1", "error k", "ack 1"]);
+        assert!(run.order.awaited.is_empty());
+    }
+
+    #[test]
+    fn only_an_own_message_of_the_same_thread_and_key_is_written_as_its_ack() {
+        let (t, u) = (ThreadId::generate(), ThreadId::generate());
+        let mut run = Run::new();
+        // Keys restart per thread: `c-1` awaited in T, an older `c-1` of U is replayed.
+        run.feed(Outgoing::Expect { thread: t, client_msg_id: Some("c-1".into()) });
+        run.feed(Outgoing::Expect { thread: t, client_msg_id: None });
+        run.feed(Outgoing::Hold);
+        let older = message(u, 1, ME, Some("c-1"));
+        run.feed(Outgoing::Message(MessageItem::new(older, "replay u1".into(), Delivery::Replay)));
+        let keyless = message(t, 1, ME, None);
+        run.feed(Outgoing::Message(MessageItem::new(keyless.clone(), "replay t1".into(), Delivery::Replay)));
+        run.feed(synced(vec![(t, Seq(1)), (u, Seq(1))]));
+        let written = run.written();
+        assert_eq!(written[0], "replay u1", "another thread's message is not this send's ack");
+        let ack: serde_json::Value = serde_json::from_str(&written[1]).unwrap();
+        assert_eq!((ack["type"].as_str(), ack["message"]["seq"].as_i64()), (Some("message_ack"), Some(1)));
+        assert_eq!(written[2], "synced");
+        // The keyless send's real ack comes late: dropped, it was written already.
+        run.feed(Outgoing::Message(MessageItem::new(keyless, "ack t1".into(), Delivery::Ack { client_msg_id: None })));
+        assert_eq!(run.written(), Vec::<String>::new());
+        assert_eq!(run.order.awaited.len(), 1, "`c-1` in T still awaits its ack");
+    }
+
+    #[test]
+    fn a_connection_that_knows_the_heads_fills_what_was_stored_before_it_joined() {
+        let (t, new) = (ThreadId::generate(), ThreadId::generate());
+        let mut run =
+            Run { order: Sequencer::starting_at(ME, Some(vec![(t, Seq(4))])), now: Instant::now(), out: Vec::new() };
+        // Seq 5 was stored between reading the heads and joining the bus.
+        run.feed(live(t, 6));
+        // A thread created since starts at seq 1, so seq 2 waits for it.
+        run.feed(live(new, 2));
+        run.feed(live(new, 1));
+        assert_eq!(run.written(), ["live 1", "live 2"]);
+        run.expire(|gap| (gap.after.0 + 1..gap.before.0).map(|s| item(gap.thread, s, Delivery::Fill)).collect());
+        assert_eq!(run.written(), ["fill 5", "live 6"]);
+        run.feed(live(t, 4));
+        assert_eq!(run.written(), Vec::<String>::new(), "from before the connection: not sent again");
+    }
+
+    #[test]
+    fn a_replay_sends_what_the_connection_never_sent_and_nothing_twice() {
+        let t = ThreadId::generate();
+        let mut run =
+            Run { order: Sequencer::starting_at(ME, Some(vec![(t, Seq(3))])), now: Instant::now(), out: Vec::new() };
+        run.feed(Outgoing::Hold);
+        for seq in 2..=3 {
+            run.feed(Outgoing::Message(item(t, seq, Delivery::Replay)));
+        }
+        run.feed(synced(vec![(t, Seq(3))]));
+        run.feed(live(t, 4));
+        assert_eq!(run.written(), ["replay 2", "replay 3", "synced", "live 4"]);
+        run.feed(Outgoing::Hold);
+        run.feed(Outgoing::Message(item(t, 4, Delivery::Replay)));
+        run.feed(synced(vec![(t, Seq(4))]));
+        assert_eq!(run.written(), ["synced"], "4 was sent live on this connection");
+        run.feed(Outgoing::Hold);
+        for seq in 1..=4 {
+            run.feed(Outgoing::Message(item(t, seq, Delivery::Replay)));
+        }
+        run.feed(synced(vec![(t, Seq(4))]));
+        assert_eq!(run.written(), ["replay 1", "synced"], "only 1 was never sent here");
+        run.feed(Outgoing::Hold);
+        run.feed(Outgoing::Message(item(t, 1, Delivery::Replay)));
+        run.feed(synced(vec![(t, Seq(4))]));
+        assert_eq!(run.written(), ["synced"]);
     }
 
     #[test]

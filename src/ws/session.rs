@@ -274,11 +274,12 @@ impl Session<'_> {
             Err(e) => return self.refused(&e, key),
         };
         // Before the send is queued, so the writer knows of it before its ack can come.
-        if let Some(key) = &frame.client_msg_id {
-            self.push(Outgoing::Expect(key.clone()));
-        }
+        let thread = prepared.thread_id();
+        self.push(Outgoing::Expect { thread, client_msg_id: frame.client_msg_id.clone() });
         if let Err(e) = chat.submit_message(prepared, self.connection).await {
-            self.refused(&e, frame.client_msg_id.as_deref());
+            let key = frame.client_msg_id;
+            let frame = protocol::error(e.code(), &e.detail(), key.as_deref());
+            self.push(Outgoing::Refused { thread: Some(thread), client_msg_id: key, frame });
         }
     }
 
@@ -315,10 +316,19 @@ impl Session<'_> {
             loop {
                 let page = chat.messages(self.user, thread, Cursor::After(after), SYNC_PAGE).await?;
                 for part in page.results.chunks(chunk) {
+                    // Wait for room for this chunk and the headroom, but take only the
+                    // chunk's: live events must still find the headroom free.
+                    while self.queue.capacity() < part.len() + headroom {
+                        tokio::select! {
+                            biased;
+                            () = self.closer.closed() => return Ok(None),
+                            () = tokio::time::sleep(Duration::from_millis(5)) => {}
+                        }
+                    }
                     let permits = tokio::select! {
                         biased;
                         () = self.closer.closed() => return Ok(None),
-                        permits = self.queue.reserve_many(part.len() + headroom) => permits,
+                        permits = self.queue.reserve_many(part.len()) => permits,
                     };
                     let Ok(mut permits) = permits else { return Ok(None) };
                     for message in part {
@@ -365,6 +375,33 @@ impl Filler {
     }
 }
 
+/// Where each of the user's threads stands as the connection starts, so every
+/// thread is in order from its first message (a thread created later starts at 1).
+/// Events queued while the positions were read were published after the connection
+/// joined the hub: each thread starts just before the first of them, so none is
+/// taken for one sent before the connection. Without the positions (the database
+/// is down), ordering starts at each thread's first message.
+async fn starting_order(filler: &Filler, rx: &mut mpsc::Receiver<Outgoing>) -> (Sequencer, Vec<Outgoing>) {
+    let heads = match filler.chat.thread_heads(&filler.user).await {
+        Ok(heads) => Some(heads),
+        Err(e) => {
+            tracing::warn!(user = %filler.user.id, error = %chat::error_chain(&e), "reading thread positions failed");
+            None
+        }
+    };
+    let mut early = Vec::new();
+    while let Ok(item) = rx.try_recv() {
+        early.push(item);
+    }
+    let mut order = Sequencer::starting_at(filler.user.id, heads);
+    for item in &early {
+        if let Outgoing::Message(m) = item {
+            order.start_before(m.message.thread_id, m.message.seq);
+        }
+    }
+    (order, early)
+}
+
 /// Waits for the earliest hold to run out; never, when nothing is held.
 async fn hold_expiry(deadline: Option<Instant>) {
     match deadline {
@@ -381,10 +418,22 @@ async fn write_loop(
     filler: Filler,
 ) {
     let too_slow = "too slow to keep up; reconnect and sync";
-    let mut order = Sequencer::new(filler.user.id);
+    let (mut order, early) = starting_order(&filler, &mut rx).await;
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
     let mut frames = Vec::with_capacity(WRITE_BATCH);
     let mut out = Vec::with_capacity(WRITE_BATCH);
+    let now = Instant::now();
+    for item in early {
+        if order.accept(item, now, &mut frames).is_err() {
+            closer.close(super::hub::CLOSE_TRY_AGAIN, too_slow);
+        }
+    }
+    if !frames.is_empty() {
+        let mut feed = futures::stream::iter(frames.drain(..).map(|f| Ok(WsMessage::Text(f))));
+        if sink.send_all(&mut feed).await.is_err() {
+            closer.close(1000, "");
+        }
+    }
     'run: loop {
         tokio::select! {
             biased;

@@ -94,9 +94,17 @@ async fn the_documented_nginx_config_balances_rest_and_websockets_over_the_nodes
     for user in [&alice, &bob, &alice, &bob] {
         devices.push(front.ws(user).await);
     }
+    // A connection joins its node's hub just after the upgrade: wait for it.
     for node in &cluster.nodes {
-        let metrics = node.client.get(node.url("/metrics")).send().await.unwrap().text().await.unwrap();
-        assert!(!metrics.contains("confab_ws_connections 0"), "every node got connections through nginx");
+        let deadline = tokio::time::Instant::now() + crate::support::WAIT;
+        loop {
+            let metrics = node.client.get(node.url("/metrics")).send().await.unwrap().text().await.unwrap();
+            if !metrics.contains("confab_ws_connections 0") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "every node got connections through nginx");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
     for device in &mut devices {
         device.assert_nothing_pending().await;

@@ -252,7 +252,8 @@ async fn a_client_that_was_away_recovers_exactly_the_missed_messages_with_sync()
     let seen = b.next().await;
     assert_eq!(seen["message"], first["message"]);
     b.send(json!({"type": "sync", "threads": {thread.clone(): 31}})).await;
-    assert_eq!(b.next().await["type"], "synced", "a connection is never sent the same message twice");
+    let after = b.next().await;
+    assert_eq!(after["type"], "synced", "a connection is never sent the same message twice: {after}");
     let mut a2 = app.ws(&alice).await;
     a2.send(json!({"type": "sync", "threads": {thread.clone(): 31}})).await;
     assert_eq!(a2.next().await["message"]["seq"], 32);
