@@ -52,7 +52,8 @@ impl App {
             None => Arc::new(LocalBus::new(hub.clone())),
         };
         hub.attach(&bus);
-        let chat = Chat::new(store, bus, config.limits);
+        let chat = Chat::new(store, bus, config.limits).context("starting the password hashers")?;
+        chat.hasher().register(metrics.registry())?;
         let state = AppState {
             chat,
             keys: Arc::new(keys),

@@ -62,7 +62,7 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
 async fn open_chat(args: &StoreArgs) -> anyhow::Result<Chat> {
     let store = store::connect(args.database_url().expose()).await.context("opening the database")?;
     let hub = Arc::new(Hub::new(1, &prometheus::Registry::new())?);
-    Ok(Chat::new(store, Arc::new(LocalBus::new(hub)), Limits::default()))
+    Ok(Chat::new(store, Arc::new(LocalBus::new(hub)), Limits::default())?)
 }
 
 async fn migrate(args: &StoreArgs) -> anyhow::Result<()> {

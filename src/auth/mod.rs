@@ -1,7 +1,8 @@
-//! Passwords (argon2) and tokens (HS256 JWT): pure functions with keys passed in,
-//! no global state. The HTTP extractor that uses them lives in `http`.
+//! Passwords (argon2, on a bounded pool of hashing threads) and tokens (HS256 JWT),
+//! with keys and pools passed in, no global state. The HTTP extractor that uses them lives in `http`.
 
 pub mod jwt;
 pub mod password;
 
 pub use jwt::{JwtKeys, TokenError, TokenKind};
+pub use password::{HashError, Hasher};

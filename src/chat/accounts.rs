@@ -1,7 +1,6 @@
 //! Registering and signing in.
 
 use super::{Chat, Error, Result};
-use crate::auth::password;
 use crate::domain::{ErrorCode, FullName, Password, Profile, Role, User, UserId, Username};
 use crate::store::{NewUser, StoreError};
 
@@ -24,10 +23,8 @@ impl Chat {
         let password = Password::parse(r.password)?;
         let full_name = FullName::parse(r.full_name)?;
         let role = Role::parse(&r.role)?;
-        let password_hash = tokio::task::spawn_blocking(move || password::hash(password.expose()))
-            .await
-            .map_err(|e| Error::Internal(Box::new(e)))?
-            .map_err(|e| Error::Internal(e.to_string().into()))?;
+        let password_hash =
+            self.hasher.hash(password.expose().to_owned()).await.map_err(|e| Error::Internal(Box::new(e)))?;
         let new = NewUser {
             username: username.as_str().to_owned(),
             password_hash,
@@ -49,11 +46,15 @@ impl Chat {
     /// `unauthorized` for an unknown user or a wrong password (the same answer for both).
     pub async fn sign_in(&self, username: &str, password: String) -> Result<User> {
         let refused = || Error::rejected(ErrorCode::Unauthorized, "no account with that username and password");
-        let Some((user, phc)) = self.store().credentials(username).await? else { return Err(refused()) };
-        let ok = tokio::task::spawn_blocking(move || password::verify(&password, &phc))
-            .await
-            .map_err(|e| Error::Internal(Box::new(e)))?;
-        if ok { Ok(user) } else { Err(refused()) }
+        let found = self.store().credentials(username).await?;
+        let (user, phc) = found.map_or((None, None), |(user, phc)| (Some(user), Some(phc)));
+        // An unknown username is checked against a stand-in hash: it costs the same
+        // as a wrong password, so timing does not tell which usernames exist.
+        let ok = self.hasher.verify(password, phc).await.map_err(|e| Error::Internal(Box::new(e)))?;
+        match user {
+            Some(user) if ok => Ok(user),
+            _ => Err(refused()),
+        }
     }
 
     /// The user a verified token names.

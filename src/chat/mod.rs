@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Hasher;
 use crate::bus::Bus;
 use crate::domain::{ErrorCode, Thread, ValidationError};
 use crate::store::{Store, StoreError};
@@ -60,6 +61,7 @@ pub struct Chat {
     rate: Arc<RateLimiter>,
     sends: mpsc::Sender<Job>,
     committer: Arc<Committer>,
+    hasher: Arc<Hasher>,
 }
 
 /// The committer task and how to stop it.
@@ -69,12 +71,18 @@ struct Committer {
 }
 
 impl Chat {
-    /// Starts the use-cases, with the task that commits sent messages.
-    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, limits: Limits) -> Self {
+    /// Starts the use-cases, with the task that commits sent messages and the
+    /// password-hashing threads (one per core).
+    ///
+    /// # Errors
+    /// A hashing thread that cannot be started.
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, limits: Limits) -> std::io::Result<Self> {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let hasher = Hasher::start(cores)?;
         let (sends, jobs) = mpsc::channel(SEND_QUEUE);
         let stop = CancellationToken::new();
         let task = committer::spawn(store.clone(), bus.clone(), jobs, stop.clone());
-        Self {
+        Ok(Self {
             store,
             bus,
             limits,
@@ -82,7 +90,13 @@ impl Chat {
             rate: Arc::new(RateLimiter::new(limits.messages_per_second, limits.message_burst)),
             sends,
             committer: Arc::new(Committer { stop, task: Mutex::new(Some(task)) }),
-        }
+            hasher,
+        })
+    }
+
+    /// The password hasher, to put its queue in `/metrics`.
+    pub fn hasher(&self) -> &Hasher {
+        &self.hasher
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
