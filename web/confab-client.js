@@ -194,15 +194,32 @@ export function tokenExpiry(token) {
 }
 
 /**
- * When to refresh a token: a minute before it expires, or at 80% of a short life.
+ * The `iat` of a JWT (seconds), or null.
+ * @param {string} token
+ */
+export function tokenIssued(token) {
+  try {
+    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const claims = JSON.parse(globalThis.atob(payload.padEnd(Math.ceil(payload.length / 4) * 4, "=")));
+    return typeof claims.iat === "number" ? claims.iat : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * How long until a token should be refreshed: at 80% of its life (12 minutes into
+ * a 15-minute token), so a refresh never races the expiry, and a short-lived token
+ * is not refreshed over and over. Without `issued`, a fifth of what is left before
+ * the expiry (at most a minute) is kept in hand.
  * @param {number} exp seconds since the epoch
  * @param {number} now milliseconds since the epoch
- * @param {number} [issued] seconds since the epoch
+ * @param {number | null} [issued] seconds since the epoch
  */
 export function refreshDelay(exp, now, issued) {
+  if (issued && exp > issued) return Math.max(0, issued * 1000 + (exp - issued) * 800 - now);
   const left = exp * 1000 - now;
-  const life = issued ? (exp - issued) * 1000 : left;
-  return Math.max(0, Math.min(left - 60_000, life * 0.8 - (life - left)));
+  return Math.max(0, left - Math.min(60_000, left * 0.2));
 }
 
 function randomId() {
@@ -430,12 +447,13 @@ export class ApiError extends Error {
 }
 
 /**
- * Calls the REST API as the signed-in user.
+ * Calls the REST API as the signed-in user (`anonymous`: without a token, for the
+ * calls that get one: waiting for a token there would wait for itself).
  * @param {string} path
- * @param {{method?: string, body?: unknown}} [options]
+ * @param {{method?: string, body?: unknown, anonymous?: boolean}} [options]
  */
-export async function request(path, { method = "GET", body } = {}) {
-  const token = await service.getToken();
+export async function request(path, { method = "GET", body, anonymous = false } = {}) {
+  const token = anonymous ? null : await service.getToken();
   /** @type {Record<string, string>} */
   const headers = { accept: "application/json" };
   if (token) headers.authorization = `Bearer ${token}`;

@@ -5,7 +5,7 @@
  * @module session
  */
 
-import { ApiError, configure, refreshDelay, request, tokenExpiry } from "./confab-client.js";
+import { ApiError, configure, refreshDelay, request, tokenExpiry, tokenIssued } from "./confab-client.js";
 
 /** @typedef {import("./confab-client.js").UserRef} UserRef */
 
@@ -55,16 +55,21 @@ function changed() {
   for (const listener of listeners) listener();
 }
 
+/** Whether an access token is still short of the point where it is refreshed. @param {string} token */
+function fresh(token) {
+  const exp = tokenExpiry(token);
+  return exp !== null && refreshDelay(exp, Date.now(), tokenIssued(token)) > 0;
+}
+
 /**
- * An access token that is good for at least half a minute, refreshed if needed;
- * null when signed out.
+ * An access token short of its refresh point, refreshed first if needed; null when
+ * signed out.
  * @returns {Promise<string | null>}
  */
 export async function getToken() {
   const stored = load();
   if (!stored) return null;
-  const exp = tokenExpiry(stored.access);
-  if (exp && exp * 1000 - Date.now() > 30_000) return stored.access;
+  if (fresh(stored.access)) return stored.access;
   return refresh();
 }
 
@@ -73,12 +78,12 @@ function refresh() {
   refreshing ??= withLock(async () => {
     const stored = load();
     if (!stored) return null;
-    const exp = tokenExpiry(stored.access);
     // Another tab may have refreshed while this one waited for the lock.
-    if (exp && exp * 1000 - Date.now() > 30_000) return stored.access;
+    if (fresh(stored.access)) return stored.access;
     try {
-      const pair = await request("/api/auth/token/refresh/", { method: "POST", body: { refresh: stored.refresh } });
-      save({ ...stored, access: pair.access, refresh: pair.refresh });
+      const pair = await request("/api/auth/token/refresh/", { method: "POST", body: { refresh: stored.refresh }, anonymous: true });
+      // A server that rotates refresh tokens sends a new one; one that does not, none.
+      save({ ...stored, access: pair.access, refresh: pair.refresh ?? stored.refresh });
       schedule();
       return pair.access;
     } catch (e) {
@@ -109,8 +114,8 @@ function schedule() {
   if (timer) clearTimeout(timer);
   const stored = load();
   const exp = stored && tokenExpiry(stored.access);
-  if (!exp) return;
-  timer = setTimeout(() => void refresh(), refreshDelay(exp, Date.now()));
+  if (!stored || !exp) return;
+  timer = setTimeout(() => void refresh(), refreshDelay(exp, Date.now(), tokenIssued(stored.access)));
 }
 
 /**
@@ -118,7 +123,7 @@ function schedule() {
  * @param {string} password
  */
 export async function signIn(username, password) {
-  const answer = await request("/api/auth/token/", { method: "POST", body: { username, password } });
+  const answer = await request("/api/auth/token/", { method: "POST", body: { username, password }, anonymous: true });
   save({ access: answer.access, refresh: answer.refresh, user: answer.user });
   schedule();
   changed();
@@ -129,7 +134,7 @@ export async function signIn(username, password) {
  * @param {{username: string, password: string, full_name: string, role: string}} account
  */
 export async function signUp(account) {
-  await request("/api/auth/register/", { method: "POST", body: account });
+  await request("/api/auth/register/", { method: "POST", body: account, anonymous: true });
   return signIn(account.username, account.password);
 }
 

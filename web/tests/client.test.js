@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { Backoff, ConfabClient, Outbox, SeqTracker, refreshDelay, tokenExpiry } from "../confab-client.js";
+import { Backoff, ConfabClient, Outbox, SeqTracker, refreshDelay, tokenExpiry, tokenIssued } from "../confab-client.js";
 
 test("backoff grows, is capped, keeps its jitter within the upper half, and resets", () => {
   let r = 0;
@@ -41,12 +41,16 @@ test("the outbox gives each send its own key and a retry the same one", () => {
   assert.deepEqual(outbox.frames().map((f) => f.client_msg_id), ["p-2"]);
 });
 
-test("a token is refreshed a minute before it expires, or at 80% of a short life", () => {
-  const token = `x.${Buffer.from(JSON.stringify({ exp: 2000 })).toString("base64url")}.y`;
+test("a token is refreshed at 80% of its life, never in a loop, and at once when expired", () => {
+  const token = `x.${Buffer.from(JSON.stringify({ exp: 2000, iat: 1100 })).toString("base64url")}.y`;
   assert.equal(tokenExpiry(token), 2000);
+  assert.equal(tokenIssued(token), 1100);
   assert.equal(tokenExpiry("garbage"), null);
   assert.equal(refreshDelay(1000 + 900, 1000 * 1000, 1000), 720_000, "15 minutes: refreshed after 12");
-  assert.equal(refreshDelay(1000 + 60, 1000 * 1000, 1000), 0, "a minute left: now");
+  assert.equal(refreshDelay(1000 + 5, 1000 * 1000, 1000), 4000, "a 5-second token: after 4, not at once");
+  assert.equal(refreshDelay(1000 + 900, 1000 * 1000 + 800_000, 1000), 0, "past its refresh point: now");
+  assert.equal(refreshDelay(1300, 1000 * 1000), 240_000, "without iat: a minute before the expiry");
+  assert.equal(refreshDelay(1010, 1000 * 1000), 8000, "without iat, short: a fifth kept in hand");
   assert.equal(refreshDelay(100, 200_000), 0, "expired: now");
 });
 
