@@ -180,31 +180,29 @@ export function frameOf(entry) {
 }
 
 /**
- * The `exp` of a JWT (seconds), or null when it cannot be read.
+ * A JWT's claims (not verified: only the server can), or null.
  * @param {string} token
+ * @returns {Record<string, unknown> | null}
  */
-export function tokenExpiry(token) {
+function claims(token) {
   try {
     const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-    const claims = JSON.parse(globalThis.atob(payload.padEnd(Math.ceil(payload.length / 4) * 4, "=")));
-    return typeof claims.exp === "number" ? claims.exp : null;
+    return JSON.parse(globalThis.atob(payload.padEnd(Math.ceil(payload.length / 4) * 4, "=")));
   } catch {
     return null;
   }
 }
 
-/**
- * The `iat` of a JWT (seconds), or null.
- * @param {string} token
- */
+/** The `exp` of a JWT (seconds), or null. @param {string} token */
+export function tokenExpiry(token) {
+  const exp = claims(token)?.exp;
+  return typeof exp === "number" ? exp : null;
+}
+
+/** The `iat` of a JWT (seconds), or null. @param {string} token */
 export function tokenIssued(token) {
-  try {
-    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-    const claims = JSON.parse(globalThis.atob(payload.padEnd(Math.ceil(payload.length / 4) * 4, "=")));
-    return typeof claims.iat === "number" ? claims.iat : null;
-  } catch {
-    return null;
-  }
+  const iat = claims(token)?.iat;
+  return typeof iat === "number" ? iat : null;
 }
 
 /**
