@@ -8,7 +8,7 @@ bash scripts/services.sh
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --locked 2>&1 | tee "$log"
+cargo test --workspace --locked 2>&1 | tee "$log"
 
 # The web app (web/): its tools from npm, pinned by tests/browser/package-lock.json;
 # then type checks over the JSDoc types, the client module's unit tests, and the

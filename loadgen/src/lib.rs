@@ -1,0 +1,16 @@
+//! Confab's load generator: drives any server that keeps the wire contract
+//! (`shared/API.md`) over REST and WebSocket, and reports throughput, latency and
+//! loss. Scenarios:
+//! - [`pairs`]: users in pairs messaging each other by `recipient_id`, closed loop
+//!   with a window of unacknowledged messages per user;
+//! - [`relay`]: not a scenario but the baseline: a bare in-memory WebSocket relay
+//!   that keeps just enough of the contract for `pairs` to run against it.
+//!
+//! [`users`] registers and signs in the users; [`stats`] turns samples into the
+//! figures; [`proc`] samples a server process's CPU and memory.
+
+pub mod pairs;
+pub mod proc;
+pub mod relay;
+pub mod stats;
+pub mod users;

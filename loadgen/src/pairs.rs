@@ -1,0 +1,312 @@
+//! The `pairs` scenario: users in pairs, one connection each, every user sending
+//! `message` frames by `recipient_id` to its partner, closed loop: a window of
+//! unacknowledged messages per user, the next sent as each ack comes.
+//!
+//! Each text carries its sender, its number and its send time, so the partner's
+//! connection measures delivery latency and the run can tell, per message, whether
+//! what was acked was delivered (within a grace period) and stored (read back over
+//! REST for a sample of pairs). Only messages sent inside the measured window
+//! (after the warm-up, before the end) count.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::{SinkExt, StreamExt};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message as Frame;
+
+use crate::stats::Latency;
+use crate::users::SignedIn;
+
+/// How a `pairs` run goes.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Unacknowledged messages per user.
+    pub window: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    /// How long after the end a delivery may still arrive before it counts as lost.
+    pub grace: Duration,
+    /// Pairs whose threads are read back over REST to check that what was acked is stored.
+    pub verify_pairs: usize,
+    /// The server's process, to sample its CPU and memory.
+    pub server_pid: Option<u32>,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub users: usize,
+    pub window: usize,
+    pub seconds: f64,
+    pub acked: u64,
+    pub delivered: u64,
+    pub acked_per_second: f64,
+    pub delivered_per_second: f64,
+    /// Send to the partner's receipt.
+    pub delivery_ms: Latency,
+    /// Send to the sender's ack.
+    pub ack_ms: Latency,
+    pub errors: BTreeMap<String, u64>,
+    /// Acked, but never delivered to the partner within the grace period.
+    pub lost_undelivered: u64,
+    /// Acked, but not in the thread's history when read back (for the verified pairs).
+    pub lost_in_store: Option<u64>,
+    pub verified_messages: u64,
+    pub server_cpu_percent: Option<f64>,
+    pub server_rss_mib: Option<f64>,
+}
+
+/// One user's side of a run.
+#[derive(Debug, Default)]
+struct Side {
+    /// (message number, message id) of this user's acked sends in the window.
+    acked: Vec<(u64, String)>,
+    /// (sender index, message number) of the deliveries in the window.
+    delivered: Vec<(usize, u64)>,
+    delivery_us: Vec<u64>,
+    ack_us: Vec<u64>,
+    errors: BTreeMap<String, u64>,
+}
+
+/// Runs the scenario over `users` (paired 0–1, 2–3, …; an odd last one sits out).
+///
+/// # Errors
+/// A connection that cannot be opened.
+pub async fn run(base: &str, users: &[SignedIn], options: &Options) -> anyhow::Result<Report> {
+    let paired = users.len() / 2 * 2;
+    let epoch = Instant::now();
+    let ws_base = base.replacen("http", "ws", 1);
+    let mut sockets = Vec::with_capacity(paired);
+    for user in &users[..paired] {
+        let url = format!("{ws_base}/ws/chat/?token={}", user.token);
+        let (socket, _) = tokio_tungstenite::connect_async(url).await.context("opening a WebSocket")?;
+        sockets.push(socket);
+    }
+    let start = epoch + Duration::from_millis(50);
+    let measure_from = start + options.warmup;
+    let stop = measure_from + options.duration;
+    let tasks: Vec<_> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(i, socket)| {
+            let partner = users[i ^ 1].id;
+            let window = options.window.max(1);
+            let grace = options.grace;
+            tokio::spawn(
+                async move { one_user(socket, i, partner, window, epoch, start, measure_from, stop, grace).await },
+            )
+        })
+        .collect();
+    let cpu_before = sample_at(options.server_pid, measure_from).await;
+    let cpu_after = sample_at(options.server_pid, stop).await;
+    let mut sides = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        sides.push(task.await.context("a user's task")??);
+    }
+
+    let seconds = options.duration.as_secs_f64();
+    let delivered: HashSet<(usize, u64)> = sides.iter().flat_map(|s| s.delivered.iter().copied()).collect();
+    let mut lost_undelivered = 0;
+    for (i, side) in sides.iter().enumerate() {
+        lost_undelivered += side.acked.iter().filter(|(n, _)| !delivered.contains(&(i, *n))).count() as u64;
+    }
+    let (lost_in_store, verified_messages) = verify(base, users, &sides, options.verify_pairs).await;
+    let mut errors = BTreeMap::new();
+    for side in &sides {
+        for (code, n) in &side.errors {
+            *errors.entry(code.clone()).or_insert(0) += n;
+        }
+    }
+    let acked = sides.iter().map(|s| s.acked.len() as u64).sum();
+    let delivered_count = sides.iter().map(|s| s.delivered.len() as u64).sum();
+    let (server_cpu_percent, server_rss_mib) = match (cpu_before, cpu_after) {
+        (Some((c0, _)), Some((c1, rss))) => (Some((c1 - c0) / seconds * 100.0), Some(rss as f64 / 1024.0)),
+        _ => (None, None),
+    };
+    Ok(Report {
+        users: paired,
+        window: options.window,
+        seconds,
+        acked,
+        delivered: delivered_count,
+        acked_per_second: acked as f64 / seconds,
+        delivered_per_second: delivered_count as f64 / seconds,
+        delivery_ms: Latency::of(sides.iter_mut().flat_map(|s| std::mem::take(&mut s.delivery_us)).collect()),
+        ack_ms: Latency::of(sides.iter_mut().flat_map(|s| std::mem::take(&mut s.ack_us)).collect()),
+        errors,
+        lost_undelivered,
+        lost_in_store,
+        verified_messages,
+        server_cpu_percent,
+        server_rss_mib,
+    })
+}
+
+async fn sample_at(pid: Option<u32>, at: Instant) -> Option<(f64, u64)> {
+    let pid = pid?;
+    tokio::time::sleep_until(at).await;
+    crate::proc::sample(pid)
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+#[expect(clippy::too_many_arguments, reason = "one user's share of the run's settings")]
+async fn one_user(
+    socket: Socket,
+    me: usize,
+    partner: i64,
+    window: usize,
+    epoch: Instant,
+    start: Instant,
+    measure_from: Instant,
+    stop: Instant,
+    grace: Duration,
+) -> anyhow::Result<Side> {
+    let (mut sink, mut stream) = socket.split();
+    let mut side = Side::default();
+    let mut next: u64 = 0;
+    let mut sent_at: BTreeMap<u64, Instant> = BTreeMap::new();
+    tokio::time::sleep_until(start).await;
+    let frame = |n: u64| {
+        let micros = epoch.elapsed().as_micros();
+        let text = format!("lg:{me}:{n}:{micros}");
+        Frame::text(
+            json!({"type": "message", "recipient_id": partner, "text": text, "client_msg_id": format!("{me}-{n}")})
+                .to_string(),
+        )
+    };
+    for _ in 0..window {
+        sent_at.insert(next, Instant::now());
+        sink.feed(frame(next)).await?;
+        next += 1;
+    }
+    sink.flush().await?;
+    let end = stop + grace;
+    loop {
+        let event = tokio::select! {
+            event = stream.next() => event,
+            () = tokio::time::sleep_until(end) => break,
+        };
+        let Some(Ok(Frame::Text(text))) = event else {
+            if matches!(event, Some(Ok(_))) {
+                continue;
+            }
+            break;
+        };
+        let now = Instant::now();
+        let Ok(event) = serde_json::from_str::<Value>(text.as_str()) else { continue };
+        let mut answered = None;
+        match event["type"].as_str() {
+            Some("message_ack") => {
+                let n = key_number(&event["client_msg_id"]);
+                if let Some(n) = n
+                    && let Some(at) = sent_at.remove(&n)
+                {
+                    if at >= measure_from && at < stop {
+                        side.ack_us.push(now.duration_since(at).as_micros() as u64);
+                        let id = event["message"]["id"].as_str().unwrap_or_default().to_owned();
+                        side.acked.push((n, id));
+                    }
+                    answered = Some(n);
+                }
+            }
+            Some("new_message") => {
+                let text = event["message"]["text"].as_str().unwrap_or_default();
+                if let Some((sender, n, micros)) = parse_text(text) {
+                    let sent = epoch + Duration::from_micros(micros);
+                    if sent >= measure_from && sent < stop {
+                        let since = epoch.elapsed().as_micros() as u64;
+                        side.delivery_us.push(since.saturating_sub(micros));
+                        side.delivered.push((sender, n));
+                    }
+                }
+            }
+            Some("error") => {
+                *side.errors.entry(event["error"].as_str().unwrap_or("unknown").to_owned()).or_insert(0) += 1;
+                if let Some(n) = key_number(&event["client_msg_id"])
+                    && sent_at.remove(&n).is_some()
+                {
+                    answered = Some(n);
+                }
+            }
+            _ => {}
+        }
+        // One answered, one more sent: the window stays full until the end.
+        if answered.is_some() && now < stop {
+            sent_at.insert(next, Instant::now());
+            sink.send(frame(next)).await?;
+            next += 1;
+        }
+    }
+    let _ = sink.close().await;
+    Ok(side)
+}
+
+fn key_number(key: &Value) -> Option<u64> {
+    key.as_str()?.rsplit_once('-')?.1.parse().ok()
+}
+
+/// `lg:<sender>:<n>:<micros>`.
+fn parse_text(text: &str) -> Option<(usize, u64, u64)> {
+    let mut parts = text.strip_prefix("lg:")?.split(':');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Reads back the first `pairs` pairs' threads over REST and counts the acked
+/// messages that are not there; `None` when the server has no history route.
+async fn verify(base: &str, users: &[SignedIn], sides: &[Side], pairs: usize) -> (Option<u64>, u64) {
+    if pairs == 0 {
+        return (None, 0);
+    }
+    let client = reqwest::Client::new();
+    let (mut missing, mut checked) = (0u64, 0u64);
+    for pair in 0..pairs.min(sides.len() / 2) {
+        let (a, b) = (2 * pair, 2 * pair + 1);
+        let Some(stored) = history(&client, base, &users[a], users[b].id).await else { return (None, checked) };
+        for side in [&sides[a], &sides[b]] {
+            for (_, id) in &side.acked {
+                checked += 1;
+                if !stored.contains(id) {
+                    missing += 1;
+                }
+            }
+        }
+    }
+    (Some(missing), checked)
+}
+
+/// Every message id of the direct conversation of `me` and `other`.
+async fn history(client: &reqwest::Client, base: &str, me: &SignedIn, other: i64) -> Option<HashSet<String>> {
+    let mut ids = HashSet::new();
+    let mut after = 0i64;
+    loop {
+        let url = format!("{base}/api/messaging/messages/?user_id={other}&after_seq={after}&limit=200");
+        let page: Value =
+            client.get(url).bearer_auth(&me.token).send().await.ok()?.error_for_status().ok()?.json().await.ok()?;
+        let results = page["results"].as_array()?;
+        for m in results {
+            ids.insert(m["id"].as_str()?.to_owned());
+            after = after.max(m["seq"].as_i64()?);
+        }
+        if !page["has_more"].as_bool()? || results.is_empty() {
+            return Some(ids);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts_and_keys_carry_what_the_run_counts() {
+        assert_eq!(parse_text("lg:7:42:123456"), Some((7, 42, 123_456)));
+        assert_eq!(parse_text("hello"), None);
+        assert_eq!(key_number(&json!("3-17")), Some(17));
+        assert_eq!(key_number(&json!(null)), None);
+    }
+}

@@ -1,0 +1,70 @@
+//! The load generator's counting, on small runs: against the relay with a known
+//! share of deliveries dropped, and against the real server, which loses nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
+
+use std::time::Duration;
+
+use confab_loadgen::{pairs, relay, users};
+
+fn options() -> pairs::Options {
+    pairs::Options {
+        window: 4,
+        warmup: Duration::from_millis(200),
+        duration: Duration::from_secs(1),
+        grace: Duration::from_millis(500),
+        verify_pairs: 2,
+        server_pid: Some(std::process::id()),
+    }
+}
+
+async fn relay_with(drop_every: Option<u64>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(relay::serve(listener, drop_every));
+    base
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acked_message_is_delivered_through_the_relay_and_counted_once() {
+    let base = relay_with(None).await;
+    let signed = users::sign_up(&base, "t", 4, 4).await.unwrap();
+    let options = pairs::Options { verify_pairs: 0, ..options() };
+    let report = pairs::run(&base, &signed, &options).await.unwrap();
+    assert!(report.acked > 100, "{report:?}");
+    assert_eq!(report.delivered, report.acked, "{report:?}");
+    assert_eq!((report.lost_undelivered, report.lost_in_store), (0, None));
+    assert_eq!(report.delivery_ms.count as u64, report.delivered);
+    assert_eq!(report.ack_ms.count as u64, report.acked);
+    assert!(report.delivery_ms.p50 > 0.0 && report.delivery_ms.p50 <= report.delivery_ms.max);
+    assert!(report.server_cpu_percent.is_some(), "this process was sampled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_the_relay_drops_are_counted_as_lost() {
+    let base = relay_with(Some(5)).await;
+    let signed = users::sign_up(&base, "t", 2, 2).await.unwrap();
+    let options = pairs::Options { verify_pairs: 0, ..options() };
+    let report = pairs::run(&base, &signed, &options).await.unwrap();
+    assert_eq!(report.lost_undelivered, report.acked - report.delivered, "{report:?}");
+    let expected = report.acked / 5;
+    assert!(report.lost_undelivered.abs_diff(expected) <= 2, "about one in five lost: {report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_server_stores_and_delivers_every_acked_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = confab::config::Config::new(dir.path().join("data"));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.limits.messages_per_second = 100_000;
+    config.limits.message_burst = 100_000;
+    let app = confab::app::App::build(config).await.unwrap();
+    let base = format!("http://{}", app.local_addr().unwrap());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let signed = users::sign_up(&base, "t", 4, 4).await.unwrap();
+    let report = pairs::run(&base, &signed, &options()).await.unwrap();
+    assert!(report.acked > 20, "{report:?}");
+    assert_eq!(report.errors.len(), 0, "{report:?}");
+    assert_eq!((report.lost_undelivered, report.lost_in_store), (0, Some(0)), "{report:?}");
+    assert_eq!(report.verified_messages, report.acked, "both pairs were read back");
+    assert_eq!(report.delivered, report.acked);
+}
