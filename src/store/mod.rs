@@ -6,7 +6,6 @@ pub mod conformance;
 mod postgres;
 mod rows;
 mod sqlite;
-mod sqlite_batch;
 
 use std::sync::Arc;
 

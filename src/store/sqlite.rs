@@ -17,11 +17,11 @@ use super::rows::{
 };
 use super::{
     Appended, Cursor, InboxFrom, NewJob, NewMessage, NewProposal, NewUser, OpenThread, Opened, ReadMarker, Result,
-    Store, StoreError, ThreadKey,
+    Store, StoreError, ThreadKey, repeated,
 };
 use crate::domain::{
-    Freelancer, Job, JobId, MessageRecord, Page, PageRequest, Participant, Profile, Proposal, Seq, SystemMessage,
-    ThreadId, ThreadKind, ThreadRecord, Timestamp, User, UserId,
+    ClientMsgId, Freelancer, Job, JobId, MessageRecord, Page, PageRequest, Participant, Profile, Proposal, Seq,
+    SystemMessage, ThreadId, ThreadKind, ThreadRecord, Timestamp, User, UserId,
 };
 
 /// Readers beyond two cores only queue on the file; a few cover concurrent requests.
@@ -104,6 +104,32 @@ async fn insert_message(tx: &mut Transaction<'_, Sqlite>, m: &MessageRecord) -> 
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Appends one message inside `tx`. The inner `Err` is this message's refusal
+/// (nothing written for it); the outer one aborts the whole transaction. The single
+/// writer means no other transaction can store the same key meanwhile.
+async fn append_in(tx: &mut Transaction<'_, Sqlite>, new: NewMessage) -> Result<Result<Appended>> {
+    if let Some(key) = &new.client_msg_id {
+        let existing: Option<MessageRow> = sqlx::query_as(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m \
+             WHERE m.sender_id = $1 AND m.thread_id = $2 AND m.client_msg_id = $3"
+        ))
+        .bind(new.sender.0)
+        .bind(new.thread_id.0)
+        .bind(key.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some(row) = existing {
+            return Ok(repeated(row.try_into()?, &new));
+        }
+    }
+    let seq: Option<i64> = sqlx::query_scalar(BUMP_THREAD).bind(new.thread_id.0).fetch_optional(&mut **tx).await?;
+    let Some(seq) = seq else { return Ok(Err(StoreError::NotFound("thread"))) };
+    let key = new.client_msg_id.map(ClientMsgId::into_inner);
+    let record = MessageRecord::user(new.thread_id, Seq(seq), new.sender, new.text, key);
+    insert_message(tx, &record).await?;
+    Ok(Ok(Appended { message: record, duplicate: false }))
 }
 
 /// Find-or-create inside an open transaction, so a proposal can share it.
@@ -365,7 +391,10 @@ impl Store for SqliteStore {
 
     async fn append_messages(&self, batch: Vec<NewMessage>) -> Result<Vec<Result<Appended>>> {
         let mut tx = self.writer.begin().await?;
-        let results = super::sqlite_batch::append_batch(&mut tx, batch).await?;
+        let mut results = Vec::with_capacity(batch.len());
+        for new in batch {
+            results.push(append_in(&mut tx, new).await?);
+        }
         tx.commit().await?;
         Ok(results)
     }
