@@ -12,7 +12,10 @@ import "./elements.js";
 
 /** @typedef {import("./confab-client.js").Message} Message */
 
-const main = /** @type {HTMLElement} */ (document.getElementById("main"));
+const shell = /** @type {HTMLElement} */ (document.getElementById("main"));
+/** The current page's own container: a page still loading when the address changes
+ * draws into its detached view, never into the next page. */
+let current = shell;
 let pageTitle = "Confab";
 let unread = 0;
 
@@ -57,7 +60,7 @@ function drawNav() {
     link("/freelancers", "Freelancers"),
     link("/jobs", "Jobs"),
     user.role === "client" ? link("/my-jobs", "My jobs") : null,
-    h("a", { href: "/dashboard/inbox", id: "inbox-link" }, "Inbox", h("span", { class: "badge", id: "unread-total", hidden: true })),
+    h("a", { href: "/dashboard/inbox", id: "inbox-link" }, "Inbox", h("span", { class: "badge", id: "unread-total", role: "img", hidden: true })),
     h("span", { class: "who-am-i" }, user.full_name),
     out,
   ];
@@ -103,9 +106,13 @@ function watchConnection() {
   client.addEventListener("state", draw);
   client.addEventListener("message", refreshUnread);
   client.addEventListener("synced", refreshUnread);
+  // Read on another device, or in any view of this page.
+  client.addEventListener("read", refreshUnread);
   draw();
   refreshUnread();
 }
+
+document.addEventListener("read", refreshUnread);
 
 onChange(() => {
   disconnect();
@@ -146,7 +153,10 @@ async function route() {
   }
   const path = location.pathname.replace(/\/+$/, "") || "/";
   const parts = path.split("/").filter(Boolean);
-  main.replaceChildren();
+  current = h("div", { class: "page" });
+  shell.replaceChildren(current);
+  // The old page's focused control is gone: start from the page, so its change is announced.
+  shell.focus({ preventScroll: true });
   try {
     if (path === "/") return home();
     if (path === "/signin") return signInPage();
@@ -161,17 +171,18 @@ async function route() {
     if (parts[0] === "dashboard" && parts[1] === "inbox" && parts.length === 3) return await inboxPage(parts[2]);
     if (path === "/chat-demo") return await chatDemoPage();
     setTitle("Not found");
-    main.append(h("h1", {}, "Not found"), h("p", {}, "There is no page at this address. "), link("/", "Go home"));
+    current.append(h("h1", {}, "Not found"), h("p", {}, "There is no page at this address. "), link("/", "Go home"));
   } catch (e) {
     if (e instanceof ApiError && e.status === 401) {
       signOut();
       return navigate(`/signin?next=${encodeURIComponent(location.pathname)}`);
     }
-    main.append(h("p", { class: "notice" }, `Something went wrong: ${why(e)}`));
+    current.append(h("p", { class: "notice" }, `Something went wrong: ${why(e)}`));
   }
 }
 
 function home() {
+  const main = current;
   setTitle("Home");
   const user = currentUser();
   main.append(
@@ -184,6 +195,7 @@ function home() {
 }
 
 function signInPage() {
+  const main = current;
   setTitle("Sign in");
   const username = /** @type {HTMLInputElement} */ (h("input", { name: "username", autocomplete: "username", required: true }));
   const password = /** @type {HTMLInputElement} */ (h("input", { name: "password", type: "password", autocomplete: "current-password", required: true }));
@@ -208,6 +220,7 @@ function signInPage() {
 }
 
 function signUpPage() {
+  const main = current;
   setTitle("Sign up");
   const username = /** @type {HTMLInputElement} */ (h("input", { name: "username", autocomplete: "username", required: true }));
   const fullName = /** @type {HTMLInputElement} */ (h("input", { name: "full_name", autocomplete: "name", required: true }));
@@ -245,6 +258,7 @@ function chatButton(f, text = "Message") {
 }
 
 async function freelancersPage() {
+  const main = current;
   setTitle("Freelancers");
   if (!requireUser()) return;
   const search = /** @type {HTMLInputElement} */ (h("input", { type: "search", placeholder: "Name, skill or headline" }));
@@ -276,6 +290,7 @@ async function freelancersPage() {
 
 /** @param {number} id */
 async function freelancerPage(id) {
+  const main = current;
   setTitle("Freelancer");
   const user = requireUser();
   if (!user) return;
@@ -325,6 +340,7 @@ function jobCard(job) {
 }
 
 async function jobsPage() {
+  const main = current;
   setTitle("Jobs");
   if (!requireUser()) return;
   /** @type {Job[]} */
@@ -334,6 +350,7 @@ async function jobsPage() {
 
 /** @param {number} id */
 async function jobPage(id) {
+  const main = current;
   setTitle("Job");
   const user = requireUser();
   if (!user) return;
@@ -371,6 +388,7 @@ async function jobPage(id) {
 }
 
 async function myJobsPage() {
+  const main = current;
   setTitle("My jobs");
   const user = requireUser();
   if (!user) return;
@@ -416,6 +434,7 @@ async function myJobsPage() {
 
 /** @param {string | null} openId */
 async function inboxPage(openId) {
+  const main = current;
   setTitle("Inbox");
   const user = requireUser();
   if (!user) return;
@@ -436,7 +455,7 @@ async function inboxPage(openId) {
   /** @param {Thread} t */
   const rowOf = (t) => {
     const person = other(t);
-    const badge = t.unread_count > 0 ? h("span", { class: "badge", "aria-label": `${t.unread_count} unread` }, String(t.unread_count)) : null;
+    const badge = t.unread_count > 0 ? h("span", { class: "badge", role: "img", "aria-label": `${t.unread_count} unread` }, String(t.unread_count)) : null;
     const last = t.last_message ? (t.last_message.kind === "system" ? t.last_message.text : `${t.last_message.sender?.id === self.id ? "You: " : ""}${t.last_message.text}`) : "No messages yet";
     return h(
       "li",
@@ -464,7 +483,16 @@ async function inboxPage(openId) {
     more.hidden = !next;
     if (shown.size === 0) list.append(h("li", { class: "notice" }, "No conversations yet. Press Hire Me on a freelancer, or propose on a job."));
   };
-  more.addEventListener("click", () => void load());
+  more.addEventListener("click", async () => {
+    more.disabled = true;
+    try {
+      await load();
+    } catch (e) {
+      toast(`Could not load more conversations: ${why(e)}`);
+    } finally {
+      more.disabled = false;
+    }
+  });
   await load();
 
   const client = chatClient();
@@ -485,6 +513,7 @@ async function inboxPage(openId) {
   client.addEventListener("message", onMessage);
   /** @param {Event} e */
   const onAck = (e) => {
+    if (!main.contains(layout)) return client.removeEventListener("ack", onAck);
     /** @type {Message} */
     const message = /** @type {CustomEvent} */ (e).detail.message;
     const known = shown.get(message.thread_id);
@@ -512,6 +541,7 @@ async function inboxPage(openId) {
 }
 
 async function chatDemoPage() {
+  const main = current;
   setTitle("Chat demo");
   if (!requireUser()) return;
   /** @type {Freelancer[]} */

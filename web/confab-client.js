@@ -236,10 +236,12 @@ export class ConfabClient extends EventTarget {
    * @param {string} [options.token] an access token
    * @param {() => TokenAnswer} [options.getToken] called before every (re)connect
    * @param {typeof WebSocket} [options.WebSocket] for tests
+   * @param {typeof fetch} [options.fetch] for tests
    * @param {Backoff} [options.backoff]
    */
-  constructor({ server, token, getToken, WebSocket: Socket, backoff } = {}) {
+  constructor({ server, token, getToken, WebSocket: Socket, fetch: fetcher, backoff } = {}) {
     super();
+    this.fetch = fetcher ?? ((/** @type {RequestInfo} */ input, /** @type {RequestInit} */ init) => globalThis.fetch(input, init));
     this.server = (server ?? globalThis.location?.origin ?? "").replace(/\/$/, "");
     this.getToken = getToken ?? (() => token);
     this.Socket = Socket ?? globalThis.WebSocket;
@@ -352,8 +354,13 @@ export class ConfabClient extends EventTarget {
     const url = `${this.server.replace(/^http/, "ws")}/ws/chat/?token=${encodeURIComponent(token)}`;
     const socket = new this.Socket(url);
     this.socket = socket;
-    socket.onopen = () => {
-      this.backoff.reset();
+    let openedAt = 0;
+    socket.onopen = async () => {
+      openedAt = Date.now();
+      // Threads this client never showed are known from their heads, so the sync
+      // after a reconnect does not replay their whole history.
+      if (this.everConnected) await this.seedUnknown(token);
+      if (this.socket !== socket) return;
       this.setState("online");
       // Everything missed while away, then whatever is still waiting for its ack.
       if (this.everConnected || this.tracker.last.size > 0) this.sync();
@@ -365,8 +372,32 @@ export class ConfabClient extends EventTarget {
     socket.onclose = () => {
       if (this.pinger) clearInterval(this.pinger);
       this.socket = null;
+      // Only a connection that held counts as a success: one closed at once (a bad
+      // token, a full server) keeps backing off.
+      if (openedAt && Date.now() - openedAt > 5000) this.backoff.reset();
       if (this.wanted) this.retryLater();
     };
+  }
+
+  /**
+   * Notes the head of each recent thread the client has not seen (one page of the
+   * inbox): only its new messages matter to it.
+   * @param {string} token
+   */
+  async seedUnknown(token) {
+    try {
+      const res = await this.fetch(`${this.server}/api/chat/threads/?limit=200`, {
+        headers: { authorization: `Bearer ${token}` },
+        signal: AbortSignal.timeout(5000),
+      });
+      if (!res.ok) return;
+      const page = await res.json();
+      for (const thread of page.results ?? []) {
+        if (thread.last_message && !this.tracker.last.has(thread.id)) this.tracker.seen(thread.id, thread.last_message.seq);
+      }
+    } catch {
+      // Without it the sync replays more, which is slower but loses nothing.
+    }
   }
 
   retryLater() {
@@ -392,9 +423,15 @@ export class ConfabClient extends EventTarget {
         /** @type {Message} */
         const message = event.message;
         const fresh = this.tracker.observe(message.thread_id, message.seq);
-        if (event.type === "message_ack" && event.client_msg_id) {
-          this.outbox.acked(event.client_msg_id);
-          this.emit("ack", { clientMsgId: event.client_msg_id, message });
+        // One of this client's sends that reached it from the store (a sync after a
+        // lost ack): it is that send's ack. Keys are unique to this page.
+        const key = event.type === "message_ack" ? event.client_msg_id : message.client_msg_id;
+        const pending = Boolean(key) && this.outbox.pending.has(key);
+        // An ack for a send already answered (its copy came from the store first).
+        if (event.type === "message_ack" && key && !pending && !fresh) break;
+        if (key && (event.type === "message_ack" || pending)) {
+          this.outbox.acked(key);
+          this.emit("ack", { clientMsgId: key, message });
         } else if (fresh) {
           this.emit("message", { message });
         }

@@ -75,6 +75,13 @@ export class ConfabConversation extends HTMLElement {
   }
 
   connectedCallback() {
+    // A view starts afresh each time it is put in a page.
+    this.rows = new Map();
+    this.pendingRows = new Map();
+    this.oldest = 0;
+    this.newest = 0;
+    this.seenUpTo = 0;
+    this.readUpTo = 0;
     const name = this.getAttribute("recipient-name") ?? "";
     this.list = h("ol", { class: "messages", role: "log", "aria-label": name ? `Conversation with ${name}` : "Conversation", tabindex: "0" });
     this.list.addEventListener("scroll", () => this.maybeLoadOlder());
@@ -94,6 +101,7 @@ export class ConfabConversation extends HTMLElement {
     });
     this.replaceChildren(this.list, this.typingLine, form);
     const client = chatClient();
+    this.client = client;
     this.listen(client, "message", (e) => this.onMessage(/** @type {CustomEvent} */ (e).detail.message));
     this.listen(client, "ack", (e) => this.onAck(/** @type {CustomEvent} */ (e).detail));
     this.listen(client, "failed", (e) => this.onFailed(/** @type {CustomEvent} */ (e).detail));
@@ -101,11 +109,12 @@ export class ConfabConversation extends HTMLElement {
     this.listen(client, "read", (e) => this.onRead(/** @type {CustomEvent} */ (e).detail));
     this.listen(client, "synced", () => this.markRead());
     document.addEventListener("visibilitychange", this.onVisible);
-    void this.start();
+    this.ready = this.start();
   }
 
   disconnectedCallback() {
-    const client = chatClient();
+    const client = this.client;
+    if (!client) return;
     // What was shown was read, even if the view goes before its read was sent.
     if (this.readTimer) {
       clearTimeout(this.readTimer);
@@ -142,7 +151,8 @@ export class ConfabConversation extends HTMLElement {
       } else if (this.recipientId) {
         page = await request(`/api/messaging/messages/?user_id=${this.recipientId}&limit=${PAGE}`);
         const first = page.results[0];
-        if (first) this.setAttribute("thread-id", first.thread_id);
+        // The seed route answers the pair's direct thread: that is this view's.
+        if (first && !this.threadId) this.setAttribute("thread-id", first.thread_id);
       } else {
         return;
       }
@@ -164,6 +174,8 @@ export class ConfabConversation extends HTMLElement {
       for (const message of page.results) this.place(message);
       this.hasOlder = page.has_more;
       this.list.scrollTop += this.list.scrollHeight - before;
+    } catch (e) {
+      toast(`Could not load older messages: ${e instanceof Error ? e.message : e}`);
     } finally {
       this.loadingOlder = false;
     }
@@ -207,19 +219,29 @@ export class ConfabConversation extends HTMLElement {
   }
 
   /** @param {Message} message */
-  belongs(message) {
+  async belongs(message) {
+    await this.ready;
     if (this.threadId) return message.thread_id === this.threadId;
-    // A chat window opened before its direct thread existed: the first message
-    // between the two users tells which thread it is.
+    // A chat window opened before the pair's direct thread existed: a message
+    // between the two users may be its first, if its thread is the direct one.
     const other = this.recipientId;
     const ids = [message.sender?.id, message.recipient?.id];
-    return other !== undefined && ids.includes(other) && ids.includes(this.myId ?? -1) && message.kind !== "system";
+    if (other === undefined || !ids.includes(other) || !ids.includes(this.myId ?? -1)) return false;
+    const thread = await request(`/api/chat/threads/${encodeURIComponent(message.thread_id)}/`).catch(() => null);
+    if (thread?.kind !== "direct" || this.threadId) return message.thread_id === this.threadId;
+    this.setAttribute("thread-id", message.thread_id);
+    return true;
   }
 
   /** @param {Message} message */
-  onMessage(message) {
-    if (!this.belongs(message)) return;
-    if (!this.threadId) this.setAttribute("thread-id", message.thread_id);
+  async onMessage(message) {
+    if (!(await this.belongs(message))) return;
+    // One of my sends that came back from the store before its ack: it replaces its row.
+    const pending = message.client_msg_id ? this.pendingRows.get(message.client_msg_id) : undefined;
+    if (pending) {
+      pending.remove();
+      this.pendingRows.delete(/** @type {string} */ (message.client_msg_id));
+    }
     const atEnd = this.list ? this.list.scrollHeight - this.list.scrollTop - this.list.clientHeight < 80 : true;
     this.place(message);
     if (message.sender?.id !== this.myId) this.hideTyping();
@@ -228,12 +250,17 @@ export class ConfabConversation extends HTMLElement {
   }
 
   /** @param {{clientMsgId: string, message: Message}} detail */
-  onAck({ clientMsgId, message }) {
+  async onAck({ clientMsgId, message }) {
     const pending = this.pendingRows.get(clientMsgId);
-    if (!pending) return;
-    this.pendingRows.delete(clientMsgId);
-    pending.remove();
-    if (!this.threadId) this.setAttribute("thread-id", message.thread_id);
+    if (pending) {
+      this.pendingRows.delete(clientMsgId);
+      pending.remove();
+      // My own send from this view: its thread is this view's (the pair's direct one).
+      if (!this.threadId) this.setAttribute("thread-id", message.thread_id);
+    } else if (!(await this.belongs(message))) {
+      // Another view of this page sent it; show it here too if it is this thread's.
+      return;
+    }
     this.place(message);
     this.scrollToEnd();
   }

@@ -90,8 +90,11 @@ function refresh() {
       if (e instanceof ApiError && e.status === 401) {
         save(null);
         changed();
+        return null;
       }
-      return null;
+      // The server is busy or unreachable: keep the token while it lasts; the next
+      // call tries the refresh again.
+      return stored.access;
     }
   }).finally(() => {
     refreshing = null;
@@ -146,9 +149,14 @@ export function signOut() {
 
 configure({ getToken });
 schedule();
+/** Who was signed in when this tab last looked, to tell a sign-in or sign-out in
+ * another tab (which redraws this one) from a refreshed token (which does not). */
+let lastUser = currentUser()?.id ?? null;
+onChange(() => {
+  lastUser = currentUser()?.id ?? null;
+});
 globalThis.addEventListener?.("storage", (event) => {
-  if (event.key === KEY) {
-    schedule();
-    changed();
-  }
+  if (event.key !== KEY) return;
+  schedule();
+  if ((currentUser()?.id ?? null) !== lastUser) changed();
 });

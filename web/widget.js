@@ -23,7 +23,7 @@ configure({
 
 const sheet = document.createElement("link");
 sheet.rel = "stylesheet";
-sheet.href = new URL("app.css", import.meta.url).href;
+sheet.href = new URL("chat.css", import.meta.url).href;
 document.head.append(sheet);
 
 await import("./elements.js");
