@@ -36,6 +36,29 @@ test("the access token is refreshed before it expires, and the session survives 
   await tab.goto("/dashboard/inbox");
   await tab.getByRole("heading", { name: "Inbox" }).waitFor();
   assert.notEqual(await access(page), first);
+
+  // Both tabs keep refreshing; the first tab's live chat must survive the other's refreshes.
+  const token = await access(page);
+  const freelancer = await (await fetch(`${server.base}/api/auth/token/`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ username: "testfreelancer", password: "testpass123" }),
+  })).json();
+  const hired = await (await fetch(`${server.base}/api/chat/hire-freelancer/`, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+    body: JSON.stringify({ freelancer_id: freelancer.user.id }),
+  })).json();
+  await page.goto(hired.redirect_url);
+  await page.getByRole("log").getByText("Client Test Client started a conversation with you").waitFor();
+  await new Promise((resolve) => setTimeout(resolve, 8000));
+  const sent = await fetch(`${server.base}/api/chat/threads/${hired.thread.id}/messages/`, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${freelancer.access}` },
+    body: JSON.stringify({ text: "still live after the refreshes" }),
+  });
+  assert.equal(sent.status, 201);
+  await page.getByRole("log").getByText("still live after the refreshes").waitFor({ timeout: 10_000 });
   assert.deepEqual(page.errors, []);
   await context.close();
 });
