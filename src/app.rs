@@ -53,7 +53,7 @@ impl App {
         };
         hub.attach(&bus);
         let chat = Chat::new(store, bus, config.limits).context("starting the password hashers")?;
-        chat.hasher().register(metrics.registry())?;
+        chat.register_metrics(metrics.registry())?;
         let state = AppState {
             chat,
             keys: Arc::new(keys),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::chat::Limits;
+use crate::chat::{Limits, SignInLimits};
 
 /// A value that must not reach a log: `Debug` prints `***`.
 #[derive(Clone, PartialEq, Eq)]
@@ -118,6 +118,21 @@ pub struct ServeArgs {
     /// How many of those a user may send in one burst.
     #[arg(long, env = "CONFAB_RATE_BURST", default_value_t = 60)]
     pub rate_burst: u32,
+    /// Sign-in and sign-up attempts one client address may make per minute; past it, 429.
+    #[arg(long, env = "CONFAB_SIGNIN_ATTEMPTS_PER_MINUTE", default_value_t = 30)]
+    pub signin_attempts_per_minute: u32,
+    /// Failed sign-ins one account may have within the failure window before it is
+    /// locked for the rest of the window (each failure past the third also delays the next try).
+    #[arg(long, env = "CONFAB_SIGNIN_FAILURES_PER_ACCOUNT", default_value_t = 10)]
+    pub signin_failures_per_account: u32,
+    /// The failure window, in seconds.
+    #[arg(long, env = "CONFAB_SIGNIN_FAILURE_WINDOW", default_value_t = 900)]
+    pub signin_failure_window: u64,
+    /// Take the client's address from the last entry of `X-Forwarded-For` (set this
+    /// only behind a proxy that appends it, such as deploy/nginx.conf); otherwise
+    /// the address is the TCP peer's.
+    #[arg(long, env = "CONFAB_TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: bool,
     /// Frames queued for one WebSocket connection; a client further behind is closed with 1013.
     #[arg(long, env = "CONFAB_WS_QUEUE", default_value_t = 1024)]
     pub ws_queue: usize,
@@ -180,6 +195,8 @@ pub struct Config {
     pub redis_prefix: String,
     /// Normalized (`scheme://host[:port]`, no trailing slash).
     pub allowed_origins: Vec<String>,
+    /// Whether the client's address is the last `X-Forwarded-For` entry.
+    pub trust_forwarded_for: bool,
     pub limits: Limits,
     pub max_body_bytes: usize,
     pub access_token_ttl: Duration,
@@ -230,6 +247,7 @@ impl Config {
             redis_url: None,
             redis_prefix: "confab".to_owned(),
             allowed_origins: Vec::new(),
+            trust_forwarded_for: false,
             limits: Limits::default(),
             max_body_bytes: 64 * 1024,
             access_token_ttl: Duration::from_secs(900),
@@ -249,10 +267,16 @@ impl From<&ServeArgs> for Config {
             redis_url: a.redis_url.clone(),
             redis_prefix: a.redis_prefix.clone(),
             allowed_origins: a.allowed_origins.clone(),
+            trust_forwarded_for: a.trust_forwarded_for,
             limits: Limits {
                 max_text_chars: a.max_text_chars,
                 messages_per_second: a.rate_limit,
                 message_burst: a.rate_burst,
+                sign_in: SignInLimits {
+                    attempts_per_address_per_minute: a.signin_attempts_per_minute.max(1),
+                    failures_per_account: a.signin_failures_per_account.max(1),
+                    failure_window: Duration::from_secs(a.signin_failure_window.max(1)),
+                },
             },
             max_body_bytes: a.max_body_bytes,
             access_token_ttl: Duration::from_secs(a.access_token_ttl),

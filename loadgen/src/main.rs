@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use confab_loadgen::{pairs, relay, users};
+use confab_loadgen::{idle, pairs, relay, users};
 
 #[derive(Parser)]
 #[command(name = "confab-loadgen", about = "Load generator for servers that keep Confab's wire contract")]
@@ -16,16 +16,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Users in pairs messaging each other by recipient_id, closed loop.
+    /// Users in pairs messaging each other by recipient_id, closed loop (a window per
+    /// user) or open loop (`--rate`).
     Pairs {
-        /// The server, e.g. http://127.0.0.1:8080.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        base: String,
+        #[command(flatten)]
+        target: Target,
         #[arg(long, default_value_t = 1000)]
         users: usize,
         /// Unacknowledged messages per user.
         #[arg(long, default_value_t = 8)]
         window: usize,
+        /// Open loop: messages per second across all users, sent on a fixed schedule
+        /// whatever the answers (the window is then ignored).
+        #[arg(long)]
+        rate: Option<f64>,
         /// Seconds of warm-up (not counted), then of measurement.
         #[arg(long, default_value_t = 5)]
         warmup: u64,
@@ -37,24 +41,61 @@ enum Command {
         /// Pairs whose history is read back to check that every ack is stored (0: none).
         #[arg(long, default_value_t = 20)]
         verify_pairs: usize,
-        /// The server's process id, to report its CPU and memory.
-        #[arg(long)]
-        server_pid: Option<u32>,
-        /// Sign-ups and sign-ins at a time.
-        #[arg(long, default_value_t = 64)]
-        signup_concurrency: usize,
-        /// Prefix of the users' names (a run's users can be signed in again by a later run).
-        #[arg(long, default_value = "lg")]
-        prefix: String,
-        /// One JSON line with every figure instead of the summary.
-        #[arg(long)]
-        json: bool,
+    },
+    /// Many authenticated connections held open: accept rate, server memory per
+    /// connection, and a sample sent through them to prove they are live.
+    Idle {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// Connections per user (at most the server's per-user cap).
+        #[arg(long, default_value_t = 16)]
+        per_user: usize,
+        /// Handshakes in flight at a time.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        /// Seconds the connections are held before the server's memory is read.
+        #[arg(long, default_value_t = 5)]
+        hold: u64,
+        /// Connections that send a message to prove the rest are live.
+        #[arg(long, default_value_t = 100)]
+        sample: usize,
     },
     /// The baseline: a bare in-memory relay keeping just enough of the contract for `pairs`.
     Relay {
         #[arg(long, default_value = "127.0.0.1:9090")]
         listen: String,
     },
+}
+
+/// What every scenario is pointed at, and how it reports.
+#[derive(clap::Args)]
+struct Target {
+    /// The server, e.g. http://127.0.0.1:8080.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    base: String,
+    /// The server's process id, to report its CPU and memory.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Sign-ups and sign-ins at a time.
+    #[arg(long, default_value_t = 64)]
+    signup_concurrency: usize,
+    /// Prefix of the users' names (a run's users can be signed in again by a later run).
+    #[arg(long, default_value = "lg")]
+    prefix: String,
+    /// One JSON line with every figure instead of the summary.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Target {
+    /// Registers and signs in `count` users.
+    async fn users(&self, count: usize) -> anyhow::Result<(String, Vec<users::SignedIn>)> {
+        let base = self.base.trim_end_matches('/').to_owned();
+        let signed_in = users::sign_up(&base, &self.prefix, count, self.signup_concurrency).await?;
+        Ok((base, signed_in))
+    }
 }
 
 #[tokio::main]
@@ -65,38 +106,57 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("relay listening on http://{}/", listener.local_addr()?);
             relay::serve(listener, None).await?;
         }
-        Command::Pairs {
-            base,
-            users: count,
-            window,
-            warmup,
-            seconds,
-            grace,
-            verify_pairs,
-            server_pid,
-            signup_concurrency,
-            prefix,
-            json,
-        } => {
-            let base = base.trim_end_matches('/').to_owned();
-            let signed_in = users::sign_up(&base, &prefix, count, signup_concurrency).await?;
+        Command::Idle { target, connections, per_user, concurrency, hold, sample } => {
+            let (base, signed_in) = target.users(connections.div_ceil(per_user.max(1)).max(2)).await?;
+            let server_pid = target.server_pid;
+            let options =
+                idle::Options { connections, concurrency, hold: Duration::from_secs(hold), sample, server_pid };
+            let r = idle::run(&base, &signed_in, &options).await?;
+            if target.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                let mib = |v: Option<f64>| v.map_or("?".to_owned(), |v| format!("{v:.1} MiB"));
+                println!(
+                    "idle: {} of {} connections opened in {:.1} s ({:.0}/s), {} failed {:?}\n  open after the hold: {}\n  server rss {} before, {} held: {} per connection\n  sample: {} sent, {} acked, {} of {} deliveries",
+                    r.opened,
+                    r.requested,
+                    r.connect_seconds,
+                    r.connections_per_second,
+                    r.failed,
+                    r.errors,
+                    r.open_after_hold,
+                    mib(r.server_rss_before_mib),
+                    mib(r.server_rss_held_mib),
+                    r.server_rss_per_connection_kib.map_or("?".to_owned(), |k| format!("{k:.1} KiB")),
+                    r.sample_sent,
+                    r.sample_acked,
+                    r.sample_delivered,
+                    r.sample_expected_deliveries,
+                );
+            }
+        }
+        Command::Pairs { target, users: count, window, rate, warmup, seconds, grace, verify_pairs } => {
+            let (base, signed_in) = target.users(count).await?;
             let options = pairs::Options {
                 window,
+                rate,
                 warmup: Duration::from_secs(warmup),
                 duration: Duration::from_secs(seconds),
                 grace: Duration::from_secs(grace),
                 verify_pairs,
-                server_pid,
+                server_pid: target.server_pid,
             };
             let report = pairs::run(&base, &signed_in, &options).await?;
-            if json {
+            if target.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 let d = &report.delivery_ms;
+                let pace = report
+                    .offered_per_second
+                    .map_or(format!("window {}", report.window), |r| format!("open loop at {r:.0} msg/s"));
                 println!(
-                    "pairs: {} users, window {}, {:.0} s\n  acked {:.0} msg/s, delivered {:.0} msg/s\n  delivery ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}\n  ack ms p50 {:.2} p99 {:.2}\n  errors {:?}\n  lost: {} undelivered, {} missing from the store (of {} checked)\n  server: cpu {} rss {}",
+                    "pairs: {} users, {pace}, {:.0} s\n  acked {:.0} msg/s, delivered {:.0} msg/s\n  delivery ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}\n  ack ms p50 {:.2} p99 {:.2}\n  errors {:?}\n  lost: {} undelivered, {} missing from the store (of {} checked)\n  server: cpu {} rss {}",
                     report.users,
-                    report.window,
                     report.seconds,
                     report.acked_per_second,
                     report.delivered_per_second,

@@ -1,6 +1,9 @@
 //! The `pairs` scenario: users in pairs, one connection each, every user sending
-//! `message` frames by `recipient_id` to its partner, closed loop: a window of
-//! unacknowledged messages per user, the next sent as each ack comes.
+//! `message` frames by `recipient_id` to its partner. Closed loop: a window of
+//! unacknowledged messages per user, the next sent as each ack comes. Open loop
+//! (`rate`): every user sends on a fixed schedule whatever the answers, so the
+//! latencies are those of a server under a given load, not of its queue at
+//! saturation.
 //!
 //! Each text carries its sender, its number and its send time, so the partner's
 //! connection measures delivery latency and the run can tell, per message, whether
@@ -24,8 +27,10 @@ use crate::users::SignedIn;
 /// How a `pairs` run goes.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Unacknowledged messages per user.
+    /// Unacknowledged messages per user (closed loop).
     pub window: usize,
+    /// Messages per second across all users (open loop); `None`: closed loop.
+    pub rate: Option<f64>,
     pub warmup: Duration,
     pub duration: Duration,
     /// How long after the end a delivery may still arrive before it counts as lost.
@@ -41,6 +46,8 @@ pub struct Options {
 pub struct Report {
     pub users: usize,
     pub window: usize,
+    /// The open loop's offered messages/s; absent for a closed loop.
+    pub offered_per_second: Option<f64>,
     pub seconds: f64,
     pub acked: u64,
     pub delivered: u64,
@@ -94,10 +101,17 @@ pub async fn run(base: &str, users: &[SignedIn], options: &Options) -> anyhow::R
         .enumerate()
         .map(|(i, socket)| {
             let partner = users[i ^ 1].id;
-            let window = options.window.max(1);
+            let pace = match options.rate {
+                // Users start at evenly spread phases so the offered load is smooth.
+                Some(rate) => {
+                    let period = Duration::from_secs_f64(paired as f64 / rate.max(0.001));
+                    Pace::Open { period, phase: period.mul_f64(i as f64 / paired as f64) }
+                }
+                None => Pace::Closed { window: options.window.max(1) },
+            };
             let grace = options.grace;
             tokio::spawn(
-                async move { one_user(socket, i, partner, window, epoch, start, measure_from, stop, grace).await },
+                async move { one_user(socket, i, partner, pace, epoch, start, measure_from, stop, grace).await },
             )
         })
         .collect();
@@ -130,6 +144,7 @@ pub async fn run(base: &str, users: &[SignedIn], options: &Options) -> anyhow::R
     Ok(Report {
         users: paired,
         window: options.window,
+        offered_per_second: options.rate,
         seconds,
         acked,
         delivered: delivered_count,
@@ -154,12 +169,21 @@ async fn sample_at(pid: Option<u32>, at: Instant) -> Option<(f64, u64)> {
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// When a user sends.
+#[derive(Debug, Clone, Copy)]
+enum Pace {
+    /// The next message as each answer comes, `window` unanswered at a time.
+    Closed { window: usize },
+    /// One message every `period`, the first after `phase`.
+    Open { period: Duration, phase: Duration },
+}
+
 #[expect(clippy::too_many_arguments, reason = "one user's share of the run's settings")]
 async fn one_user(
     socket: Socket,
     me: usize,
     partner: i64,
-    window: usize,
+    pace: Pace,
     epoch: Instant,
     start: Instant,
     measure_from: Instant,
@@ -179,16 +203,33 @@ async fn one_user(
                 .to_string(),
         )
     };
-    for _ in 0..window {
-        sent_at.insert(next, Instant::now());
-        sink.feed(frame(next)).await?;
-        next += 1;
-    }
-    sink.flush().await?;
+    let mut ticks = match pace {
+        Pace::Closed { window } => {
+            for _ in 0..window {
+                sent_at.insert(next, Instant::now());
+                sink.feed(frame(next)).await?;
+                next += 1;
+            }
+            sink.flush().await?;
+            None
+        }
+        Pace::Open { period, phase } => {
+            let mut ticks = tokio::time::interval_at(start + phase, period);
+            // A late tick is sent late, not made up in a burst: the schedule is the load.
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            Some(ticks)
+        }
+    };
     let end = stop + grace;
     loop {
         let event = tokio::select! {
             event = stream.next() => event,
+            _ = tick(&mut ticks), if Instant::now() < stop => {
+                sent_at.insert(next, Instant::now());
+                sink.send(frame(next)).await?;
+                next += 1;
+                continue;
+            }
             () = tokio::time::sleep_until(end) => break,
         };
         let Some(Ok(Frame::Text(text))) = event else {
@@ -235,8 +276,8 @@ async fn one_user(
             }
             _ => {}
         }
-        // One answered, one more sent: the window stays full until the end.
-        if answered.is_some() && now < stop {
+        // Closed loop: one answered, one more sent; the window stays full until the end.
+        if answered.is_some() && ticks.is_none() && now < stop {
             sent_at.insert(next, Instant::now());
             sink.send(frame(next)).await?;
             next += 1;
@@ -244,6 +285,16 @@ async fn one_user(
     }
     let _ = sink.close().await;
     Ok(side)
+}
+
+/// The open loop's next tick; never, for a closed loop.
+async fn tick(ticks: &mut Option<tokio::time::Interval>) {
+    match ticks {
+        Some(ticks) => {
+            ticks.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 fn key_number(key: &Value) -> Option<u64> {

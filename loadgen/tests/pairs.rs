@@ -9,6 +9,7 @@ use confab_loadgen::{pairs, relay, users};
 fn options() -> pairs::Options {
     pairs::Options {
         window: 4,
+        rate: None,
         warmup: Duration::from_millis(200),
         duration: Duration::from_secs(1),
         grace: Duration::from_millis(500),
@@ -57,6 +58,7 @@ async fn the_real_server_stores_and_delivers_every_acked_message() {
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.limits.messages_per_second = 100_000;
     config.limits.message_burst = 100_000;
+    config.limits.sign_in.attempts_per_address_per_minute = 100_000;
     let app = confab::app::App::build(config).await.unwrap();
     let base = format!("http://{}", app.local_addr().unwrap());
     tokio::spawn(app.run_until_stopped(std::future::pending()));
@@ -67,4 +69,17 @@ async fn the_real_server_stores_and_delivers_every_acked_message() {
     assert_eq!((report.lost_undelivered, report.lost_in_store), (0, Some(0)), "{report:?}");
     assert_eq!(report.verified_messages, report.acked, "both pairs were read back");
     assert_eq!(report.delivered, report.acked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_loop_sends_on_its_schedule_whatever_the_answers() {
+    // A closed loop against the relay sends thousands a second; this one sends 400.
+    let base = relay_with(Some(5)).await;
+    let signed = users::sign_up(&base, "t", 4, 4).await.unwrap();
+    let options = pairs::Options { rate: Some(400.0), verify_pairs: 0, ..options() };
+    let report = pairs::run(&base, &signed, &options).await.unwrap();
+    assert_eq!(report.offered_per_second, Some(400.0));
+    assert!((360..=404).contains(&report.acked), "about 400 sent in the measured second: {report:?}");
+    let expected = report.acked / 5;
+    assert!(report.lost_undelivered.abs_diff(expected) <= 2, "drops still counted: {report:?}");
 }

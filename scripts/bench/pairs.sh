@@ -22,8 +22,8 @@ sleep 0.5
 run relay http://127.0.0.1:9190 "$relay"
 kill "$relay"
 
-# Sends are limited per user by default; a benchmark measures the server, not the limit.
-"$bin/confab" serve --listen 127.0.0.1:9191 --data-dir "$data" --rate-limit 1000000 --rate-burst 1000000 \
+# Sends and sign-ins are limited by default; a benchmark measures the server, not the limits.
+"$bin/confab" serve --listen 127.0.0.1:9191 --data-dir "$data" --rate-limit 1000000 --rate-burst 1000000 --signin-attempts-per-minute 1000000 \
     >"$data/server.log" 2>&1 &
 server=$!
 for _ in $(seq 50); do curl -sf http://127.0.0.1:9191/healthz >/dev/null && break; sleep 0.1; done

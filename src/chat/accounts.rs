@@ -1,5 +1,9 @@
-//! Registering and signing in.
+//! Registering and signing in, behind the limits on password guessing.
 
+use std::net::IpAddr;
+use std::time::Instant;
+
+use super::throttle::Throttled;
 use super::{Chat, Error, Result};
 use crate::domain::{ErrorCode, FullName, Password, Profile, Role, User, UserId, Username};
 use crate::store::{NewUser, StoreError};
@@ -13,7 +17,22 @@ pub struct Registration {
     pub role: String,
 }
 
+impl From<Throttled> for Error {
+    fn from(t: Throttled) -> Self {
+        let secs = t.retry_after.as_secs_f64().ceil();
+        Self::Limited { detail: format!("{}; try again in {secs:.0} s", t.reason), retry_after: t.retry_after }
+    }
+}
+
 impl Chat {
+    /// Counts a sign-in or sign-up attempt from `address`; call it before either.
+    ///
+    /// # Errors
+    /// `rate_limited` when the address has used its attempts for now.
+    pub fn admit_attempt(&self, address: IpAddr) -> Result<()> {
+        Ok(self.throttle.attempt(address, Instant::now())?)
+    }
+
     /// Creates an account.
     ///
     /// # Errors
@@ -43,17 +62,25 @@ impl Chat {
     /// The user whose username and password these are.
     ///
     /// # Errors
-    /// `unauthorized` for an unknown user or a wrong password (the same answer for both).
+    /// `unauthorized` for an unknown user or a wrong password (the same answer for
+    /// both); `rate_limited` while the account is delayed or locked after failures.
     pub async fn sign_in(&self, username: &str, password: String) -> Result<User> {
         let refused = || Error::rejected(ErrorCode::Unauthorized, "no account with that username and password");
+        self.throttle.check_account(username, Instant::now())?;
         let found = self.store().credentials(username).await?;
         let (user, phc) = found.map_or((None, None), |(user, phc)| (Some(user), Some(phc)));
         // An unknown username is checked against a stand-in hash: it costs the same
         // as a wrong password, so timing does not tell which usernames exist.
         let ok = self.hasher.verify(password, phc).await.map_err(|e| Error::Internal(Box::new(e)))?;
         match user {
-            Some(user) if ok => Ok(user),
-            _ => Err(refused()),
+            Some(user) if ok => {
+                self.throttle.succeeded(username);
+                Ok(user)
+            }
+            _ => {
+                self.throttle.failed(username, Instant::now());
+                Err(refused())
+            }
         }
     }
 

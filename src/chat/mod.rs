@@ -9,6 +9,7 @@ mod marketplace;
 mod members;
 mod messaging;
 mod rate;
+mod throttle;
 mod workflows;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,11 +25,13 @@ use crate::store::{Store, StoreError};
 
 pub use accounts::Registration;
 pub use messaging::{Inbox, PreparedSend, SendTarget, Sent, SyncPlan, UnreadTotals};
+pub use throttle::SignInLimits;
 pub use workflows::{Opening, ProposalSubmitted};
 
-use committer::Job;
+use committer::{CommitMetrics, Job};
 use members::Members;
 use rate::RateLimiter;
+use throttle::SignInThrottle;
 
 /// The bounds a deployment can tune.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,11 +43,13 @@ pub struct Limits {
     pub messages_per_second: u32,
     /// …and in a burst: enough for a person, far below what a flooding script sends.
     pub message_burst: u32,
+    /// Password guessing: attempts per address, failures per account.
+    pub sign_in: SignInLimits,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_text_chars: 4000, messages_per_second: 20, message_burst: 60 }
+        Self { max_text_chars: 4000, messages_per_second: 20, message_burst: 60, sign_in: SignInLimits::default() }
     }
 }
 
@@ -59,6 +64,7 @@ pub struct Chat {
     limits: Limits,
     members: Arc<Members>,
     rate: Arc<RateLimiter>,
+    throttle: Arc<SignInThrottle>,
     sends: mpsc::Sender<Job>,
     committer: Arc<Committer>,
     hasher: Arc<Hasher>,
@@ -68,6 +74,7 @@ pub struct Chat {
 struct Committer {
     stop: CancellationToken,
     task: Mutex<Option<JoinHandle<()>>>,
+    metrics: CommitMetrics,
 }
 
 impl Chat {
@@ -75,28 +82,34 @@ impl Chat {
     /// password-hashing threads (one per core).
     ///
     /// # Errors
-    /// A hashing thread that cannot be started.
+    /// A hashing thread (or a metric) that cannot be made.
     pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, limits: Limits) -> std::io::Result<Self> {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let hasher = Hasher::start(cores)?;
         let (sends, jobs) = mpsc::channel(SEND_QUEUE);
         let stop = CancellationToken::new();
-        let task = committer::spawn(store.clone(), bus.clone(), jobs, stop.clone());
+        let metrics = CommitMetrics::new().map_err(std::io::Error::other)?;
+        let task = committer::spawn(store.clone(), bus.clone(), jobs, stop.clone(), metrics.clone());
         Ok(Self {
             store,
             bus,
             limits,
             members: Arc::new(Members::default()),
             rate: Arc::new(RateLimiter::new(limits.messages_per_second, limits.message_burst)),
+            throttle: Arc::new(SignInThrottle::new(limits.sign_in)),
             sends,
-            committer: Arc::new(Committer { stop, task: Mutex::new(Some(task)) }),
+            committer: Arc::new(Committer { stop, task: Mutex::new(Some(task)), metrics }),
             hasher,
         })
     }
 
-    /// The password hasher, to put its queue in `/metrics`.
-    pub fn hasher(&self) -> &Hasher {
-        &self.hasher
+    /// Puts the committer's and the password hasher's figures in `/metrics`.
+    ///
+    /// # Errors
+    /// A name that is already registered.
+    pub fn register_metrics(&self, registry: &prometheus::Registry) -> Result<(), prometheus::Error> {
+        self.committer.metrics.register(registry)?;
+        self.hasher.register(registry)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -151,6 +164,9 @@ pub fn redirect_url(thread: &Thread) -> String {
 pub enum Error {
     #[error("{code}: {detail}")]
     Rejected { code: ErrorCode, detail: String },
+    /// `rate_limited`, with when to try again.
+    #[error("rate_limited: {detail}")]
+    Limited { detail: String, retry_after: std::time::Duration },
     #[error("the database is unavailable")]
     Unavailable(#[source] StoreError),
     #[error("internal error")]
@@ -176,9 +192,18 @@ impl Error {
         Self::rejected(ErrorCode::ValidationFailed, detail)
     }
 
+    /// When a `rate_limited` refusal may be tried again, if it says.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Limited { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::Rejected { code, .. } => *code,
+            Self::Limited { .. } => ErrorCode::RateLimited,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Internal(_) => ErrorCode::Internal,
         }
@@ -187,7 +212,7 @@ impl Error {
     /// What the client is told: the refusal's reason, never an internal cause.
     pub fn detail(&self) -> String {
         match self {
-            Self::Rejected { detail, .. } => detail.clone(),
+            Self::Rejected { detail, .. } | Self::Limited { detail, .. } => detail.clone(),
             Self::Unavailable(_) => "the database is unavailable; try again shortly".to_owned(),
             Self::Internal(_) => "internal server error".to_owned(),
         }

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::extract::{AuthUser, Json, token_error};
+use super::extract::{AuthUser, ClientAddr, Json, token_error};
 use super::{ApiError, AppState, ErrorBody};
 use crate::auth::TokenKind;
 use crate::chat::Registration;
@@ -60,11 +60,14 @@ fn signing_failed(e: jsonwebtoken::errors::Error) -> ApiError {
 }
 
 #[utoipa::path(post, path = "/api/auth/register/", tag = "accounts", request_body = RegisterBody,
-    responses((status = 201, body = Registered), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = Registered), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 429, description = "too many attempts from this address; see Retry-After", body = ErrorBody)))]
 pub(crate) async fn register_user(
     State(state): State<AppState>,
+    ClientAddr(from): ClientAddr,
     Json(body): Json<RegisterBody>,
 ) -> Result<(StatusCode, axum::Json<Registered>), ApiError> {
+    state.chat.admit_attempt(from)?;
     let profile = Profile::parse(body.headline, body.skills, body.hourly_rate)?;
     let registration =
         Registration { username: body.username, password: body.password, full_name: body.full_name, role: body.role };
@@ -73,11 +76,14 @@ pub(crate) async fn register_user(
 }
 
 #[utoipa::path(post, path = "/api/auth/token/", tag = "accounts", request_body = TokenBody,
-    responses((status = 200, body = Tokens), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = Tokens), (status = 401, body = ErrorBody),
+        (status = 429, description = "too many attempts from this address or failures for this account; see Retry-After", body = ErrorBody)))]
 pub(crate) async fn obtain_token(
     State(state): State<AppState>,
+    ClientAddr(from): ClientAddr,
     Json(body): Json<TokenBody>,
 ) -> Result<axum::Json<Tokens>, ApiError> {
+    state.chat.admit_attempt(from)?;
     let user = state.chat.sign_in(&body.username, body.password).await?;
     let access = state.keys.issue(user.id, TokenKind::Access, None).map_err(signing_failed)?;
     let refresh = state.keys.issue(user.id, TokenKind::Refresh, None).map_err(signing_failed)?;

@@ -60,6 +60,11 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %error_chain(&self.0), "request failed");
         }
         let body = ErrorBody { error: code, detail: self.0.detail() };
-        (status_of(code), Json(body)).into_response()
+        let mut response = (status_of(code), Json(body)).into_response();
+        if let Some(after) = self.0.retry_after() {
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.max(1).into());
+        }
+        response
     }
 }

@@ -157,3 +157,33 @@ pub(crate) mod flexible_amount {
         }
     }
 }
+
+/// The client's address, for the limits on sign-in attempts: the TCP peer, or the
+/// last `X-Forwarded-For` entry (the one the proxy appended) when the deployment
+/// says a proxy sets it.
+pub(crate) struct ClientAddr(pub std::net::IpAddr);
+
+impl FromRequestParts<AppState> for ClientAddr {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if state.config.trust_forwarded_for {
+            // Only the last entry: the ones before it are whatever the client sent.
+            let last = parts
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .next_back()
+                .and_then(|a| a.trim().parse().ok());
+            if let Some(ip) = last {
+                return Ok(Self(ip));
+            }
+        }
+        let peer = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>();
+        peer.map(|c| Self(c.0.ip())).ok_or_else(|| {
+            ApiError(crate::chat::Error::Internal("the server was started without connection info".into()))
+        })
+    }
+}

@@ -6,6 +6,7 @@ pub mod conformance;
 mod postgres;
 mod rows;
 mod sqlite;
+mod sqlite_writer;
 
 use std::sync::Arc;
 
@@ -34,7 +35,7 @@ pub enum StoreError {
     KeyReused,
     /// The database could not be reached or is overloaded; worth retrying later.
     #[error("database unavailable")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Anything else: a bug or a corrupt row.
     #[error("database error")]
     Other(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -43,7 +44,7 @@ pub enum StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => Self::Unavailable(e),
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => Self::Unavailable(Box::new(e)),
             sqlx::Error::Database(ref db) if db.is_unique_violation() => {
                 Self::Conflict(db.constraint().unwrap_or("unique").to_owned())
             }

@@ -123,6 +123,23 @@ pub(super) struct MessageRow {
     created_at: i64,
 }
 
+/// A message row read by the SQLite writer's synchronous connection, in
+/// [`MESSAGE_COLUMNS`]' order.
+pub(super) fn sqlite_message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {
+    Ok(MessageRow {
+        id: r.get(0)?,
+        thread_id: r.get(1)?,
+        seq: r.get(2)?,
+        kind: r.get(3)?,
+        sender_id: r.get(4)?,
+        actor_id: r.get(5)?,
+        text: r.get(6)?,
+        metadata: r.get(7)?,
+        client_msg_id: r.get(8)?,
+        created_at: r.get(9)?,
+    })
+}
+
 impl TryFrom<MessageRow> for MessageRecord {
     type Error = StoreError;
     fn try_from(r: MessageRow) -> Result<Self> {

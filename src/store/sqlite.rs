@@ -15,25 +15,32 @@ use super::rows::{
     CredentialsRow, FREELANCER_COLUMNS, FreelancerRow, JOB_COLUMNS, JobRow, MESSAGE_COLUMNS, MessageRow,
     ParticipantRow, THREAD_COLUMNS, ThreadRow, USER_COLUMNS, UserRow, group_participants,
 };
+use super::sqlite_writer::MessageWriter;
 use super::{
     Appended, Cursor, InboxFrom, NewJob, NewMessage, NewProposal, NewUser, OpenThread, Opened, ReadMarker, Result,
-    Store, StoreError, ThreadKey, repeated,
+    Store, StoreError, ThreadKey,
 };
 use crate::domain::{
-    ClientMsgId, Freelancer, Job, JobId, MessageRecord, Page, PageRequest, Participant, Profile, Proposal, Seq,
-    SystemMessage, ThreadId, ThreadKind, ThreadRecord, Timestamp, User, UserId,
+    Freelancer, Job, JobId, MessageRecord, Page, PageRequest, Participant, Profile, Proposal, Seq, SystemMessage,
+    ThreadId, ThreadKind, ThreadRecord, Timestamp, User, UserId,
 };
 
 /// Readers beyond two cores only queue on the file; a few cover concurrent requests.
 const READERS: u32 = 4;
-/// How long a statement waits for a lock (a checkpoint, another process) before failing.
+/// How long a statement waits for a lock (the other writer, a checkpoint, another
+/// process) before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Every write transaction takes the write lock first: with two writers (sqlx's and
+/// the message writer's), a deferred one could read a snapshot that is stale by the
+/// time it writes, and SQLite would refuse it without waiting.
+const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 
 /// The SQLite implementation of [`Store`].
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    messages: MessageWriter,
 }
 
 impl SqliteStore {
@@ -55,8 +62,9 @@ impl SqliteStore {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Other(Box::new(e)))?;
         }
         let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+        let messages = MessageWriter::start(options.get_filename(), BUSY_TIMEOUT)?;
         let reader = SqlitePoolOptions::new().max_connections(READERS).connect_with(options.read_only(true)).await?;
-        Ok(Self { writer, reader })
+        Ok(Self { writer, reader, messages })
     }
 
     /// Brings the schema up to date.
@@ -69,8 +77,9 @@ impl SqliteStore {
 }
 
 /// Takes a thread's next seq and moves it to the top of its participants' inboxes.
-/// The single writer makes `MAX(activity) + 1` race-free.
-const BUMP_THREAD: &str = "UPDATE threads SET last_seq = last_seq + 1, \
+/// Writes are serialized (`BEGIN IMMEDIATE` on both writers), which makes
+/// `MAX(activity) + 1` race-free.
+pub(super) const BUMP_THREAD: &str = "UPDATE threads SET last_seq = last_seq + 1, \
      activity = (SELECT MAX(activity) + 1 FROM threads) WHERE id = $1 RETURNING last_seq";
 
 /// Inserts a system message as the thread's next seq inside `tx`.
@@ -86,50 +95,32 @@ async fn insert_system_message(
     Ok(record)
 }
 
-async fn insert_message(tx: &mut Transaction<'_, Sqlite>, m: &MessageRecord) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO messages (id, thread_id, seq, kind, sender_id, actor_id, text, metadata, client_msg_id, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+/// Stores one message; shared with the synchronous writer (`sqlite_writer`).
+pub(super) const INSERT_MESSAGE: &str = "INSERT INTO messages (id, thread_id, seq, kind, sender_id, actor_id, text, metadata, client_msg_id, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
+/// The message a sender already stored in a thread under a key.
+pub(super) fn select_by_key() -> String {
+    format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.sender_id = $1 AND m.thread_id = $2 AND m.client_msg_id = $3"
     )
-    .bind(m.id.0)
-    .bind(m.thread_id.0)
-    .bind(m.seq.0)
-    .bind(m.kind.as_str())
-    .bind(m.sender_id.map(|u| u.0))
-    .bind(m.actor_id.map(|u| u.0))
-    .bind(&m.text)
-    .bind(m.metadata.to_string())
-    .bind(&m.client_msg_id)
-    .bind(m.created_at.millis())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
-/// Appends one message inside `tx`. The inner `Err` is this message's refusal
-/// (nothing written for it); the outer one aborts the whole transaction. The single
-/// writer means no other transaction can store the same key meanwhile.
-async fn append_in(tx: &mut Transaction<'_, Sqlite>, new: NewMessage) -> Result<Result<Appended>> {
-    if let Some(key) = &new.client_msg_id {
-        let existing: Option<MessageRow> = sqlx::query_as(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages m \
-             WHERE m.sender_id = $1 AND m.thread_id = $2 AND m.client_msg_id = $3"
-        ))
-        .bind(new.sender.0)
-        .bind(new.thread_id.0)
-        .bind(key.as_str())
-        .fetch_optional(&mut **tx)
+async fn insert_message(tx: &mut Transaction<'_, Sqlite>, m: &MessageRecord) -> Result<()> {
+    sqlx::query(INSERT_MESSAGE)
+        .bind(m.id.0)
+        .bind(m.thread_id.0)
+        .bind(m.seq.0)
+        .bind(m.kind.as_str())
+        .bind(m.sender_id.map(|u| u.0))
+        .bind(m.actor_id.map(|u| u.0))
+        .bind(&m.text)
+        .bind(m.metadata.to_string())
+        .bind(&m.client_msg_id)
+        .bind(m.created_at.millis())
+        .execute(&mut **tx)
         .await?;
-        if let Some(row) = existing {
-            return Ok(repeated(row.try_into()?, &new));
-        }
-    }
-    let seq: Option<i64> = sqlx::query_scalar(BUMP_THREAD).bind(new.thread_id.0).fetch_optional(&mut **tx).await?;
-    let Some(seq) = seq else { return Ok(Err(StoreError::NotFound("thread"))) };
-    let key = new.client_msg_id.map(ClientMsgId::into_inner);
-    let record = MessageRecord::user(new.thread_id, Seq(seq), new.sender, new.text, key);
-    insert_message(tx, &record).await?;
-    Ok(Ok(Appended { message: record, duplicate: false }))
+    Ok(())
 }
 
 /// Find-or-create inside an open transaction, so a proposal can share it.
@@ -353,14 +344,14 @@ impl Store for SqliteStore {
     }
 
     async fn open_thread(&self, open: OpenThread) -> Result<Opened> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
         let opened = open_thread_in(&mut tx, open).await?;
         tx.commit().await?;
         Ok(opened)
     }
 
     async fn submit_proposal(&self, new: NewProposal, thread: OpenThread) -> Result<(Proposal, Opened)> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
         let opened = open_thread_in(&mut tx, thread).await?;
         let now = Timestamp::now();
         // A unique violation here drops `tx`, which rolls the thread back too.
@@ -390,13 +381,7 @@ impl Store for SqliteStore {
     }
 
     async fn append_messages(&self, batch: Vec<NewMessage>) -> Result<Vec<Result<Appended>>> {
-        let mut tx = self.writer.begin().await?;
-        let mut results = Vec::with_capacity(batch.len());
-        for new in batch {
-            results.push(append_in(&mut tx, new).await?);
-        }
-        tx.commit().await?;
-        Ok(results)
+        self.messages.append(batch).await
     }
 
     async fn thread(&self, id: ThreadId, viewer: UserId) -> Result<Option<ThreadRecord>> {

@@ -40,7 +40,7 @@ const MAX_WRITE_BUFFER: usize = 16 * 1024 * 1024;
 /// Bytes tungstenite reads per call and starts its read buffer with: a burst of
 /// chat frames per read, while a connection keeps little (a frame grows the buffer
 /// by at most one `fragment::PIECE`).
-const READ_BUFFER: usize = 8 * 1024;
+const READ_BUFFER: usize = 1024;
 
 /// Subprotocol names a browser client may offer beside its token
 /// (`new WebSocket(url, ["bearer", token])`); the server echoes the name back.

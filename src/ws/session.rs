@@ -420,8 +420,10 @@ async fn write_loop(
     let too_slow = "too slow to keep up; reconnect and sync";
     let (mut order, early) = starting_order(&filler, &mut rx).await;
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
-    let mut frames = Vec::with_capacity(WRITE_BATCH);
-    let mut out = Vec::with_capacity(WRITE_BATCH);
+    // Grown on demand and given back when the queue runs dry: an idle connection
+    // keeps no batch buffers (they were most of its memory).
+    let mut frames = Vec::new();
+    let mut out = Vec::new();
     let now = Instant::now();
     for item in early {
         if order.accept(item, now, &mut frames).is_err() {
@@ -472,15 +474,21 @@ async fn write_loop(
         if out.is_empty() {
             continue;
         }
-        let mut feed = futures::stream::iter(out.drain(..).map(Ok));
-        let written = tokio::select! {
-            biased;
-            () = closer.closed() => false,
-            r = sink.send_all(&mut feed) => r.is_ok(),
+        let written = {
+            let mut feed = futures::stream::iter(out.drain(..).map(Ok));
+            tokio::select! {
+                biased;
+                () = closer.closed() => false,
+                r = sink.send_all(&mut feed) => r.is_ok(),
+            }
         };
         if !written {
             closer.close(1000, "");
             break;
+        }
+        if rx.is_empty() {
+            frames.shrink_to(0);
+            out.shrink_to(0);
         }
     }
     let (code, reason) = closer.reason();

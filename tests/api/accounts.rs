@@ -150,3 +150,87 @@ async fn missing_malformed_forged_and_expired_tokens_are_401() {
     assert_error(&answer, 401, "unauthorized");
     assert!(answer.1["detail"].as_str().unwrap().contains("expired"));
 }
+
+/// A sign-in through reqwest, keeping the answer's headers.
+async fn sign_in_raw(app: &TestApp, username: &str, password: &str, from: Option<&str>) -> reqwest::Response {
+    let mut req = reqwest::Client::new()
+        .post(app.url("/api/auth/token/"))
+        .json(&json!({"username": username, "password": password}));
+    if let Some(addr) = from {
+        req = req.header("x-forwarded-for", addr);
+    }
+    req.send().await.unwrap()
+}
+
+async fn assert_throttled(res: reqwest::Response) -> u64 {
+    assert_eq!(res.status(), 429);
+    let retry: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "rate_limited", "{body}");
+    assert!(retry >= 1, "Retry-After in whole seconds: {retry}");
+    retry
+}
+
+#[tokio::test]
+async fn one_address_gets_its_sign_in_attempts_per_minute_then_429_with_retry_after() {
+    let app = TestApp::spawn_with(|c| c.limits.sign_in.attempts_per_address_per_minute = 5).await;
+    app.signup("alice", "client").await; // a sign-up and a sign-in: two attempts
+    for _ in 0..3 {
+        assert_eq!(sign_in_raw(&app, "alice", "wrong-password", None).await.status(), 401);
+    }
+    let retry = assert_throttled(sign_in_raw(&app, "alice", "testpass123", None).await).await;
+    assert!(retry <= 12, "one attempt comes back every 12 s: {retry}");
+    // Sign-ups count against the same address.
+    let signup = json!({"username": "bob", "password": "testpass123", "full_name": "Bob", "role": "client"});
+    assert_error(&app.post_anon("/api/auth/register/", signup).await, 429, "rate_limited");
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_forwarded_address_is_the_one_limited() {
+    let app = TestApp::spawn_with(|c| {
+        c.limits.sign_in.attempts_per_address_per_minute = 2;
+        c.trust_forwarded_for = true;
+    })
+    .await;
+    app.signup("alice", "client").await; // from the proxy's own address: uses its two
+    for _ in 0..2 {
+        assert_eq!(sign_in_raw(&app, "alice", "wrong-password", Some("spoofed, 203.0.113.7")).await.status(), 401);
+    }
+    assert_throttled(sign_in_raw(&app, "alice", "wrong-password", Some("203.0.113.7")).await).await;
+    // Another client behind the same proxy is not.
+    assert_eq!(sign_in_raw(&app, "alice", "testpass123", Some("198.51.100.9")).await.status(), 200);
+}
+
+#[tokio::test]
+async fn failed_sign_ins_lock_the_account_but_not_the_others() {
+    let app = TestApp::spawn_with(|c| c.limits.sign_in.failures_per_account = 3).await;
+    app.signup("alice", "client").await;
+    app.signup("bob", "client").await;
+    for _ in 0..3 {
+        assert_eq!(sign_in_raw(&app, "alice", "wrong-password", None).await.status(), 401);
+    }
+    // Locked: even the right password waits, and is not checked.
+    let retry = assert_throttled(sign_in_raw(&app, "alice", "testpass123", None).await).await;
+    assert!(retry > 800, "locked for the rest of the 15-minute window: {retry}");
+    assert_eq!(sign_in_raw(&app, "bob", "testpass123", None).await.status(), 200);
+    // An unknown username is counted like a real one: no tell which exist.
+    for _ in 0..3 {
+        assert_eq!(sign_in_raw(&app, "nobody", "wrong-password", None).await.status(), 401);
+    }
+    assert_throttled(sign_in_raw(&app, "nobody", "wrong-password", None).await).await;
+}
+
+#[tokio::test]
+async fn failures_past_the_third_delay_the_next_try() {
+    let app = TestApp::spawn().await;
+    app.signup("alice", "client").await;
+    for _ in 0..3 {
+        assert_eq!(sign_in_raw(&app, "alice", "wrong-password", None).await.status(), 401);
+    }
+    assert_throttled(sign_in_raw(&app, "alice", "testpass123", None).await).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(sign_in_raw(&app, "alice", "testpass123", None).await.status(), 200, "after the delay");
+    // The success cleared the failures.
+    assert_eq!(sign_in_raw(&app, "alice", "wrong-password", None).await.status(), 401);
+    assert_eq!(sign_in_raw(&app, "alice", "testpass123", None).await.status(), 200);
+}

@@ -16,7 +16,7 @@ const binary = process.env.CONFAB_BIN ?? join(root, "target/debug/confab");
 /** @param {string[]} [extra] more flags for `confab serve` */
 export async function startServer(extra = []) {
   const dir = mkdtempSync(join(tmpdir(), "confab-e2e-"));
-  const child = spawn(binary, ["serve", "--demo", "--listen", "127.0.0.1:0", "--data-dir", dir, ...extra], {
+  const child = spawn(binary, ["serve", "--demo", "--listen", "127.0.0.1:0", "--data-dir", dir, "--signin-attempts-per-minute", "10000", ...extra], {
     env: { ...process.env, RUST_LOG: "info", CONFAB_LOG_FORMAT: "text" },
     stdio: ["ignore", "pipe", "pipe"],
   });
