@@ -91,8 +91,9 @@ async fn tokens(args: &TokensArgs) -> anyhow::Result<()> {
             .await?
             .with_context(|| format!("no user named {username:?} (run `confab demo` first?)"))?;
         let access = keys.issue(user.id, TokenKind::Access, Some(ttl))?;
-        let refresh = keys.issue(user.id, TokenKind::Refresh, None)?;
-        out.insert(username.clone(), json!({"user": user, "access": access, "refresh": refresh}));
+        let refresh = keys.issue_refresh(user.id, None)?;
+        chat.remember_refresh(user.id, &refresh).await?;
+        out.insert(username.clone(), json!({"user": user, "access": access, "refresh": refresh.token}));
     }
     let text = serde_json::to_string_pretty(&out)?;
     app::write_private(&args.out, text.as_bytes(), true).with_context(|| format!("writing {}", args.out.display()))?;

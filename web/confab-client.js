@@ -257,6 +257,8 @@ export class ConfabClient extends EventTarget {
     this.timer = null;
     /** @type {ReturnType<typeof setInterval> | null} */
     this.pinger = null;
+    /** @type {ReturnType<typeof setTimeout> | null} */
+    this.authTimer = null;
     this.onOnline = () => this.wanted && this.reconnectNow();
     this.onOffline = () => this.socket?.close();
   }
@@ -367,16 +369,47 @@ export class ConfabClient extends EventTarget {
       this.everConnected = true;
       for (const frame of this.outbox.frames()) this.write(frame);
       this.pinger = setInterval(() => this.write({ type: "ping" }), 25_000);
+      this.renewBefore(token, socket);
     };
     socket.onmessage = (event) => this.receive(String(event.data));
     socket.onclose = () => {
       if (this.pinger) clearInterval(this.pinger);
+      if (this.authTimer) clearTimeout(this.authTimer);
       this.socket = null;
       // Only a connection that held counts as a success: one closed at once (a bad
       // token, a full server) keeps backing off.
       if (openedAt && Date.now() - openedAt > 5000) this.backoff.reset();
       if (this.wanted) this.retryLater();
     };
+  }
+
+  /**
+   * The server closes a socket (4401) when its token expires: at the token's
+   * refresh point, a fresh one is sent as `auth`, so the socket lives on without a
+   * reconnect. A provider that has no fresher token yet is asked again shortly.
+   * @param {string} token the one the socket lives on
+   * @param {WebSocket} socket
+   */
+  renewBefore(token, socket) {
+    if (this.authTimer) clearTimeout(this.authTimer);
+    const exp = tokenExpiry(token);
+    if (exp === null) return;
+    const delay = refreshDelay(exp, Date.now(), tokenIssued(token));
+    this.authTimer = setTimeout(async () => {
+      let fresh = null;
+      try {
+        fresh = await this.getToken();
+      } catch {
+        fresh = null;
+      }
+      if (this.socket !== socket) return;
+      if (fresh && fresh !== token) {
+        this.write({ type: "auth", token: fresh });
+        this.renewBefore(fresh, socket);
+      } else if (exp * 1000 > Date.now()) {
+        this.authTimer = setTimeout(() => this.renewBefore(token, socket), 5000);
+      }
+    }, Math.max(delay, 0));
   }
 
   /**

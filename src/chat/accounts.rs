@@ -5,8 +5,9 @@ use std::time::Instant;
 
 use super::throttle::Throttled;
 use super::{Chat, Error, Result};
+use crate::auth::jwt::IssuedRefresh;
 use crate::domain::{ErrorCode, FullName, Password, Profile, Role, User, UserId, Username};
-use crate::store::{NewUser, StoreError};
+use crate::store::{NewUser, RefreshToken, Rotation, StoreError};
 
 /// A registration as a client sent it, before validation.
 #[derive(Debug, Clone)]
@@ -15,6 +16,11 @@ pub struct Registration {
     pub password: String,
     pub full_name: String,
     pub role: String,
+}
+
+/// What the store keeps of a refresh token.
+fn kept(user: UserId, issued: &IssuedRefresh) -> RefreshToken {
+    RefreshToken { id: issued.jti.clone(), family: issued.family.clone(), user, expires_at: issued.expires_at }
 }
 
 impl From<Throttled> for Error {
@@ -80,6 +86,40 @@ impl Chat {
             _ => {
                 self.throttle.failed(username, Instant::now());
                 Err(refused())
+            }
+        }
+    }
+
+    /// Remembers the first refresh token of a sign-in, so it can be spent once.
+    ///
+    /// # Errors
+    /// The store fails.
+    pub async fn remember_refresh(&self, user: UserId, issued: &IssuedRefresh) -> Result<()> {
+        Ok(self.store().add_refresh_token(kept(user, issued)).await?)
+    }
+
+    /// Spends refresh token `id` for `next`, of the same sign-in.
+    ///
+    /// # Errors
+    /// `unauthorized` for a token spent already (its whole sign-in is then signed
+    /// out: a copy of it is in someone else's hands) or one this server does not know.
+    pub async fn rotate_refresh(&self, id: &str, user: UserId, next: &IssuedRefresh) -> Result<()> {
+        let family = next.family.clone();
+        match self.store().rotate_refresh_token(id, kept(user, next)).await? {
+            Rotation::Rotated => Ok(()),
+            Rotation::Reused => {
+                tracing::warn!(
+                    user = user.0,
+                    family,
+                    "a spent refresh token was presented again; its sign-in is revoked"
+                );
+                Err(Error::rejected(
+                    ErrorCode::Unauthorized,
+                    "this refresh token was already used; every session of this sign-in is signed out, sign in again",
+                ))
+            }
+            Rotation::Unknown => {
+                Err(Error::rejected(ErrorCode::Unauthorized, "this refresh token is not valid here; sign in again"))
             }
         }
     }

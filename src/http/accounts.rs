@@ -50,9 +50,11 @@ pub(crate) struct RefreshBody {
     refresh: String,
 }
 
+/// A new pair: the refresh token sent is spent.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Refreshed {
     access: String,
+    refresh: String,
 }
 
 fn signing_failed(e: jsonwebtoken::errors::Error) -> ApiError {
@@ -86,8 +88,9 @@ pub(crate) async fn obtain_token(
     state.chat.admit_attempt(from)?;
     let user = state.chat.sign_in(&body.username, body.password).await?;
     let access = state.keys.issue(user.id, TokenKind::Access, None).map_err(signing_failed)?;
-    let refresh = state.keys.issue(user.id, TokenKind::Refresh, None).map_err(signing_failed)?;
-    Ok(axum::Json(Tokens { access, refresh, user }))
+    let refresh = state.keys.issue_refresh(user.id, None).map_err(signing_failed)?;
+    state.chat.remember_refresh(user.id, &refresh).await?;
+    Ok(axum::Json(Tokens { access, refresh: refresh.token, user }))
 }
 
 #[utoipa::path(post, path = "/api/auth/token/refresh/", tag = "accounts", request_body = RefreshBody,
@@ -96,10 +99,12 @@ pub(crate) async fn refresh_token(
     State(state): State<AppState>,
     Json(body): Json<RefreshBody>,
 ) -> Result<axum::Json<Refreshed>, ApiError> {
-    let user_id = state.keys.verify(&body.refresh, TokenKind::Refresh).map_err(token_error)?;
-    let user = state.chat.authenticated_user(user_id).await?;
+    let claims = state.keys.verify_refresh(&body.refresh).map_err(token_error)?;
+    let user = state.chat.authenticated_user(claims.user).await?;
+    let next = state.keys.issue_refresh(user.id, Some(&claims.family)).map_err(signing_failed)?;
+    state.chat.rotate_refresh(&claims.jti, user.id, &next).await?;
     let access = state.keys.issue(user.id, TokenKind::Access, None).map_err(signing_failed)?;
-    Ok(axum::Json(Refreshed { access }))
+    Ok(axum::Json(Refreshed { access, refresh: next.token }))
 }
 
 #[utoipa::path(get, path = "/api/auth/me/", tag = "accounts", security(("bearer" = [])),

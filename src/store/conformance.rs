@@ -9,9 +9,13 @@ use std::sync::Arc;
 use futures::future::join_all;
 use serde_json::json;
 
-use super::{Cursor, InboxFrom, NewJob, NewMessage, NewProposal, NewUser, OpenThread, Store, StoreError, ThreadKey};
+use super::{
+    Cursor, InboxFrom, NewJob, NewMessage, NewProposal, NewUser, OpenThread, RefreshToken, Rotation, Store, StoreError,
+    ThreadKey,
+};
 use crate::domain::{
-    ClientMsgId, JobId, MessageKind, Money, PageRequest, Profile, Role, Seq, SystemMessage, ThreadId, User, UserId,
+    ClientMsgId, JobId, MessageKind, Money, PageRequest, Profile, Role, Seq, SystemMessage, ThreadId, Timestamp, User,
+    UserId,
 };
 
 async fn user(store: &dyn Store, name: &str, role: Role) -> User {
@@ -481,6 +485,60 @@ pub async fn an_inbox_walk_by_cursor_repeats_nothing_and_skips_only_what_moved(s
     assert_eq!(ids(&again), vec![threads[2], threads[5]]);
 }
 
+fn refresh(id: &str, family: &str, user: &User, ttl_ms: i64) -> RefreshToken {
+    RefreshToken {
+        id: id.to_owned(),
+        family: family.to_owned(),
+        user: user.id,
+        expires_at: Timestamp::from_millis(Timestamp::now().millis() + ttl_ms),
+    }
+}
+
+pub async fn a_refresh_token_rotates_once_and_a_reuse_spends_its_family(store: Arc<dyn Store>) {
+    let alice = user(&*store, "alice", Role::Client).await;
+    let day = 86_400_000;
+    store.add_refresh_token(refresh("t1", "f1", &alice, day)).await.unwrap();
+    store.add_refresh_token(refresh("other", "f2", &alice, day)).await.unwrap();
+    assert_eq!(store.rotate_refresh_token("t1", refresh("t2", "f1", &alice, day)).await.unwrap(), Rotation::Rotated);
+    assert_eq!(store.rotate_refresh_token("t2", refresh("t3", "f1", &alice, day)).await.unwrap(), Rotation::Rotated);
+    // t1 again: copied. The family is spent, t3 with it; nothing new is recorded.
+    assert_eq!(store.rotate_refresh_token("t1", refresh("t4", "f1", &alice, day)).await.unwrap(), Rotation::Reused);
+    assert_eq!(store.rotate_refresh_token("t3", refresh("t5", "f1", &alice, day)).await.unwrap(), Rotation::Reused);
+    assert_eq!(store.rotate_refresh_token("t4", refresh("t6", "f1", &alice, day)).await.unwrap(), Rotation::Unknown);
+    // Another sign-in of the same user is untouched.
+    assert_eq!(store.rotate_refresh_token("other", refresh("o2", "f2", &alice, day)).await.unwrap(), Rotation::Rotated);
+    assert_eq!(store.rotate_refresh_token("nope", refresh("x", "f9", &alice, day)).await.unwrap(), Rotation::Unknown);
+    // A token presented with another family is not rotated, and stays live.
+    assert_eq!(store.rotate_refresh_token("o2", refresh("y", "f1", &alice, day)).await.unwrap(), Rotation::Unknown);
+    assert_eq!(store.rotate_refresh_token("o2", refresh("o3", "f2", &alice, day)).await.unwrap(), Rotation::Rotated);
+}
+
+pub async fn concurrent_rotations_of_one_refresh_token_rotate_it_once(store: Arc<dyn Store>) {
+    let alice = user(&*store, "alice", Role::Client).await;
+    store.add_refresh_token(refresh("t1", "f1", &alice, 86_400_000)).await.unwrap();
+    let rotations = join_all((0..8).map(|n| {
+        let store = store.clone();
+        let next = refresh(&format!("n{n}"), "f1", &alice, 86_400_000);
+        async move { store.rotate_refresh_token("t1", next).await.unwrap() }
+    }))
+    .await;
+    assert_eq!(rotations.iter().filter(|r| **r == Rotation::Rotated).count(), 1, "{rotations:?}");
+    assert_eq!(rotations.iter().filter(|r| **r == Rotation::Reused).count(), 7, "{rotations:?}");
+    // The reuses spent the family, the winner's new token too.
+    for n in 0..8 {
+        let r = store.rotate_refresh_token(&format!("n{n}"), refresh(&format!("m{n}"), "f1", &alice, 1000)).await;
+        assert_ne!(r.unwrap(), Rotation::Rotated);
+    }
+}
+
+pub async fn expired_refresh_tokens_are_not_rotated_and_are_forgotten(store: Arc<dyn Store>) {
+    let alice = user(&*store, "alice", Role::Client).await;
+    store.add_refresh_token(refresh("old", "f1", &alice, -1000)).await.unwrap();
+    // Writing another forgets it; presented again it is unknown.
+    store.add_refresh_token(refresh("new", "f2", &alice, 86_400_000)).await.unwrap();
+    assert_eq!(store.rotate_refresh_token("old", refresh("x", "f1", &alice, 1000)).await.unwrap(), Rotation::Unknown);
+}
+
 pub async fn concurrent_proposals_of_one_freelancer_store_one_and_one_thread(store: Arc<dyn Store>) {
     let client = user(&*store, "client", Role::Client).await;
     let freelancer = user(&*store, "freelancer", Role::Freelancer).await;
@@ -535,7 +593,10 @@ macro_rules! store_conformance_tests {
             read_markers_move_forward_only_and_drive_unread_counts,
             a_thread_is_invisible_to_outsiders,
             the_inbox_lists_threads_by_latest_activity,
-            a_proposal_and_its_thread_are_written_together_or_not_at_all
+            a_proposal_and_its_thread_are_written_together_or_not_at_all,
+            a_refresh_token_rotates_once_and_a_reuse_spends_its_family,
+            concurrent_rotations_of_one_refresh_token_rotate_it_once,
+            expired_refresh_tokens_are_not_rotated_and_are_forgotten
         );
     };
     (@each $make:expr; $($name:ident),+) => {

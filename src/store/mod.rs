@@ -4,6 +4,7 @@
 
 pub mod conformance;
 mod postgres;
+mod refresh;
 mod rows;
 mod sqlite;
 mod sqlite_writer;
@@ -14,7 +15,7 @@ use async_trait::async_trait;
 
 use crate::domain::{
     ClientMsgId, Freelancer, InboxCursor, Job, JobId, MessageRecord, Money, Page, PageRequest, Profile, Proposal, Role,
-    Seq, SystemMessage, ThreadId, ThreadRecord, User, UserId,
+    Seq, SystemMessage, ThreadId, ThreadRecord, Timestamp, User, UserId,
 };
 
 pub use postgres::PostgresStore;
@@ -183,6 +184,27 @@ pub struct ReadMarker {
     pub moved: bool,
 }
 
+/// A refresh token to remember: its `jti`, the sign-in (family) it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshToken {
+    pub id: String,
+    pub family: String,
+    pub user: UserId,
+    pub expires_at: Timestamp,
+}
+
+/// The outcome of [`Store::rotate_refresh_token`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    /// The token was live: it is spent now and the next one is recorded.
+    Rotated,
+    /// The token was spent already (or expired): it was copied, so its whole family
+    /// is spent now; nothing new is recorded.
+    Reused,
+    /// No such token (never issued here, or long expired).
+    Unknown,
+}
+
 /// Every durable operation Confab needs, each atomic on its own.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -256,6 +278,13 @@ pub trait Store: Send + Sync + 'static {
     async fn unread_from(&self, to: UserId, from: UserId) -> Result<i64>;
     /// `user`'s unread count in each thread that has any.
     async fn unread_by_thread(&self, user: UserId) -> Result<Vec<(ThreadId, i64)>>;
+
+    /// Records the first refresh token of a sign-in (and forgets expired ones).
+    async fn add_refresh_token(&self, token: RefreshToken) -> Result<()>;
+    /// Spends token `id` and records `next` (of the same family and user) in one
+    /// transaction, exactly once under concurrency: of two rotations of one token,
+    /// one is `Rotated` and the other `Reused`.
+    async fn rotate_refresh_token(&self, id: &str, next: RefreshToken) -> Result<Rotation>;
 }
 
 /// Opens the store a database URL names: `sqlite://…` (the default is a file in the

@@ -12,13 +12,14 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
+use super::refresh;
 use super::rows::{
     CredentialsRow, FREELANCER_COLUMNS, FreelancerRow, JOB_COLUMNS, JobRow, MESSAGE_COLUMNS, MessageRow,
     ParticipantRow, THREAD_COLUMNS, ThreadRow, USER_COLUMNS, UserRow, group_participants,
 };
 use super::{
-    Appended, Cursor, InboxFrom, NewJob, NewMessage, NewProposal, NewUser, OpenThread, Opened, ReadMarker, Result,
-    Store, StoreError, ThreadKey, repeated,
+    Appended, Cursor, InboxFrom, NewJob, NewMessage, NewProposal, NewUser, OpenThread, Opened, ReadMarker,
+    RefreshToken, Result, Rotation, Store, StoreError, ThreadKey, repeated,
 };
 use crate::domain::{
     ClientMsgId, Freelancer, Job, JobId, MessageRecord, Page, PageRequest, Participant, Profile, Proposal, Seq,
@@ -626,5 +627,13 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().filter(|(_, n)| *n > 0).map(|(t, n)| (ThreadId(t), n)).collect())
+    }
+
+    async fn add_refresh_token(&self, token: RefreshToken) -> Result<()> {
+        refresh::postgres::add(&self.pool, "BEGIN", token).await
+    }
+
+    async fn rotate_refresh_token(&self, id: &str, next: RefreshToken) -> Result<Rotation> {
+        refresh::postgres::rotate(&self.pool, "BEGIN", id, next).await
     }
 }

@@ -11,14 +11,15 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 use uuid::Uuid;
 
+use super::refresh;
 use super::rows::{
     CredentialsRow, FREELANCER_COLUMNS, FreelancerRow, JOB_COLUMNS, JobRow, MESSAGE_COLUMNS, MessageRow,
     ParticipantRow, THREAD_COLUMNS, ThreadRow, USER_COLUMNS, UserRow, group_participants,
 };
 use super::sqlite_writer::MessageWriter;
 use super::{
-    Appended, Cursor, InboxFrom, NewJob, NewMessage, NewProposal, NewUser, OpenThread, Opened, ReadMarker, Result,
-    Store, StoreError, ThreadKey,
+    Appended, Cursor, InboxFrom, NewJob, NewMessage, NewProposal, NewUser, OpenThread, Opened, ReadMarker,
+    RefreshToken, Result, Rotation, Store, StoreError, ThreadKey,
 };
 use crate::domain::{
     Freelancer, Job, JobId, MessageRecord, Page, PageRequest, Participant, Profile, Proposal, Seq, SystemMessage,
@@ -541,5 +542,13 @@ impl Store for SqliteStore {
         .fetch_all(&self.reader)
         .await?;
         Ok(rows.into_iter().filter(|(_, n)| *n > 0).map(|(t, n)| (ThreadId(t), n)).collect())
+    }
+
+    async fn add_refresh_token(&self, token: RefreshToken) -> Result<()> {
+        refresh::sqlite::add(&self.writer, BEGIN_WRITE, token).await
+    }
+
+    async fn rotate_refresh_token(&self, id: &str, next: RefreshToken) -> Result<Rotation> {
+        refresh::sqlite::rotate(&self.writer, BEGIN_WRITE, id, next).await
     }
 }

@@ -18,7 +18,6 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use crate::auth::TokenKind;
 use crate::domain::ErrorCode;
 use crate::http::{ApiError, AppState};
 
@@ -73,13 +72,12 @@ pub(crate) async fn connect_ws(State(state): State<AppState>, mut request: Reque
     let user = match token {
         None => None,
         Some(token) => {
-            let verified = state.keys.verify(&token, TokenKind::Access);
-            let id = match verified {
-                Ok(id) => id,
+            let (id, expires) = match state.keys.access_expiry(&token) {
+                Ok(verified) => verified,
                 Err(e) => return crate::http::token_error(e).into_response(),
             };
             match state.chat.authenticated_user(id).await {
-                Ok(user) => Some(user),
+                Ok(user) => Some((user, expires)),
                 Err(e) => return ApiError(e).into_response(),
             }
         }
@@ -92,7 +90,7 @@ pub(crate) async fn connect_ws(State(state): State<AppState>, mut request: Reque
         }
     };
     let limits = state.config.ws;
-    if let Some(user) = &user
+    if let Some((user, _)) = &user
         && state.hub.connections_of(user.id) >= limits.max_connections_per_user
     {
         return ApiError::new(ErrorCode::RateLimited, "too many open connections for this user").into_response();

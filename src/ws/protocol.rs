@@ -141,6 +141,11 @@ pub(crate) fn synced() -> Utf8Bytes {
     Utf8Bytes::from_static(r#"{"type":"synced"}"#)
 }
 
+/// The answer to an `auth` frame: the connection now lives until `exp` (unix seconds).
+pub(crate) fn authed(exp: i64) -> Utf8Bytes {
+    Utf8Bytes::from(format!(r#"{{"type":"authed","exp":{exp}}}"#))
+}
+
 pub(crate) fn pong() -> Utf8Bytes {
     Utf8Bytes::from_static(r#"{"type":"pong"}"#)
 }

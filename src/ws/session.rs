@@ -18,9 +18,8 @@ use super::Socket;
 use super::hub::Closer;
 use super::order::{Delivery, Gap, MessageItem, Outgoing, Sequencer};
 use super::protocol::{self, FrameError, RawFrame};
-use crate::auth::TokenKind;
 use crate::chat::{self, SendTarget};
-use crate::domain::{ConnectionId, ErrorCode, Seq, ThreadId, User, UserId};
+use crate::domain::{ConnectionId, ErrorCode, Seq, ThreadId, Timestamp, User, UserId};
 use crate::http::AppState;
 use crate::store::Cursor;
 
@@ -35,15 +34,18 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITE_BATCH: usize = 128;
 /// How long a new connection waits for the bus to subscribe for its user.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(3);
+/// A deadline beyond any token's life.
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// A sync replays in pages of this many messages.
 const SYNC_PAGE: u32 = 200;
 
-/// Serves one upgraded socket until it closes. `user` is `None` when the client
-/// will authenticate with a first `auth` frame.
-pub(crate) async fn run(socket: Socket, state: AppState, user: Option<User>) {
+/// Serves one upgraded socket until it closes or its token expires. `user` (with
+/// when its token expires) is `None` when the client will authenticate with a
+/// first `auth` frame.
+pub(crate) async fn run(socket: Socket, state: AppState, user: Option<(User, Timestamp)>) {
     let (mut sink, mut stream) = socket.split();
     let limits = state.config.ws;
-    let user = match user {
+    let (user, expires) = match user {
         Some(user) => user,
         None => match timeout(limits.auth_timeout, first_frame_auth(&mut stream, &state)).await {
             Ok(Ok(user)) => user,
@@ -66,7 +68,14 @@ pub(crate) async fn run(socket: Socket, state: AppState, user: Option<User>) {
     tracing::debug!(user = %user.id, connection = registration.id().0, "websocket connected");
     let filler = Filler { chat: state.chat.clone(), user: user.clone() };
     let writer = tokio::spawn(write_loop(sink, rx, closer.clone(), limits.ping_interval, filler));
-    let mut session = Session { state: &state, user: &user, connection: registration.id(), queue, closer };
+    let mut session = Session {
+        state: &state,
+        user: &user,
+        connection: registration.id(),
+        queue,
+        closer,
+        expires: expiry_deadline(expires),
+    };
     let client_closed = session.read_loop(&mut stream, &state.shutdown, limits.idle_timeout).await;
     if client_closed {
         session.closer.close(1000, "");
@@ -106,8 +115,17 @@ async fn close_now(sink: &mut SplitSink<Socket, WsMessage>, code: u16, reason: &
     let _ = timeout(CLOSE_TIMEOUT, sink.send(WsMessage::Close(Some(frame)))).await;
 }
 
+/// When a token that expires at `exp` stops its connection.
+fn expiry_deadline(exp: Timestamp) -> Instant {
+    let left = u64::try_from(exp.millis().saturating_sub(Timestamp::now().millis())).unwrap_or(0);
+    Instant::now() + Duration::from_millis(left).min(FAR_FUTURE)
+}
+
 /// Waits for `{"type":"auth","token":"…"}` and returns its user.
-async fn first_frame_auth(stream: &mut SplitStream<Socket>, state: &AppState) -> Result<User, &'static str> {
+async fn first_frame_auth(
+    stream: &mut SplitStream<Socket>,
+    state: &AppState,
+) -> Result<(User, Timestamp), &'static str> {
     loop {
         let text = match stream.next().await {
             Some(Ok(WsMessage::Text(text))) => text,
@@ -118,8 +136,9 @@ async fn first_frame_auth(stream: &mut SplitStream<Socket>, state: &AppState) ->
         let (Some("auth"), Some(token)) = (frame.kind.as_deref(), frame.token) else {
             return Err("the first frame must be {\"type\":\"auth\",\"token\":…}");
         };
-        let id = state.keys.verify(&token, TokenKind::Access).map_err(|_| "invalid or expired token")?;
-        return state.chat.authenticated_user(id).await.map_err(|_| "unknown user");
+        let (id, expires) = state.keys.access_expiry(&token).map_err(|_| "invalid or expired token")?;
+        let user = state.chat.authenticated_user(id).await.map_err(|_| "unknown user")?;
+        return Ok((user, expires));
     }
 }
 
@@ -129,6 +148,8 @@ struct Session<'a> {
     connection: ConnectionId,
     queue: mpsc::Sender<Outgoing>,
     closer: Closer,
+    /// When the token the connection lives on expires (moved by each `auth`).
+    expires: Instant,
 }
 
 impl Session<'_> {
@@ -147,6 +168,10 @@ impl Session<'_> {
                 () = shutdown.cancelled() => return false,
                 () = sleep_until(deadline) => {
                     self.closer.close(1001, "idle timeout");
+                    return false;
+                }
+                () = sleep_until(self.expires) => {
+                    self.closer.close(CLOSE_UNAUTHORIZED, "the access token has expired; send auth with a fresh one before it does");
                     return false;
                 }
                 frame = stream.next() => frame,
@@ -170,6 +195,25 @@ impl Session<'_> {
                 }
             }
         }
+    }
+
+    /// A fresh token of the same user extends the connection's life; another
+    /// user's token closes it at once; a bad one is refused and changes nothing.
+    async fn reauthenticate(&mut self, token: Option<&str>) {
+        let Some(token) = token else {
+            return self.error(ErrorCode::ValidationFailed, "an auth frame needs a \"token\"", None);
+        };
+        let (id, expires) = match self.state.keys.access_expiry(token) {
+            Ok(verified) => verified,
+            Err(e) => {
+                return self.error(ErrorCode::Unauthorized, &format!("{e}; this connection keeps its token"), None);
+            }
+        };
+        if id != self.user.id {
+            return self.closer.close(CLOSE_UNAUTHORIZED, "an auth frame with another user's token");
+        }
+        self.expires = expiry_deadline(expires);
+        self.push(Outgoing::Frame(protocol::authed(expires.millis() / 1000)));
     }
 
     /// Queues a frame for this connection; a full queue closes it (it will sync).
@@ -219,7 +263,7 @@ impl Session<'_> {
             }
             Some("sync") => self.sync(frame.threads.unwrap_or_default()).await,
             Some("ping") => self.push(Outgoing::Frame(protocol::pong())),
-            Some("auth") => self.error(ErrorCode::ValidationFailed, "this connection is already authenticated", None),
+            Some("auth") => self.reauthenticate(frame.token.as_deref()).await,
             Some(other) => {
                 let detail = format!("unknown frame type {other:?}; expected message, typing, read, sync or ping");
                 self.error(ErrorCode::ValidationFailed, &detail, frame.client_msg_id.as_deref());

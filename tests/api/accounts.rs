@@ -116,7 +116,7 @@ async fn a_refresh_token_yields_a_new_access_token_but_is_refused_as_one() {
     let erin = app.signup("erin", "client").await;
     let (status, body) = app.post_anon("/api/auth/token/refresh/", json!({"refresh": erin.refresh})).await;
     assert_eq!(status, 200);
-    assert_eq!(body.as_object().unwrap().keys().collect::<Vec<_>>(), vec!["access"]);
+    assert_eq!(body.as_object().unwrap().keys().collect::<Vec<_>>(), vec!["access", "refresh"], "a new pair");
     assert_eq!(app.get("/api/auth/me/", body["access"].as_str().unwrap()).await.0, 200);
 
     assert_error(&app.get("/api/auth/me/", &erin.refresh).await, 401, "unauthorized");
@@ -134,7 +134,7 @@ async fn missing_malformed_forged_and_expired_tokens_are_401() {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
     let sign = |secret: &str, exp: i64| {
         let claims = json!({"token_type": "access", "user_id": frank.id, "sub": frank.id.to_string(),
-            "iat": now - 3600, "exp": exp, "jti": "t"});
+            "iss": "confab", "aud": "confab", "iat": now - 3600, "exp": exp, "jti": "t"});
         jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),
             &claims,
@@ -149,6 +149,52 @@ async fn missing_malformed_forged_and_expired_tokens_are_401() {
     let answer = app.get("/api/auth/me/", &expired).await;
     assert_error(&answer, 401, "unauthorized");
     assert!(answer.1["detail"].as_str().unwrap().contains("expired"));
+    // Signed with the right secret, but not issued by Confab for Confab.
+    for (iss, aud) in [("someone-else", "confab"), ("confab", "another-app")] {
+        let claims = json!({"token_type": "access", "user_id": frank.id, "sub": frank.id.to_string(),
+            "iss": iss, "aud": aud, "iat": now, "exp": now + 600, "jti": "t"});
+        let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes());
+        let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
+        assert_error(&app.get("/api/auth/me/", &token).await, 401, "unauthorized");
+    }
+}
+
+async fn refresh(app: &TestApp, token: &str) -> (u16, serde_json::Value) {
+    app.post_anon("/api/auth/token/refresh/", json!({"refresh": token})).await
+}
+
+#[tokio::test]
+async fn a_refresh_spends_its_token_and_a_spent_one_signs_the_whole_sign_in_out() {
+    let app = TestApp::spawn().await;
+    let erin = app.signup("erin", "client").await;
+    let other_device = app.login("erin").await; // another sign-in of the same user
+    let (status, first) = refresh(&app, &erin.refresh).await;
+    assert_eq!(status, 200);
+    let r1 = first["refresh"].as_str().unwrap().to_owned();
+    let (status, second) = refresh(&app, &r1).await;
+    assert_eq!(status, 200, "the new one works once");
+    let r2 = second["refresh"].as_str().unwrap().to_owned();
+
+    // The first token again: someone kept a copy. Refused, and the sign-in is revoked.
+    let (status, body) = refresh(&app, &erin.refresh).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"], "unauthorized");
+    assert!(body["detail"].as_str().unwrap().contains("already used"), "{body}");
+    assert_error(&refresh(&app, &r2).await, 401, "unauthorized");
+    // The other sign-in is untouched.
+    assert_eq!(refresh(&app, &other_device.refresh).await.0, 200);
+}
+
+#[tokio::test]
+async fn two_refreshes_racing_with_one_token_rotate_it_once() {
+    let app = TestApp::spawn().await;
+    let erin = app.signup("erin", "client").await;
+    let answers = futures::future::join_all((0..4).map(|_| refresh(&app, &erin.refresh))).await;
+    let ok = answers.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(ok, 1, "{answers:?}");
+    // The losers presented a spent token: the winner's new one is revoked too.
+    let (_, winner) = answers.iter().find(|(s, _)| *s == 200).unwrap();
+    assert_error(&refresh(&app, winner["refresh"].as_str().unwrap()).await, 401, "unauthorized");
 }
 
 /// A sign-in through reqwest, keeping the answer's headers.

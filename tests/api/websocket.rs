@@ -79,7 +79,7 @@ async fn missing_forged_expired_and_refresh_tokens_are_refused() {
     let app = TestApp::spawn_with(|c| c.ws.auth_timeout = Duration::from_millis(300)).await;
     let alice = app.signup("alice", "client").await;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let claims = json!({"token_type": "access", "user_id": alice.id, "sub": alice.id.to_string(),
+    let claims = json!({"token_type": "access", "user_id": alice.id, "sub": alice.id.to_string(), "iss": "confab", "aud": "confab",
         "iat": now - 3600, "exp": now - 600, "jti": "x"});
     let key = jsonwebtoken::EncodingKey::from_secret(crate::support::JWT_SECRET.as_bytes());
     let expired = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
@@ -671,4 +671,55 @@ async fn shutdown_closes_sockets_with_1001_and_every_acked_message_is_stored() {
     let stored_keys: HashSet<String> = stored.results.iter().filter_map(|m| m.client_msg_id.clone()).collect();
     assert!(!acked.is_empty());
     assert_eq!(acked, stored_keys, "every stored message was acked before the close, and every acked one stored");
+}
+
+#[tokio::test]
+async fn a_socket_closes_with_4401_when_its_token_expires() {
+    let app = TestApp::spawn_with(|c| c.access_token_ttl = Duration::from_secs(2)).await;
+    let alice = app.signup("alice", "client").await;
+    let mut ws = app.ws(&alice).await;
+    ws.assert_nothing_pending().await;
+    let started = std::time::Instant::now();
+    let (code, _) = ws.until_close().await;
+    assert_eq!(code, 4401);
+    assert!(started.elapsed() < Duration::from_secs(3), "closed at the token's expiry: {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn an_auth_frame_with_a_fresh_token_keeps_the_socket_open_until_that_one_expires() {
+    let app = TestApp::spawn_with(|c| c.access_token_ttl = Duration::from_secs(3)).await;
+    let alice = app.signup("alice", "client").await;
+    let mut ws = app.ws(&alice).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let fresh = app.login("alice").await;
+    ws.send(json!({"type": "auth", "token": fresh.token})).await;
+    let authed = ws.next().await;
+    assert_eq!(authed["type"], "authed", "{authed}");
+    let exp = authed["exp"].as_i64().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!((now + 1..=now + 3).contains(&exp), "the fresh token's expiry: {exp} (now {now})");
+    // Past the first token's expiry, the socket still works.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    ws.assert_nothing_pending().await;
+    let (code, _) = ws.until_close().await;
+    assert_eq!(code, 4401, "then it closes when the fresh one expires");
+}
+
+#[tokio::test]
+async fn an_auth_frame_with_another_users_token_closes_at_once_and_a_bad_one_is_refused() {
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice", "client").await;
+    let bob = app.signup("bob", "client").await;
+    let mut ws = app.ws(&alice).await;
+    for bad in [json!({"type": "auth", "token": "not.a.token"}), json!({"type": "auth", "token": alice.refresh})] {
+        ws.send(bad).await;
+        let answer = ws.next().await;
+        assert_eq!((answer["type"].as_str(), answer["error"].as_str()), (Some("error"), Some("unauthorized")));
+    }
+    ws.send(json!({"type": "auth"})).await;
+    assert_eq!(ws.next().await["error"], "validation_failed");
+    ws.assert_nothing_pending().await;
+    ws.send(json!({"type": "auth", "token": bob.token})).await;
+    let (code, _) = ws.until_close().await;
+    assert_eq!(code, 4401);
 }

@@ -153,3 +153,22 @@ test("a client without a token waits and tries again instead of connecting", asy
   assert.equal(FakeSocket.all[0]?.url, "wss://chat.test/ws/chat/?token=later");
   client.close();
 });
+
+test("before its token expires, the connection is renewed with an auth frame, not a reconnect", async () => {
+  FakeSocket.all = [];
+  const jwt = (/** @type {number} */ ttl, /** @type {string} */ name) => {
+    const now = Math.floor(Date.now() / 1000);
+    return `x.${Buffer.from(JSON.stringify({ exp: now + ttl, iat: now, name })).toString("base64url")}.y`;
+  };
+  const first = jwt(1, "first");
+  const fresh = jwt(600, "fresh");
+  let calls = 0;
+  const client = new ConfabClient({ server: "http://chat.test", getToken: () => (++calls === 1 ? first : fresh), WebSocket: /** @type {any} */ (FakeSocket), backoff: new Backoff({ base: 1, max: 2 }) });
+  client.connect();
+  await tick();
+  FakeSocket.all[0].open();
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+  assert.deepEqual(FakeSocket.all[0].sent.filter((f) => f.type === "auth"), [{ type: "auth", token: fresh }]);
+  assert.equal(FakeSocket.all.length, 1, "no reconnect");
+  client.close();
+});
