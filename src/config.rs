@@ -118,6 +118,12 @@ pub struct ServeArgs {
     /// How many of those a user may send in one burst.
     #[arg(long, env = "CONFAB_RATE_BURST", default_value_t = 60)]
     pub rate_burst: u32,
+    /// Hire Me, proposals and proposal chats one user may start per minute, on average.
+    #[arg(long, env = "CONFAB_WORKFLOWS_PER_MINUTE", default_value_t = 30)]
+    pub workflows_per_minute: u32,
+    /// …and in a burst.
+    #[arg(long, env = "CONFAB_WORKFLOW_BURST", default_value_t = 60)]
+    pub workflow_burst: u32,
     /// Sign-in and sign-up attempts one client address may make per minute; past it, 429.
     #[arg(long, env = "CONFAB_SIGNIN_ATTEMPTS_PER_MINUTE", default_value_t = 30)]
     pub signin_attempts_per_minute: u32,
@@ -272,6 +278,8 @@ impl From<&ServeArgs> for Config {
                 max_text_chars: a.max_text_chars,
                 messages_per_second: a.rate_limit,
                 message_burst: a.rate_burst,
+                workflows_per_minute: a.workflows_per_minute,
+                workflow_burst: a.workflow_burst,
                 sign_in: SignInLimits {
                     attempts_per_address_per_minute: a.signin_attempts_per_minute.max(1),
                     failures_per_account: a.signin_failures_per_account.max(1),

@@ -76,7 +76,7 @@ impl Chat {
         let members = match self.members.get(thread) {
             Some(m) => m,
             None => {
-                let users = self.store().participants(thread).await?;
+                let users: Vec<User> = self.store().participants(thread).await?.into_iter().map(|p| p.user).collect();
                 if users.is_empty() {
                     return Err(Error::not_found("thread"));
                 }
@@ -214,6 +214,19 @@ impl Chat {
         let record = self.store().thread(id, viewer.id).await?.ok_or_else(|| Error::not_found("thread"))?;
         let page = self.store().messages(id, cursor, limit).await?;
         Ok(page.map(|m| Message::view(m, &record.participants)))
+    }
+
+    /// A page of a `sync` replay: membership from the cache and read markers from
+    /// one cheap read, instead of the thread with its unread count per page (which a
+    /// client looping on `sync` would make the database count again and again).
+    ///
+    /// # Errors
+    /// `not_found` when `viewer` is not in the thread.
+    pub async fn replay_page(&self, viewer: &User, id: ThreadId, after: Seq, limit: u32) -> Result<Page<Message>> {
+        self.members_for(id, viewer.id).await?;
+        let participants = self.store().participants(id).await?;
+        let page = self.store().messages(id, Cursor::After(after), limit).await?;
+        Ok(page.map(|m| Message::view(m, &participants)))
     }
 
     /// The messages of `viewer`'s direct thread with `other` (seed route).

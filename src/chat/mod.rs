@@ -43,13 +43,24 @@ pub struct Limits {
     pub messages_per_second: u32,
     /// …and in a burst: enough for a person, far below what a flooding script sends.
     pub message_burst: u32,
+    /// Hire Me, proposals and proposal chats a user may start per minute, on
+    /// average, and in a burst: each opens a thread with someone else.
+    pub workflows_per_minute: u32,
+    pub workflow_burst: u32,
     /// Password guessing: attempts per address, failures per account.
     pub sign_in: SignInLimits,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_text_chars: 4000, messages_per_second: 20, message_burst: 60, sign_in: SignInLimits::default() }
+        Self {
+            max_text_chars: 4000,
+            messages_per_second: 20,
+            message_burst: 60,
+            workflows_per_minute: 30,
+            workflow_burst: 60,
+            sign_in: SignInLimits::default(),
+        }
     }
 }
 
@@ -64,6 +75,7 @@ pub struct Chat {
     limits: Limits,
     members: Arc<Members>,
     rate: Arc<RateLimiter>,
+    workflow_rate: Arc<RateLimiter>,
     throttle: Arc<SignInThrottle>,
     sends: mpsc::Sender<Job>,
     committer: Arc<Committer>,
@@ -95,7 +107,11 @@ impl Chat {
             bus,
             limits,
             members: Arc::new(Members::default()),
-            rate: Arc::new(RateLimiter::new(limits.messages_per_second, limits.message_burst)),
+            rate: Arc::new(RateLimiter::new(f64::from(limits.messages_per_second), limits.message_burst)),
+            workflow_rate: Arc::new(RateLimiter::new(
+                f64::from(limits.workflows_per_minute) / 60.0,
+                limits.workflow_burst,
+            )),
             throttle: Arc::new(SignInThrottle::new(limits.sign_in)),
             sends,
             committer: Arc::new(Committer { stop, task: Mutex::new(Some(task)), metrics }),

@@ -19,8 +19,8 @@ pub(super) struct RateLimiter {
 }
 
 impl RateLimiter {
-    pub(super) fn new(per_second: u32, burst: u32) -> Self {
-        Self { per_second: f64::from(per_second), burst: f64::from(burst.max(1)), buckets: Mutex::default() }
+    pub(super) fn new(per_second: f64, burst: u32) -> Self {
+        Self { per_second: per_second.max(0.0), burst: f64::from(burst.max(1)), buckets: Mutex::default() }
     }
 
     /// Takes one token for `user`; false when their bucket is empty.
@@ -49,7 +49,7 @@ mod tests {
 
     #[test]
     fn a_burst_is_allowed_then_refused_until_tokens_refill() {
-        let limiter = RateLimiter::new(0, 3);
+        let limiter = RateLimiter::new(0.0, 3);
         let results: Vec<bool> = (0..5).map(|_| limiter.allow(UserId(1))).collect();
         assert_eq!(results, vec![true, true, true, false, false]);
         assert!(limiter.allow(UserId(2)), "buckets are per user");

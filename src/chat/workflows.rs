@@ -26,6 +26,14 @@ pub struct ProposalSubmitted {
 }
 
 impl Chat {
+    fn check_workflow_rate(&self, caller: &User) -> Result<()> {
+        if self.workflow_rate.allow(caller.id) {
+            Ok(())
+        } else {
+            Err(Error::rejected(ErrorCode::RateLimited, "too many new conversations for now; try again in a minute"))
+        }
+    }
+
     /// Hire Me: the caller's direct thread with a freelancer, created on first use.
     ///
     /// # Errors
@@ -35,6 +43,7 @@ impl Chat {
         if caller.role != Role::Client {
             return Err(Error::forbidden("only clients can hire freelancers"));
         }
+        self.check_workflow_rate(caller)?;
         if freelancer == caller.id {
             return Err(Error::validation("you cannot hire yourself"));
         }
@@ -58,6 +67,7 @@ impl Chat {
         if caller.role != Role::Freelancer {
             return Err(Error::forbidden("only freelancers can start a proposal chat"));
         }
+        self.check_workflow_rate(caller)?;
         let job = self.job(job).await?;
         let open = OpenThread {
             key: ThreadKey::Job { job: job.id, a: caller.id, b: job.client.id },
@@ -72,7 +82,7 @@ impl Chat {
     /// # Errors
     /// `forbidden` for a caller who is not a freelancer; `not_found` for an unknown job;
     /// `validation_failed` for a bad field; `conflict` for a closed job or a second
-    /// proposal by the same freelancer.
+    /// proposal by the same freelancer; `rate_limited` past the workflow limit.
     pub async fn submit_proposal(
         &self,
         caller: &User,
@@ -83,6 +93,7 @@ impl Chat {
         if caller.role != Role::Freelancer {
             return Err(Error::forbidden("only freelancers can submit proposals"));
         }
+        self.check_workflow_rate(caller)?;
         let cover_letter = LongText::parse("cover_letter", cover_letter)?.into_inner();
         let bid_amount = Money::parse("bid_amount", bid_amount)?;
         let job = self.job(job).await?;

@@ -331,7 +331,7 @@ pub async fn a_thread_is_invisible_to_outsiders(store: Arc<dyn Store>) {
     assert!(store.thread(thread, c.id).await.unwrap().is_none());
     assert!(store.thread(ThreadId::generate(), a.id).await.unwrap().is_none());
     assert!(store.inbox(c.id, InboxFrom::Start, 50).await.unwrap().results.is_empty());
-    let members: Vec<UserId> = store.participants(thread).await.unwrap().iter().map(|u| u.id).collect();
+    let members: Vec<UserId> = store.participants(thread).await.unwrap().iter().map(|p| p.user.id).collect();
     assert_eq!(members, vec![a.id, b.id]);
     assert!(store.participants(ThreadId::generate()).await.unwrap().is_empty());
 }

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::domain::{
-    ClientMsgId, Freelancer, InboxCursor, Job, JobId, MessageRecord, Money, Page, PageRequest, Profile, Proposal, Role,
-    Seq, SystemMessage, ThreadId, ThreadRecord, Timestamp, User, UserId,
+    ClientMsgId, Freelancer, InboxCursor, Job, JobId, MessageRecord, Money, Page, PageRequest, Participant, Profile,
+    Proposal, Role, Seq, SystemMessage, ThreadId, ThreadRecord, Timestamp, User, UserId,
 };
 
 pub use postgres::PostgresStore;
@@ -256,8 +256,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// The thread as `viewer` sees it; `None` when it does not exist or `viewer` is not in it.
     async fn thread(&self, id: ThreadId, viewer: UserId) -> Result<Option<ThreadRecord>>;
-    /// The participants of a thread (empty for an unknown thread).
-    async fn participants(&self, id: ThreadId) -> Result<Vec<User>>;
+    /// The participants of a thread with their read markers (empty for an unknown
+    /// thread): cheap, no unread count.
+    async fn participants(&self, id: ThreadId) -> Result<Vec<Participant>>;
     /// `viewer`'s threads, most recent activity first (ties broken by id, so the
     /// order is total and a keyset walk repeats and skips nothing).
     async fn inbox(&self, viewer: UserId, from: InboxFrom, limit: u32) -> Result<Page<ThreadRecord>>;

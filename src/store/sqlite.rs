@@ -403,9 +403,9 @@ impl Store for SqliteStore {
         row.into_record(participants).map(Some)
     }
 
-    async fn participants(&self, id: ThreadId) -> Result<Vec<User>> {
+    async fn participants(&self, id: ThreadId) -> Result<Vec<Participant>> {
         let participants = self.participants_of(&[id.0]).await?;
-        Ok(participants.into_values().flatten().map(|p| p.user).collect())
+        Ok(participants.into_values().flatten().collect())
     }
 
     async fn inbox(&self, viewer: UserId, from: InboxFrom, limit: u32) -> Result<Page<ThreadRecord>> {

@@ -36,6 +36,12 @@ const WRITE_BATCH: usize = 128;
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(3);
 /// A deadline beyond any token's life.
 const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// The shortest time between the end of one `sync` and the start of the next.
+const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Typing events passed on per thread and connection: at most one per interval.
+const TYPING_INTERVAL: Duration = Duration::from_secs(2);
+/// Threads whose last typing event a connection remembers before forgetting old ones.
+const MAX_TYPING_THREADS: usize = 64;
 /// A sync replays in pages of this many messages.
 const SYNC_PAGE: u32 = 200;
 
@@ -75,6 +81,8 @@ pub(crate) async fn run(socket: Socket, state: AppState, user: Option<(User, Tim
         queue,
         closer,
         expires: expiry_deadline(expires),
+        last_sync: None,
+        typing_sent: HashMap::new(),
     };
     let client_closed = session.read_loop(&mut stream, &state.shutdown, limits.idle_timeout).await;
     if client_closed {
@@ -150,6 +158,10 @@ struct Session<'a> {
     closer: Closer,
     /// When the token the connection lives on expires (moved by each `auth`).
     expires: Instant,
+    /// When the last `sync` ended: the next one waits for `SYNC_INTERVAL` after it.
+    last_sync: Option<Instant>,
+    /// When this connection last passed on a typing event, per thread.
+    typing_sent: HashMap<ThreadId, Instant>,
 }
 
 impl Session<'_> {
@@ -251,6 +263,15 @@ impl Session<'_> {
             Some("message") => self.message(frame).await,
             Some("typing") => {
                 let Some(thread) = self.thread_field(frame.thread_id.as_deref(), None) else { return };
+                // A typing indicator says "still typing" for seconds; more often is noise.
+                let now = Instant::now();
+                if self.typing_sent.get(&thread).is_some_and(|at| now.duration_since(*at) < TYPING_INTERVAL) {
+                    return;
+                }
+                if self.typing_sent.len() >= MAX_TYPING_THREADS {
+                    self.typing_sent.retain(|_, at| now.duration_since(*at) < TYPING_INTERVAL);
+                }
+                self.typing_sent.insert(thread, now);
                 if let Err(e) = self.state.chat.typing(self.user, thread).await {
                     self.refused(&e, None);
                 }
@@ -337,10 +358,21 @@ impl Session<'_> {
             };
             seen.insert(id, Seq(seq));
         }
+        // One sync at a time (this loop reads no frame meanwhile), and at most one per
+        // interval: a client looping on `sync` waits instead of replaying in a loop.
+        if let Some(last) = self.last_sync {
+            tokio::select! {
+                biased;
+                () = self.closer.closed() => return,
+                () = sleep_until(last + SYNC_INTERVAL) => {}
+            }
+        }
         if !self.push_wait(Outgoing::Hold).await {
             return;
         }
-        let release = match self.replay(&seen).await {
+        let replayed = self.replay(&seen).await;
+        self.last_sync = Some(Instant::now());
+        let release = match replayed {
             Ok(Some(heads)) => Outgoing::Release { trailer: protocol::synced(), heads: Some(heads) },
             Ok(None) => return,
             Err(e) => Outgoing::Release { trailer: protocol::error(e.code(), &e.detail(), None), heads: None },
@@ -358,7 +390,7 @@ impl Session<'_> {
         let plan = chat.sync_plan(self.user, seen).await?;
         for (thread, mut after) in plan.replay {
             loop {
-                let page = chat.messages(self.user, thread, Cursor::After(after), SYNC_PAGE).await?;
+                let page = chat.replay_page(self.user, thread, after, SYNC_PAGE).await?;
                 for part in page.results.chunks(chunk) {
                     // Wait for room for this chunk and the headroom, but take only the
                     // chunk's: live events must still find the headroom free.

@@ -723,3 +723,41 @@ async fn an_auth_frame_with_another_users_token_closes_at_once_and_a_bad_one_is_
     let (code, _) = ws.until_close().await;
     assert_eq!(code, 4401);
 }
+
+#[tokio::test]
+async fn typing_events_are_passed_on_at_most_once_per_interval() {
+    let app = TestApp::spawn().await;
+    let (alice, bob) = pair(&app).await;
+    let thread = app.hire(&alice, &bob).await;
+    let (mut a, mut b) = (app.ws(&alice).await, app.ws(&bob).await);
+    for _ in 0..5 {
+        a.send(json!({"type": "typing", "thread_id": thread})).await;
+    }
+    a.send(json!({"type": "message", "thread_id": thread, "text": "done typing", "client_msg_id": "t-1"})).await;
+    assert_eq!(b.next().await["type"], "typing");
+    let next = b.next().await;
+    assert_eq!((next["type"].as_str(), next["message"]["text"].as_str()), (Some("new_message"), Some("done typing")));
+}
+
+#[tokio::test]
+async fn a_sync_loop_is_paced_one_sync_per_interval() {
+    let app = TestApp::spawn().await;
+    let (alice, bob) = pair(&app).await;
+    let thread = app.hire(&alice, &bob).await;
+    app.say(&alice, &thread, "hello").await;
+    let mut ws = app.ws(&alice).await;
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        ws.send(json!({"type": "sync", "threads": {}})).await;
+    }
+    let mut synced = Vec::new();
+    while synced.len() < 3 {
+        let event = ws.next().await;
+        if event["type"] == "synced" {
+            synced.push(started.elapsed());
+        }
+    }
+    assert!(synced[0] < Duration::from_millis(900), "the first at once: {synced:?}");
+    assert!(synced[2] >= Duration::from_secs(2), "then one a second: {synced:?}");
+    ws.assert_nothing_pending().await;
+}

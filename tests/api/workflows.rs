@@ -163,3 +163,31 @@ async fn proposal_chat_opens_a_job_thread_apart_from_the_direct_thread() {
         "validation_failed",
     );
 }
+
+#[tokio::test]
+async fn workflows_are_rate_limited_per_user() {
+    let app = TestApp::spawn_with(|c| {
+        c.limits.workflows_per_minute = 1;
+        c.limits.workflow_burst = 3;
+    })
+    .await;
+    let client = app.signup("carla", "client").await;
+    let other = app.signup("otto", "client").await;
+    let mut freelancers = Vec::new();
+    for n in 0..4 {
+        freelancers.push(app.signup(&format!("f{n}"), "freelancer").await);
+    }
+    for f in &freelancers[..3] {
+        assert_eq!(app.post("/api/chat/hire-freelancer/", &client.token, json!({"freelancer_id": f.id})).await.0, 201);
+    }
+    let refused =
+        app.post("/api/chat/hire-freelancer/", &client.token, json!({"freelancer_id": freelancers[3].id})).await;
+    assert_error(&refused, 429, "rate_limited");
+    // Nothing was opened by the refusal; another user is not limited by it.
+    let (_, inbox) = app.get("/api/chat/threads/", &freelancers[3].token).await;
+    assert_eq!(inbox["results"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        app.post("/api/chat/hire-freelancer/", &other.token, json!({"freelancer_id": freelancers[3].id})).await.0,
+        201
+    );
+}
