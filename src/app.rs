@@ -19,8 +19,8 @@ use crate::bus::{Bus, LocalBus, RedisBus};
 use crate::chat::Chat;
 use crate::config::{Config, Secret};
 use crate::http::{self, AppState, Metrics};
-use crate::store;
 use crate::ws::Hub;
+use crate::{server, store};
 
 /// How long shutdown waits for WebSocket sessions: their acks and close frames
 /// (5 s) and the clients' answers (5 s), with room to spare.
@@ -33,6 +33,8 @@ const SECRET_FILE: &str = "jwt_secret";
 /// A server that is bound and ready to serve.
 pub struct App {
     listener: TcpListener,
+    /// `/metrics`, when it is served apart from the public listener.
+    metrics_listener: Option<TcpListener>,
     state: AppState,
 }
 
@@ -66,7 +68,11 @@ impl App {
         };
         let listener =
             TcpListener::bind(state.config.listen).await.with_context(|| format!("binding {}", state.config.listen))?;
-        Ok(Self { listener, state })
+        let metrics_listener = match state.config.metrics_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("binding {addr} for /metrics"))?),
+            None => None,
+        };
+        Ok(Self { listener, metrics_listener, state })
     }
 
     /// The address actually bound (the real port when the config said 0).
@@ -75,6 +81,11 @@ impl App {
     /// Only if the OS cannot report the socket's address.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The address `/metrics` is served on when `--metrics-listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn chat(&self) -> &Chat {
@@ -90,16 +101,22 @@ impl App {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let (token, closing) = (self.state.shutdown.clone(), self.state.closing.clone());
         let (sessions, chat) = (self.state.sessions.clone(), self.state.chat.clone());
-        let stopping = token.clone();
+        let stop_accepting = CancellationToken::new();
+        let stopping = (token.clone(), stop_accepting.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = shutdown => {},
+                () = stopping.0.cancelled() => {},
+            }
+            stopping.1.cancel();
+        });
+        let limits = self.state.config.http;
+        if let Some(listener) = self.metrics_listener {
+            let metrics = http::metrics_service(self.state.clone());
+            tokio::spawn(server::serve(listener, metrics, limits, stop_accepting.clone()));
+        }
         let service = http::service(self.state);
-        let served = axum::serve(self.listener, service)
-            .with_graceful_shutdown(async move {
-                tokio::select! {
-                    () = shutdown => {},
-                    () = stopping.cancelled() => {},
-                }
-            })
-            .await;
+        server::serve(self.listener, service, limits, stop_accepting).await;
         // Stop reading frames, store what was accepted (its acks are queued), then
         // let every writer flush and close with 1001.
         token.cancel();
@@ -110,7 +127,7 @@ impl App {
             tracing::warn!("some WebSocket sessions did not close in time");
         }
         chat.bus().close();
-        served
+        Ok(())
     }
 }
 

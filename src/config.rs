@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::chat::{Limits, SignInLimits};
+use crate::server::HttpLimits;
 
 /// A value that must not reach a log: `Debug` prints `***`.
 #[derive(Clone, PartialEq, Eq)]
@@ -124,6 +125,22 @@ pub struct ServeArgs {
     /// …and in a burst.
     #[arg(long, env = "CONFAB_WORKFLOW_BURST", default_value_t = 60)]
     pub workflow_burst: u32,
+    /// Seconds a client has to send a request's headers; slower ones are dropped.
+    #[arg(long, env = "CONFAB_HTTP_HEADER_TIMEOUT", default_value_t = 10)]
+    pub http_header_timeout: u64,
+    /// Seconds a request (its body included) may take before it is answered 503.
+    #[arg(long, env = "CONFAB_HTTP_REQUEST_TIMEOUT", default_value_t = 30)]
+    pub http_request_timeout: u64,
+    /// Connections open at once, HTTP and WebSocket; past it, 503. Default: the
+    /// process's descriptor limit less 256 (for the database, logs and Redis).
+    #[arg(long, env = "CONFAB_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// WebSocket connections from one client address.
+    #[arg(long, env = "CONFAB_WS_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 1000)]
+    pub ws_max_connections_per_address: usize,
+    /// Serve `/metrics` on this address (e.g. 127.0.0.1:9100) instead of the public one.
+    #[arg(long, env = "CONFAB_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Sign-in and sign-up attempts one client address may make per minute; past it, 429.
     #[arg(long, env = "CONFAB_SIGNIN_ATTEMPTS_PER_MINUTE", default_value_t = 30)]
     pub signin_attempts_per_minute: u32,
@@ -205,6 +222,12 @@ pub struct Config {
     pub trust_forwarded_for: bool,
     pub limits: Limits,
     pub max_body_bytes: usize,
+    /// Header-read deadline and the connection cap of the accept loop.
+    pub http: HttpLimits,
+    /// Time a request may take before it is answered 503.
+    pub http_request_timeout: Duration,
+    /// Where `/metrics` is served when not on the public listener.
+    pub metrics_listen: Option<SocketAddr>,
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
     pub ws: WsLimits,
@@ -226,6 +249,9 @@ pub struct WsLimits {
     pub auth_timeout: Duration,
     /// Enough for every device a person has; a bound so one account cannot hold many sockets.
     pub max_connections_per_user: usize,
+    /// One office or carrier NAT holds many users; one attacker's address should not
+    /// hold the node's sockets.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for WsLimits {
@@ -237,8 +263,16 @@ impl Default for WsLimits {
             idle_timeout: Duration::from_secs(90),
             auth_timeout: Duration::from_secs(5),
             max_connections_per_user: 16,
+            max_connections_per_address: 1000,
         }
     }
+}
+
+/// The process's descriptor limit less what the database, Redis and logs need:
+/// past it, an accepted socket would fail anyway, and the store with it.
+fn default_max_connections() -> usize {
+    let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
+    usize::try_from(soft.saturating_sub(256)).unwrap_or(usize::MAX).max(64)
 }
 
 impl Config {
@@ -256,6 +290,9 @@ impl Config {
             trust_forwarded_for: false,
             limits: Limits::default(),
             max_body_bytes: 64 * 1024,
+            http: HttpLimits { header_timeout: Duration::from_secs(10), max_connections: default_max_connections() },
+            http_request_timeout: Duration::from_secs(30),
+            metrics_listen: None,
             access_token_ttl: Duration::from_secs(900),
             refresh_token_ttl: Duration::from_secs(7 * 24 * 3600),
             ws: WsLimits::default(),
@@ -287,6 +324,12 @@ impl From<&ServeArgs> for Config {
                 },
             },
             max_body_bytes: a.max_body_bytes,
+            http: HttpLimits {
+                header_timeout: Duration::from_secs(a.http_header_timeout.max(1)),
+                max_connections: a.max_connections.unwrap_or_else(default_max_connections).max(1),
+            },
+            http_request_timeout: Duration::from_secs(a.http_request_timeout.max(1)),
+            metrics_listen: a.metrics_listen,
             access_token_ttl: Duration::from_secs(a.access_token_ttl),
             refresh_token_ttl: Duration::from_secs(a.refresh_token_ttl),
             ws: WsLimits {
@@ -296,6 +339,7 @@ impl From<&ServeArgs> for Config {
                 idle_timeout: Duration::from_secs(a.ws_idle_timeout.max(1)),
                 auth_timeout: WsLimits::default().auth_timeout,
                 max_connections_per_user: a.ws_max_connections_per_user.max(1),
+                max_connections_per_address: a.ws_max_connections_per_address.max(1),
             },
         }
     }

@@ -9,6 +9,7 @@
 //! - [`chat`]: the use-cases (register, hire, propose, send, read, page), over a `Store`.
 //! - [`http`]: the axum routes, extractors and the one error type of the REST API.
 //! - [`ws`]: the WebSocket endpoint, its sessions and this node's hub of connections.
+//! - [`server`]: the accept loop (header deadline, connection cap, graceful stop).
 //! - [`app`]: builds the state, binds the listener, serves until shutdown.
 //! - [`config`]: the command line and environment; [`demo`]: the demo marketplace.
 
@@ -20,5 +21,6 @@ pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod http;
+pub mod server;
 pub mod store;
 pub mod ws;

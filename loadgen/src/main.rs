@@ -72,9 +72,10 @@ enum Command {
 /// What every scenario is pointed at, and how it reports.
 #[derive(clap::Args)]
 struct Target {
-    /// The server, e.g. http://127.0.0.1:8080.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    base: String,
+    /// The server, e.g. http://127.0.0.1:8080; for `pairs`, several nodes of one
+    /// deployment, comma-separated (users are spread over them; sign-ups go to the first).
+    #[arg(long, default_value = "http://127.0.0.1:8080", value_delimiter = ',')]
+    base: Vec<String>,
     /// The server's process id, to report its CPU and memory.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -90,11 +91,12 @@ struct Target {
 }
 
 impl Target {
-    /// Registers and signs in `count` users.
-    async fn users(&self, count: usize) -> anyhow::Result<(String, Vec<users::SignedIn>)> {
-        let base = self.base.trim_end_matches('/').to_owned();
-        let signed_in = users::sign_up(&base, &self.prefix, count, self.signup_concurrency).await?;
-        Ok((base, signed_in))
+    /// Registers and signs in `count` users on the first server; answers every server.
+    async fn users(&self, count: usize) -> anyhow::Result<(Vec<String>, Vec<users::SignedIn>)> {
+        let bases: Vec<String> = self.base.iter().map(|b| b.trim_end_matches('/').to_owned()).collect();
+        let first = bases.first().context("--base names no server")?;
+        let signed_in = users::sign_up(first, &self.prefix, count, self.signup_concurrency).await?;
+        Ok((bases, signed_in))
     }
 }
 
@@ -111,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
             let server_pid = target.server_pid;
             let options =
                 idle::Options { connections, concurrency, hold: Duration::from_secs(hold), sample, server_pid };
-            let r = idle::run(&base, &signed_in, &options).await?;
+            let r = idle::run(&base[0], &signed_in, &options).await?;
             if target.json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {

@@ -80,15 +80,18 @@ struct Side {
 }
 
 /// Runs the scenario over `users` (paired 0–1, 2–3, …; an odd last one sits out).
+/// With several servers (nodes of one deployment), user `i` connects to
+/// `bases[i % n]`, so with two nodes every pair spans both.
 ///
 /// # Errors
-/// A connection that cannot be opened.
-pub async fn run(base: &str, users: &[SignedIn], options: &Options) -> anyhow::Result<Report> {
+/// No server, or a connection that cannot be opened.
+pub async fn run(bases: &[String], users: &[SignedIn], options: &Options) -> anyhow::Result<Report> {
+    let base = bases.first().context("no server to run against")?.as_str();
     let paired = users.len() / 2 * 2;
     let epoch = Instant::now();
-    let ws_base = base.replacen("http", "ws", 1);
     let mut sockets = Vec::with_capacity(paired);
-    for user in &users[..paired] {
+    for (i, user) in users[..paired].iter().enumerate() {
+        let ws_base = bases[i % bases.len()].replacen("http", "ws", 1);
         let url = format!("{ws_base}/ws/chat/?token={}", user.token);
         let (socket, _) = tokio_tungstenite::connect_async(url).await.context("opening a WebSocket")?;
         sockets.push(socket);

@@ -32,7 +32,7 @@ use crate::config::Config;
 use crate::ws::{self, Hub};
 
 pub use error::{ApiError, ErrorBody, status_of};
-pub(crate) use extract::token_error;
+pub(crate) use extract::{ClientAddr, token_error};
 pub use metrics::Metrics;
 pub use openapi::ApiDoc;
 
@@ -96,13 +96,15 @@ pub fn router(state: AppState) -> Router {
         .route("/widget.js", get(web::widget).layer(CompressionLayer::new()))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
         .route("/api/openapi.json", get(ops::openapi));
+    // Public unless the deployment serves it on a listener of its own.
+    let api = if state.config.metrics_listen.is_none() { api.route("/metrics", get(ops::metrics)) } else { api };
     let api = web::PAGES.iter().fold(api, |api, path| api.route(path, get(web::page).layer(CompressionLayer::new())));
     let app = api
         .fallback(accounts::not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(state.config.http_request_timeout, deadline))
         .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::track))
         .layer(axum::middleware::from_fn(security_headers));
     let app = match cors(&state.config.allowed_origins) {
@@ -128,6 +130,30 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
             .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT])
             .max_age(std::time::Duration::from_secs(600)),
     )
+}
+
+/// Answers a request that takes too long (a body trickled in, say) with 503, so a
+/// slow client cannot hold a request open.
+async fn deadline(
+    axum::extract::State(limit): axum::extract::State<std::time::Duration>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let detail = format!("the request took longer than {} s; send it again", limit.as_secs());
+            axum::response::IntoResponse::into_response(ApiError::new(crate::domain::ErrorCode::Unavailable, detail))
+        }
+    }
+}
+
+/// `/metrics` alone, for `--metrics-listen`.
+pub fn metrics_service(
+    state: AppState,
+) -> axum::extract::connect_info::IntoMakeServiceWithConnectInfo<Router, std::net::SocketAddr> {
+    let app = Router::new().route("/metrics", get(ops::metrics)).with_state(state);
+    app.into_make_service_with_connect_info::<std::net::SocketAddr>()
 }
 
 /// Headers every answer carries: no MIME sniffing.

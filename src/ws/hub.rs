@@ -4,6 +4,7 @@
 //! server a bounded queue, never unbounded memory or a stalled sender.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
 
@@ -72,6 +73,8 @@ pub struct Hub {
     metrics: HubMetrics,
     /// The bus to tell when a user's first connection opens or last one closes.
     bus: OnceLock<Weak<dyn Bus>>,
+    /// WebSocket connections per client address.
+    addresses: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// Refused registration: the user has too many open connections.
@@ -100,6 +103,7 @@ impl Hub {
             max_per_user,
             metrics,
             bus: OnceLock::new(),
+            addresses: Mutex::default(),
         })
     }
 
@@ -110,6 +114,17 @@ impl Hub {
 
     fn bus(&self) -> Option<Arc<dyn Bus>> {
         self.bus.get().and_then(Weak::upgrade)
+    }
+
+    /// A place for one more connection from `address`, if it has fewer than `max`.
+    pub(crate) fn admit_address(self: &Arc<Self>, address: IpAddr, max: usize) -> Option<AddressSlot> {
+        let mut addresses = self.addresses.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = addresses.entry(address).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot { hub: self.clone(), address })
     }
 
     pub(crate) fn connections_of(&self, user: UserId) -> usize {
@@ -221,6 +236,25 @@ impl Sink for Hub {
                 let frame = protocol::error(*code, detail, client_msg_id.as_deref());
                 let item = Outgoing::Refused { thread: None, client_msg_id: client_msg_id.clone(), frame };
                 self.to_connection(*user, *connection, item);
+            }
+        }
+    }
+}
+
+/// A connection's place among its address's; dropping it gives the place back.
+#[derive(Debug)]
+pub(crate) struct AddressSlot {
+    hub: Arc<Hub>,
+    address: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut addresses = self.hub.addresses.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = addresses.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                addresses.remove(&self.address);
             }
         }
     }

@@ -19,7 +19,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::domain::ErrorCode;
-use crate::http::{ApiError, AppState};
+use crate::http::{ApiError, AppState, ClientAddr};
+use crate::server::ConnectionSlot;
 
 pub use hub::Hub;
 
@@ -49,7 +50,11 @@ const TOKEN_PROTOCOLS: [&str; 4] = ["bearer", "access_token", "jwt", "confab"];
 /// `Sec-WebSocket-Protocol` header is checked now (401 when bad); without one, the
 /// client must send an `auth` frame first. The handshake is ours rather than
 /// axum's so that the socket can read through `fragment::Refragment`.
-pub(crate) async fn connect_ws(State(state): State<AppState>, mut request: Request) -> Response {
+pub(crate) async fn connect_ws(
+    State(state): State<AppState>,
+    ClientAddr(from): ClientAddr,
+    mut request: Request,
+) -> Response {
     let query = match Query::<WsQuery>::try_from_uri(request.uri()) {
         Ok(Query(query)) => query,
         Err(e) => return ApiError::new(ErrorCode::ValidationFailed, format!("bad query string: {e}")).into_response(),
@@ -95,6 +100,12 @@ pub(crate) async fn connect_ws(State(state): State<AppState>, mut request: Reque
     {
         return ApiError::new(ErrorCode::RateLimited, "too many open connections for this user").into_response();
     }
+    let Some(address_slot) = state.hub.admit_address(from, limits.max_connections_per_address) else {
+        let detail = "too many WebSocket connections from this address";
+        return ApiError::new(ErrorCode::RateLimited, detail).into_response();
+    };
+    // The server's connection place (see `server`): held by the session from now on.
+    let connection_slot = request.extensions_mut().remove::<ConnectionSlot>();
     let Some(on_upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
         let detail = "this connection cannot be upgraded (HTTP/1.1 with `Connection: upgrade` is needed)";
         return (StatusCode::UPGRADE_REQUIRED, ApiError::new(ErrorCode::ValidationFailed, detail)).into_response();
@@ -112,6 +123,7 @@ pub(crate) async fn connect_ws(State(state): State<AppState>, mut request: Reque
         .max_write_buffer_size(MAX_WRITE_BUFFER);
     let sessions = state.sessions.clone();
     sessions.spawn(async move {
+        let _held = (address_slot, connection_slot);
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => return tracing::debug!(error = %e, "websocket upgrade failed"),

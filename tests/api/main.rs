@@ -1,6 +1,7 @@
 //! End-to-end tests: the real server on port 0, driven over real HTTP.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
+mod abuse;
 mod accounts;
 mod cluster;
 mod load_balancer;

@@ -28,6 +28,8 @@ pub(crate) struct TestApp {
     pub(crate) base: String,
     pub(crate) client: reqwest::Client,
     pub(crate) data_dir: PathBuf,
+    /// Where `/metrics` is served when the test set `metrics_listen`.
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _dir: TempDir,
@@ -70,6 +72,7 @@ impl TestApp {
             confab::demo::load(app.chat()).await.expect("demo loads");
         }
         let addr = app.local_addr().expect("bound address");
+        let metrics_addr = app.metrics_addr();
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async {
             let _ = rx.await;
@@ -78,6 +81,7 @@ impl TestApp {
             base: format!("http://{addr}"),
             client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client"),
             data_dir,
+            metrics_addr,
             shutdown: Some(tx),
             server: Some(server),
             _dir: dir,
@@ -182,6 +186,7 @@ impl TestApp {
             base: base.to_owned(),
             client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client"),
             data_dir: PathBuf::new(),
+            metrics_addr: None,
             shutdown: None,
             server: None,
             _dir: tempfile::tempdir().expect("temp dir"),
