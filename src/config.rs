@@ -52,7 +52,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the API, the WebSocket endpoint and the web UI (the default).
-    Serve(ServeArgs),
+    /// Boxed: far larger than the other commands' arguments.
+    Serve(Box<ServeArgs>),
     /// Bring the database schema up to date and exit.
     Migrate(StoreArgs),
     /// Load the demo marketplace (safe to run again: it adds only what is missing).

@@ -30,7 +30,7 @@ async fn every_acked_message_is_delivered_through_the_relay_and_counted_once() {
     let base = relay_with(None).await;
     let signed = users::sign_up(&base, "t", 4, 4).await.unwrap();
     let options = pairs::Options { verify_pairs: 0, ..options() };
-    let report = pairs::run(&[base.clone()], &signed, &options).await.unwrap();
+    let report = pairs::run(std::slice::from_ref(&base), &signed, &options).await.unwrap();
     assert!(report.acked > 100, "{report:?}");
     assert_eq!(report.delivered, report.acked, "{report:?}");
     assert_eq!((report.lost_undelivered, report.lost_in_store), (0, None));
@@ -45,7 +45,7 @@ async fn deliveries_the_relay_drops_are_counted_as_lost() {
     let base = relay_with(Some(5)).await;
     let signed = users::sign_up(&base, "t", 2, 2).await.unwrap();
     let options = pairs::Options { verify_pairs: 0, ..options() };
-    let report = pairs::run(&[base.clone()], &signed, &options).await.unwrap();
+    let report = pairs::run(std::slice::from_ref(&base), &signed, &options).await.unwrap();
     assert_eq!(report.lost_undelivered, report.acked - report.delivered, "{report:?}");
     let expected = report.acked / 5;
     assert!(report.lost_undelivered.abs_diff(expected) <= 2, "about one in five lost: {report:?}");
@@ -63,7 +63,7 @@ async fn the_real_server_stores_and_delivers_every_acked_message() {
     let base = format!("http://{}", app.local_addr().unwrap());
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     let signed = users::sign_up(&base, "t", 4, 4).await.unwrap();
-    let report = pairs::run(&[base.clone()], &signed, &options()).await.unwrap();
+    let report = pairs::run(std::slice::from_ref(&base), &signed, &options()).await.unwrap();
     assert!(report.acked > 20, "{report:?}");
     assert_eq!(report.errors.len(), 0, "{report:?}");
     assert_eq!((report.lost_undelivered, report.lost_in_store), (0, Some(0)), "{report:?}");
@@ -77,7 +77,7 @@ async fn an_open_loop_sends_on_its_schedule_whatever_the_answers() {
     let base = relay_with(Some(5)).await;
     let signed = users::sign_up(&base, "t", 4, 4).await.unwrap();
     let options = pairs::Options { rate: Some(400.0), verify_pairs: 0, ..options() };
-    let report = pairs::run(&[base.clone()], &signed, &options).await.unwrap();
+    let report = pairs::run(std::slice::from_ref(&base), &signed, &options).await.unwrap();
     assert_eq!(report.offered_per_second, Some(400.0));
     assert!((360..=404).contains(&report.acked), "about 400 sent in the measured second: {report:?}");
     let expected = report.acked / 5;
