@@ -3,7 +3,7 @@
 //! exactly-once; a batch takes its thread locks in id order so that two nodes'
 //! batches can never deadlock.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -121,58 +121,6 @@ async fn insert_message(tx: &mut Transaction<'_, Postgres>, m: &MessageRecord) -
     Ok(())
 }
 
-/// Appends one message inside `tx`. The inner `Err` is this message's refusal
-/// (nothing written for it); the outer one aborts the whole transaction.
-async fn append_in(tx: &mut Transaction<'_, Postgres>, new: NewMessage) -> Result<Result<Appended>> {
-    let Some(key) = new.client_msg_id.clone() else { return insert_new(tx, new).await };
-    if let Some(existing) = message_by_key(tx, &new, key.as_str()).await? {
-        return Ok(repeated(existing, &new));
-    }
-    // Another node may be storing the same key right now: try under a savepoint, and
-    // on a unique violation undo just this message (its seq too) and answer with the
-    // first. Seeing that first row needs READ COMMITTED (see `connect_with`).
-    let mut savepoint = sqlx::Acquire::begin(&mut **tx).await?;
-    match insert_new(&mut savepoint, new.clone()).await {
-        Ok(done) => {
-            savepoint.commit().await?;
-            Ok(done)
-        }
-        Err(StoreError::Conflict(_)) => {
-            savepoint.rollback().await?;
-            match message_by_key(tx, &new, key.as_str()).await? {
-                Some(existing) => Ok(repeated(existing, &new)),
-                None => Err(StoreError::Other("a unique key was violated by a row that cannot be read".into())),
-            }
-        }
-        Err(e) => Err(e),
-    }
-}
-
-async fn message_by_key(
-    tx: &mut Transaction<'_, Postgres>,
-    new: &NewMessage,
-    key: &str,
-) -> Result<Option<MessageRecord>> {
-    let row: Option<MessageRow> = sqlx::query_as(&format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.sender_id = $1 AND m.thread_id = $2 AND m.client_msg_id = $3"
-    ))
-    .bind(new.sender.0)
-    .bind(new.thread_id.0)
-    .bind(key)
-    .fetch_optional(&mut **tx)
-    .await?;
-    row.map(MessageRecord::try_from).transpose()
-}
-
-async fn insert_new(tx: &mut Transaction<'_, Postgres>, new: NewMessage) -> Result<Result<Appended>> {
-    let seq: Option<i64> = sqlx::query_scalar(BUMP_THREAD).bind(new.thread_id.0).fetch_optional(&mut **tx).await?;
-    let Some(seq) = seq else { return Ok(Err(StoreError::NotFound("thread"))) };
-    let key = new.client_msg_id.map(ClientMsgId::into_inner);
-    let record = MessageRecord::user(new.thread_id, Seq(seq), new.sender, new.text, key);
-    insert_message(tx, &record).await?;
-    Ok(Ok(Appended { message: record, duplicate: false }))
-}
-
 /// Find-or-create inside an open transaction, so a proposal can share it.
 async fn open_thread_in(tx: &mut Transaction<'_, Postgres>, open: OpenThread) -> Result<Opened> {
     let (lo, hi) = open.key.ordered_pair();
@@ -220,6 +168,115 @@ async fn open_thread_in(tx: &mut Transaction<'_, Postgres>, open: OpenThread) ->
     Ok(Opened { thread_id: id, created: true, first_message })
 }
 
+/// What a message of a batch turns out to be.
+enum Planned {
+    /// Its key is stored already: the answer is that message (or `KeyReused`).
+    Repeat(MessageRecord),
+    /// Its key came earlier in the same batch, at this index.
+    RepeatOf(usize),
+    New,
+}
+
+/// Takes `$2[i]` seqs of thread `$1[i]`, locking the rows in id order first (so two
+/// nodes' batches wait for each other instead of deadlocking), and answers each
+/// thread's new last seq. Threads that do not exist are absent from the answer.
+const TAKE_SEQS: &str = "WITH v AS (SELECT * FROM UNNEST($1::uuid[], $2::bigint[]) AS v(id, n)), \
+     locked AS (SELECT t.id FROM threads t WHERE t.id IN (SELECT id FROM v) ORDER BY t.id FOR UPDATE) \
+     UPDATE threads t SET last_seq = t.last_seq + v.n, activity = nextval('thread_activity') \
+     FROM v WHERE t.id = v.id AND t.id IN (SELECT id FROM locked) RETURNING t.id, t.last_seq";
+
+/// The stored messages among a batch's (sender, thread, key)s.
+async fn stored_keys(
+    tx: &mut Transaction<'_, Postgres>,
+    batch: &[NewMessage],
+) -> Result<HashMap<(i64, Uuid, String), MessageRecord>> {
+    let (mut senders, mut threads, mut keys) = (Vec::new(), Vec::new(), Vec::new());
+    for new in batch {
+        if let Some(key) = &new.client_msg_id {
+            senders.push(new.sender.0);
+            threads.push(new.thread_id.0);
+            keys.push(key.as_str().to_owned());
+        }
+    }
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<MessageRow> = sqlx::query_as(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages m \
+         JOIN UNNEST($1::bigint[], $2::uuid[], $3::text[]) AS k(sender, thread, key) \
+         ON m.sender_id = k.sender AND m.thread_id = k.thread AND m.client_msg_id = k.key"
+    ))
+    .bind(&senders)
+    .bind(&threads)
+    .bind(&keys)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut stored = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let m = MessageRecord::try_from(row)?;
+        let Some(key) = m.client_msg_id.clone() else { continue };
+        let Some(sender) = m.sender_id else { continue };
+        stored.insert((sender.0, m.thread_id.0, key), m);
+    }
+    Ok(stored)
+}
+
+/// Inserts many messages in one statement.
+async fn insert_messages<'a>(
+    tx: &mut Transaction<'_, Postgres>,
+    messages: impl Iterator<Item = &'a MessageRecord>,
+) -> Result<()> {
+    let mut c = MessageColumns::default();
+    for m in messages {
+        c.ids.push(m.id.0);
+        c.threads.push(m.thread_id.0);
+        c.seqs.push(m.seq.0);
+        c.kinds.push(m.kind.as_str().to_owned());
+        c.senders.push(m.sender_id.map(|u| u.0));
+        c.actors.push(m.actor_id.map(|u| u.0));
+        c.texts.push(m.text.clone());
+        c.metadata.push(m.metadata.to_string());
+        c.keys.push(m.client_msg_id.clone());
+        c.created.push(m.created_at.millis());
+    }
+    if c.ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO messages (id, thread_id, seq, kind, sender_id, actor_id, text, metadata, client_msg_id, created_at) \
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::bigint[], $6::bigint[], \
+         $7::text[], $8::text[], $9::text[], $10::bigint[])",
+    )
+    .bind(&c.ids)
+    .bind(&c.threads)
+    .bind(&c.seqs)
+    .bind(&c.kinds)
+    .bind(&c.senders)
+    .bind(&c.actors)
+    .bind(&c.texts)
+    .bind(&c.metadata)
+    .bind(&c.keys)
+    .bind(&c.created)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A batch of messages column by column, for `UNNEST`.
+#[derive(Default)]
+struct MessageColumns {
+    ids: Vec<Uuid>,
+    threads: Vec<Uuid>,
+    seqs: Vec<i64>,
+    kinds: Vec<String>,
+    senders: Vec<Option<i64>>,
+    actors: Vec<Option<i64>>,
+    texts: Vec<String>,
+    metadata: Vec<String>,
+    keys: Vec<Option<String>>,
+    created: Vec<i64>,
+}
+
 /// The unread count of `$viewer` in thread `t`, for a participant row `p` of theirs.
 const UNREAD_SUBQUERY: &str = "(SELECT COUNT(*) FROM messages x WHERE x.thread_id = t.id \
      AND x.seq > p.last_read_seq AND (x.actor_id IS NULL OR x.actor_id <> p.user_id))";
@@ -241,19 +298,70 @@ fn is_transient(e: &StoreError) -> bool {
 impl PostgresStore {
     /// One attempt at [`Store::append_messages`]: thread locks in id order (stable, so
     /// one thread's messages keep their order), so batches rarely wait in a cycle.
+    /// One batch in a handful of statements, whatever its size: one read of the keys
+    /// already stored, one update that takes every thread's seqs (its row locks, in
+    /// thread order, serialize the threads across nodes), one multi-row insert. Per
+    /// message, three round trips to the server made a batch of thousands take
+    /// seconds.
     async fn append_batch(&self, batch: Vec<NewMessage>) -> Result<Vec<Result<Appended>>> {
-        let mut order: Vec<usize> = (0..batch.len()).collect();
-        order.sort_by_key(|&i| batch[i].thread_id);
-        let mut slots: Vec<Option<NewMessage>> = batch.into_iter().map(Some).collect();
-        let mut results: Vec<Option<Result<Appended>>> = (0..slots.len()).map(|_| None).collect();
         let mut tx = self.pool.begin().await?;
-        for i in order {
-            if let Some(new) = slots[i].take() {
-                results[i] = Some(append_in(&mut tx, new).await?);
+        let stored = stored_keys(&mut tx, &batch).await?;
+        // What each message is: a repeat of a stored one, of an earlier one in this
+        // batch, or new (counted per thread).
+        let mut plan: Vec<Planned> = Vec::with_capacity(batch.len());
+        let mut first_in_batch: HashMap<(i64, Uuid, &str), usize> = HashMap::new();
+        let mut per_thread: BTreeMap<Uuid, i64> = BTreeMap::new();
+        for (i, new) in batch.iter().enumerate() {
+            let key = new.client_msg_id.as_ref().map(|k| (new.sender.0, new.thread_id.0, k.as_str()));
+            if let Some(k) = key {
+                if let Some(first) = stored.get(&(k.0, k.1, k.2.to_owned())) {
+                    plan.push(Planned::Repeat(first.clone()));
+                    continue;
+                }
+                if let Some(&earlier) = first_in_batch.get(&k) {
+                    plan.push(Planned::RepeatOf(earlier));
+                    continue;
+                }
+                first_in_batch.insert(k, i);
+            }
+            *per_thread.entry(new.thread_id.0).or_default() += 1;
+            plan.push(Planned::New);
+        }
+        let (threads, counts): (Vec<Uuid>, Vec<i64>) = per_thread.into_iter().unzip();
+        let heads: HashMap<Uuid, i64> =
+            sqlx::query_as(TAKE_SEQS).bind(&threads).bind(&counts).fetch_all(&mut *tx).await?.into_iter().collect();
+        // Each thread's new seqs, first to last, in batch order.
+        let mut next: HashMap<Uuid, i64> =
+            threads.iter().zip(&counts).filter_map(|(t, n)| heads.get(t).map(|last| (*t, last - n + 1))).collect();
+        let mut records: Vec<Option<MessageRecord>> = vec![None; batch.len()];
+        for (i, new) in batch.iter().enumerate() {
+            if !matches!(plan[i], Planned::New) {
+                continue;
+            }
+            if let Some(seq) = next.get_mut(&new.thread_id.0) {
+                let key = new.client_msg_id.clone().map(ClientMsgId::into_inner);
+                records[i] = Some(MessageRecord::user(new.thread_id, Seq(*seq), new.sender, new.text.clone(), key));
+                *seq += 1;
             }
         }
+        insert_messages(&mut tx, records.iter().flatten()).await?;
         tx.commit().await?;
-        Ok(results.into_iter().map(|r| r.unwrap_or(Err(StoreError::NotFound("message")))).collect())
+        let mut results = Vec::with_capacity(batch.len());
+        for (i, new) in batch.iter().enumerate() {
+            results.push(match &plan[i] {
+                Planned::Repeat(first) => repeated(first.clone(), new),
+                Planned::RepeatOf(earlier) => match &records[*earlier] {
+                    Some(first) => repeated(first.clone(), new),
+                    None => Err(StoreError::NotFound("thread")),
+                },
+                // Cloned, not taken: a later repeat of its key answers with it too.
+                Planned::New => match records[i].clone() {
+                    Some(message) => Ok(Appended { message, duplicate: false }),
+                    None => Err(StoreError::NotFound("thread")),
+                },
+            });
+        }
+        Ok(results)
     }
 
     /// `user`'s read marker in a thread and the thread's last seq; `None` when `user`
@@ -464,6 +572,11 @@ impl Store for PostgresStore {
             match self.append_batch(batch.clone()).await {
                 Err(e) if attempt < BATCH_ATTEMPTS && is_transient(&e) => {
                     tracing::warn!(attempt, error = %e, "a batch of messages met a deadlock; retrying");
+                    attempt += 1;
+                }
+                // Another node stored one of the batch's keys meanwhile: nothing of this
+                // batch was stored; the next try finds that message and answers with it.
+                Err(StoreError::Conflict(index)) if attempt < BATCH_ATTEMPTS && index == "messages_client_msg_id" => {
                     attempt += 1;
                 }
                 other => return other,
