@@ -5,12 +5,15 @@
 //!   with a window of unacknowledged messages per user;
 //! - [`idle`]: many authenticated connections held open: accept rate, failures,
 //!   server memory per connection, and a sample sent through to prove them live;
+//! - [`history`]: preloads messages, then measures sending and history pages, to
+//!   show that neither slows as the store grows;
 //! - [`relay`]: not a scenario but the baseline: a bare in-memory WebSocket relay
 //!   that keeps just enough of the contract for `pairs` to run against it.
 //!
 //! [`users`] registers and signs in the users; [`stats`] turns samples into the
 //! figures; [`proc`] samples a server process's CPU and memory.
 
+pub mod history;
 pub mod idle;
 pub mod pairs;
 pub mod proc;

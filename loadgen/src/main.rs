@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use confab_loadgen::{idle, pairs, relay, users};
+use confab_loadgen::{history, idle, pairs, relay, users};
 
 #[derive(Parser)]
 #[command(name = "confab-loadgen", about = "Load generator for servers that keep Confab's wire contract")]
@@ -61,6 +61,25 @@ enum Command {
         /// Connections that send a message to prove the rest are live.
         #[arg(long, default_value_t = 100)]
         sample: usize,
+    },
+    /// Preloads messages, then measures sending and history pages.
+    History {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        /// Messages stored before measuring.
+        #[arg(long, default_value_t = 1_000_000)]
+        preload: u64,
+        #[arg(long, default_value_t = 8)]
+        window: usize,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// History pages read after the send run, and their size.
+        #[arg(long, default_value_t = 2000)]
+        pages: usize,
+        #[arg(long, default_value_t = 50)]
+        page_limit: u32,
     },
     /// The baseline: a bare in-memory relay keeping just enough of the contract for `pairs`.
     Relay {
@@ -134,6 +153,37 @@ async fn main() -> anyhow::Result<()> {
                     r.sample_acked,
                     r.sample_delivered,
                     r.sample_expected_deliveries,
+                );
+            }
+        }
+        Command::History { target, users: count, preload, window, seconds, pages, page_limit } => {
+            let (base, signed_in) = target.users(count).await?;
+            let send = pairs::Options {
+                window,
+                rate: None,
+                warmup: Duration::from_secs(5),
+                duration: Duration::from_secs(seconds),
+                grace: Duration::from_secs(5),
+                verify_pairs: 20,
+                server_pid: target.server_pid,
+            };
+            let options = history::Options { preload, send, pages, page_limit };
+            let r = history::run(&base, &signed_in, &options).await?;
+            if target.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                let p = &r.page_ms;
+                println!(
+                    "history: {} messages preloaded in {:.0} s\n  then sending: {:.0} msg/s, {} lost\n  history pages: p50 {:.2} p99 {:.2} max {:.2} ms ({} pages, {} errors)",
+                    r.preloaded,
+                    r.preload_seconds,
+                    r.send.acked_per_second,
+                    r.send.lost_undelivered + r.send.lost_in_store.unwrap_or(0),
+                    p.p50,
+                    p.p99,
+                    p.max,
+                    p.count,
+                    r.page_errors,
                 );
             }
         }

@@ -89,6 +89,9 @@ pub async fn run(bases: &[String], users: &[SignedIn], options: &Options) -> any
     let base = bases.first().context("no server to run against")?.as_str();
     let paired = users.len() / 2 * 2;
     let epoch = Instant::now();
+    // Keys unique to this run: a later run over the same users (history's preload
+    // runs, a second benchmark) must not reuse an earlier run's keys.
+    let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
     let mut sockets = Vec::with_capacity(paired);
     for (i, user) in users[..paired].iter().enumerate() {
         let ws_base = bases[i % bases.len()].replacen("http", "ws", 1);
@@ -113,9 +116,9 @@ pub async fn run(bases: &[String], users: &[SignedIn], options: &Options) -> any
                 None => Pace::Closed { window: options.window.max(1) },
             };
             let grace = options.grace;
-            tokio::spawn(
-                async move { one_user(socket, i, partner, pace, epoch, start, measure_from, stop, grace).await },
-            )
+            tokio::spawn(async move {
+                one_user(socket, (run_id, i), partner, pace, epoch, start, measure_from, stop, grace).await
+            })
         })
         .collect();
     let cpu_before = sample_at(options.server_pid, measure_from).await;
@@ -184,7 +187,7 @@ enum Pace {
 #[expect(clippy::too_many_arguments, reason = "one user's share of the run's settings")]
 async fn one_user(
     socket: Socket,
-    me: usize,
+    (run_id, me): (u128, usize),
     partner: i64,
     pace: Pace,
     epoch: Instant,
@@ -202,7 +205,7 @@ async fn one_user(
         let micros = epoch.elapsed().as_micros();
         let text = format!("lg:{me}:{n}:{micros}");
         Frame::text(
-            json!({"type": "message", "recipient_id": partner, "text": text, "client_msg_id": format!("{me}-{n}")})
+            json!({"type": "message", "recipient_id": partner, "text": text, "client_msg_id": format!("{run_id}-{me}-{n}")})
                 .to_string(),
         )
     };

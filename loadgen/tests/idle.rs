@@ -1,19 +1,15 @@
 //! The `idle` scenario against the real server: every connection opened is counted,
 //! and the sample proves delivery to every connection of each recipient.
 
+mod common;
+
 use std::time::Duration;
 
 use confab_loadgen::{idle, users};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_counted_held_and_proven_live() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = confab::config::Config::new(dir.path().join("data"));
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.limits.sign_in.attempts_per_address_per_minute = 100_000;
-    let app = confab::app::App::build(config).await.unwrap();
-    let base = format!("http://{}", app.local_addr().unwrap());
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let (base, _dir) = common::confab(|_| {}).await;
     let signed = users::sign_up(&base, "idle", 10, 4).await.unwrap();
     let options = idle::Options {
         connections: 40,
@@ -34,18 +30,18 @@ async fn idle_connections_are_counted_held_and_proven_live() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_connections_are_counted_as_failures() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = confab::config::Config::new(dir.path().join("data"));
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.ws.max_connections_per_user = 2;
-    let app = confab::app::App::build(config).await.unwrap();
-    let base = format!("http://{}", app.local_addr().unwrap());
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
+async fn refused_connections_are_counted_as_failed_or_not_held() {
+    let (base, _dir) = common::confab(|c| {
+        c.ws.max_connections_per_user = 2;
+    })
+    .await;
     let signed = users::sign_up(&base, "idle", 2, 2).await.unwrap();
     let options =
         idle::Options { connections: 6, concurrency: 1, hold: Duration::from_millis(100), sample: 0, server_pid: None };
     let report = idle::run(&base, &signed, &options).await.unwrap();
-    assert_eq!((report.opened, report.failed), (4, 2), "two users, two connections each: {report:?}");
-    assert_eq!(report.errors.values().sum::<u64>(), 2);
+    // The server refuses a user's third connection at the handshake (429), or, when
+    // the second's session has not registered yet, just after it (a 1008 close).
+    assert_eq!(report.open_after_hold, 4, "two users, two connections each: {report:?}");
+    assert_eq!(report.failed + (report.opened - report.open_after_hold), 2, "{report:?}");
+    assert_eq!(report.errors.values().sum::<u64>(), report.failed as u64);
 }

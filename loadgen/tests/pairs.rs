@@ -2,6 +2,8 @@
 //! share of deliveries dropped, and against the real server, which loses nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
+mod common;
+
 use std::time::Duration;
 
 use confab_loadgen::{pairs, relay, users};
@@ -53,15 +55,7 @@ async fn deliveries_the_relay_drops_are_counted_as_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_real_server_stores_and_delivers_every_acked_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = confab::config::Config::new(dir.path().join("data"));
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.limits.messages_per_second = 100_000;
-    config.limits.message_burst = 100_000;
-    config.limits.sign_in.attempts_per_address_per_minute = 100_000;
-    let app = confab::app::App::build(config).await.unwrap();
-    let base = format!("http://{}", app.local_addr().unwrap());
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let (base, _dir) = common::confab(|_| {}).await;
     let signed = users::sign_up(&base, "t", 4, 4).await.unwrap();
     let report = pairs::run(std::slice::from_ref(&base), &signed, &options()).await.unwrap();
     assert!(report.acked > 20, "{report:?}");

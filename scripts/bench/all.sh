@@ -3,12 +3,13 @@
 #   1. pairs, closed loop: the bare relay (baseline), then Confab on SQLite;
 #   2. pairs, open loop at half of Confab's closed-loop rate (latency under load);
 #   3. idle: 19,000 authenticated connections held (accept rate, RSS per connection);
-#   4. sign-ups and sign-ins (RSS under Argon2).
-# Each run gets a fresh server and data directory. About five minutes.
-#   bash scripts/bench/all.sh [users] [window] [seconds] [idle connections]
+#   4. sign-ups and sign-ins (RSS under Argon2);
+#   5. history: sends and history pages with [preload] messages stored.
+# Each run gets a fresh server and data directory. About eight minutes.
+#   bash scripts/bench/all.sh [users] [window] [seconds] [idle connections] [preload]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-users=${1:-1000} window=${2:-8} seconds=${3:-20} idle=${4:-19000}
+users=${1:-1000} window=${2:-8} seconds=${3:-20} idle=${4:-19000} preload=${5:-1000000}
 cargo build --release --workspace --locked -q
 bin=target/release
 work=$(mktemp -d)
@@ -62,10 +63,19 @@ start_confab
 echo "confab-signups $(python3 scripts/bench/signups.py "$base" "$server" 1200 | tr '\n' ';')"
 stop "$server"
 
-python3 - "$relay_line" "$closed" "$open" "$idle_line" <<'PY'
+start_confab
+history_line=$("$bin/confab-loadgen" history --base "$base" --server-pid "$server" --users "$users" --window "$window" \
+    --seconds "$seconds" --preload "$preload" --prefix bench-history --json 2>/dev/null)
+echo "confab-history $history_line"
+stop "$server"
+
+python3 - "$relay_line" "$closed" "$open" "$idle_line" "$history_line" <<'PY'
 import json, sys
-relay, closed, open_, idle = (json.loads(a) for a in sys.argv[1:])
+relay, closed, open_, idle, history = (json.loads(a) for a in sys.argv[1:])
 print(f"closed loop: {closed['acked_per_second']:.0f} msg/s = {closed['acked_per_second'] / relay['acked_per_second']:.2f} of the relay's {relay['acked_per_second']:.0f}")
 print(f"open loop at {open_['offered_per_second']:.0f} msg/s: delivery p99 {open_['delivery_ms']['p99']:.1f} ms, lost {open_['lost_undelivered']}")
 print(f"idle: {idle['opened']} connections at {idle['connections_per_second']:.0f}/s, {idle['server_rss_per_connection_kib']:.1f} KiB each")
+print(f"history: {history['preloaded']} stored, then {history['send']['acked_per_second']:.0f} msg/s "
+      f"({history['send']['acked_per_second'] / closed['acked_per_second']:.2f} of the empty store); "
+      f"pages p99 {history['page_ms']['p99']:.2f} ms")
 PY
