@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
 
-use prometheus::{IntCounter, IntGauge, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -61,6 +61,8 @@ struct HubMetrics {
     connections: IntGauge,
     slow_closes: IntCounter,
     frames: IntCounter,
+    /// Events waiting in a connection's queue each time its writer wakes.
+    queue_depth: Histogram,
 }
 
 /// This node's connections.
@@ -92,10 +94,15 @@ impl Hub {
                 "Connections closed with 1013 for falling behind",
             )?,
             frames: IntCounter::new("ws_frames_queued_total", "Frames queued to WebSocket connections")?,
+            queue_depth: Histogram::with_opts(
+                HistogramOpts::new("ws_queue_depth", "Events waiting in a connection's queue when its writer wakes")
+                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
+            )?,
         };
         registry.register(Box::new(metrics.connections.clone()))?;
         registry.register(Box::new(metrics.slow_closes.clone()))?;
         registry.register(Box::new(metrics.frames.clone()))?;
+        registry.register(Box::new(metrics.queue_depth.clone()))?;
         Ok(Self {
             users: RwLock::default(),
             node: rand::random::<u64>() << 32,
@@ -125,6 +132,11 @@ impl Hub {
         }
         *count += 1;
         Some(AddressSlot { hub: self.clone(), address })
+    }
+
+    /// Where writers record how deep their queue was when they woke.
+    pub(crate) fn queue_depth(&self) -> Histogram {
+        self.metrics.queue_depth.clone()
     }
 
     pub(crate) fn connections_of(&self, user: UserId) -> usize {

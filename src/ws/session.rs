@@ -73,7 +73,8 @@ pub(crate) async fn run(socket: Socket, state: AppState, user: Option<(User, Tim
     }
     tracing::debug!(user = %user.id, connection = registration.id().0, "websocket connected");
     let filler = Filler { chat: state.chat.clone(), user: user.clone() };
-    let writer = tokio::spawn(write_loop(sink, rx, closer.clone(), limits.ping_interval, filler));
+    let writer =
+        tokio::spawn(write_loop(sink, rx, closer.clone(), limits.ping_interval, filler, state.hub.queue_depth()));
     let mut session = Session {
         state: &state,
         user: &user,
@@ -492,6 +493,7 @@ async fn write_loop(
     closer: Closer,
     ping_interval: Duration,
     filler: Filler,
+    queue_depth: prometheus::Histogram,
 ) {
     let too_slow = "too slow to keep up; reconnect and sync";
     let (mut order, early) = starting_order(&filler, &mut rx).await;
@@ -532,6 +534,7 @@ async fn write_loop(
             }
             item = rx.recv() => {
                 let Some(item) = item else { break };
+                queue_depth.observe((rx.len() + 1) as f64);
                 let now = Instant::now();
                 let mut accepted = order.accept(item, now, &mut frames);
                 while accepted.is_ok() && frames.len() < WRITE_BATCH {

@@ -104,3 +104,35 @@ async fn without_a_configured_secret_the_signing_key_is_generated_once_with_mode
     assert!(std::fs::read_to_string(&key).unwrap().len() >= 32);
     assert_eq!(app.get("/api/auth/me/", &alice.token).await.0, 200);
 }
+
+/// The value of an unlabelled metric in Prometheus text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+#[tokio::test]
+async fn metrics_show_the_committer_and_the_connection_queues() {
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice", "client").await;
+    let bob = app.signup("bob", "freelancer").await;
+    let thread = app.hire(&alice, &bob).await;
+    let (mut a, mut b) = (app.ws(&alice).await, app.ws(&bob).await);
+    for n in 0..3 {
+        a.send(json!({"type": "message", "thread_id": thread, "text": format!("m{n}"), "client_msg_id": format!("k{n}")}))
+            .await;
+    }
+    for _ in 0..3 {
+        assert_eq!(b.next().await["type"], "new_message");
+    }
+    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    // Hire Me's find-or-create is not a batch of sends; the three messages are.
+    assert_eq!(metric(&text, "confab_commit_batch_messages_sum"), 3.0, "{text}");
+    assert!(metric(&text, "confab_commit_batch_messages_count") >= 1.0);
+    assert!(metric(&text, "confab_commit_store_seconds_count") >= 1.0);
+    assert!(metric(&text, "confab_ws_queue_depth_count") >= 3.0, "each delivery woke a writer with a queue");
+    assert_eq!(metric(&text, "confab_ws_connections"), 2.0);
+    assert!(text.contains("confab_password_hash_wait_seconds_count"));
+}
