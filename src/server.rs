@@ -27,6 +27,9 @@ use tower::{Service, ServiceExt};
 const DRAIN: Duration = Duration::from_secs(10);
 /// After a failed accept (out of descriptors, say), a pause before the next.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// Refusals being answered at once; past it, a connection over the cap is closed
+/// unanswered (a flood of them must not eat the descriptors the store needs).
+const MAX_REFUSING: usize = 64;
 
 /// One of the server's connection places; dropped when the connection ends.
 #[derive(Debug, Clone)]
@@ -55,9 +58,12 @@ pub async fn serve<S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let slots = Arc::new(Semaphore::new(limits.max_connections.clamp(1, Semaphore::MAX_PERMITS)));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1 only: the header deadline is HTTP/1's, and no browser speaks HTTP/2
+    // without TLS (which a proxy in front terminates).
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
     loop {
         let (stream, peer) = tokio::select! {
@@ -73,7 +79,12 @@ pub async fn serve<S>(
             },
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tokio::spawn(refuse(stream));
+            if let Ok(refusal) = refusing.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    refuse(stream).await;
+                    drop(refusal);
+                });
+            }
             continue;
         };
         let slot = ConnectionSlot(Arc::new(permit));

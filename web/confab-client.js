@@ -206,6 +206,17 @@ export function tokenIssued(token) {
 }
 
 /**
+ * Half of a token's life as the server set it (`exp - iat`, in ms; 0 without
+ * `iat`): a wait that no difference between the two clocks can shorten.
+ * @param {string} token
+ */
+export function halfLife(token) {
+  const exp = tokenExpiry(token);
+  const iat = tokenIssued(token);
+  return exp !== null && iat !== null ? Math.max(exp - iat, 0) * 500 : 0;
+}
+
+/**
  * How long until a token should be refreshed: at 80% of its life (12 minutes into
  * a 15-minute token), so a refresh never races the expiry, and a short-lived token
  * is not refreshed over and over. Without `issued`, a fifth of what is left before
@@ -389,12 +400,15 @@ export class ConfabClient extends EventTarget {
    * reconnect. A provider that has no fresher token yet is asked again shortly.
    * @param {string} token the one the socket lives on
    * @param {WebSocket} socket
+   * @param {boolean} [again] after a renewal: wait at least half the token's life,
+   *   so a clock that runs ahead of the server's (every token looking old) cannot
+   *   make a loop
    */
-  renewBefore(token, socket) {
+  renewBefore(token, socket, again = false) {
     if (this.authTimer) clearTimeout(this.authTimer);
     const exp = tokenExpiry(token);
     if (exp === null) return;
-    const delay = refreshDelay(exp, Date.now(), tokenIssued(token));
+    const delay = Math.max(refreshDelay(exp, Date.now(), tokenIssued(token)), again ? halfLife(token) : 0);
     this.authTimer = setTimeout(async () => {
       let fresh = null;
       try {
@@ -405,7 +419,7 @@ export class ConfabClient extends EventTarget {
       if (this.socket !== socket) return;
       if (fresh && fresh !== token) {
         this.write({ type: "auth", token: fresh });
-        this.renewBefore(fresh, socket);
+        this.renewBefore(fresh, socket, true);
       } else if (exp * 1000 > Date.now()) {
         this.authTimer = setTimeout(() => this.renewBefore(token, socket), 5000);
       }

@@ -5,7 +5,7 @@
  * @module session
  */
 
-import { ApiError, configure, refreshDelay, request, tokenExpiry, tokenIssued } from "./confab-client.js";
+import { ApiError, configure, halfLife, refreshDelay, request, tokenExpiry, tokenIssued } from "./confab-client.js";
 
 /** @typedef {import("./confab-client.js").UserRef} UserRef */
 
@@ -118,7 +118,10 @@ function schedule() {
   const stored = load();
   const exp = stored && tokenExpiry(stored.access);
   if (!stored || !exp) return;
-  timer = setTimeout(() => void refresh(), refreshDelay(exp, Date.now(), tokenIssued(stored.access)));
+  // At least half the token's life: a clock running ahead of the server's makes
+  // every token look old, and the timer must not turn that into a loop of refreshes.
+  const delay = Math.max(refreshDelay(exp, Date.now(), tokenIssued(stored.access)), halfLife(stored.access));
+  timer = setTimeout(() => void refresh(), delay);
 }
 
 /**

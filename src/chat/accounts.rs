@@ -72,7 +72,7 @@ impl Chat {
     /// both); `rate_limited` while the account is delayed or locked after failures.
     pub async fn sign_in(&self, username: &str, password: String) -> Result<User> {
         let refused = || Error::rejected(ErrorCode::Unauthorized, "no account with that username and password");
-        self.throttle.check_account(username, Instant::now())?;
+        self.throttle.attempt_account(username, Instant::now())?;
         let found = self.store().credentials(username).await?;
         let (user, phc) = found.map_or((None, None), |(user, phc)| (Some(user), Some(phc)));
         // An unknown username is checked against a stand-in hash: it costs the same
@@ -83,10 +83,7 @@ impl Chat {
                 self.throttle.succeeded(username);
                 Ok(user)
             }
-            _ => {
-                self.throttle.failed(username, Instant::now());
-                Err(refused())
-            }
+            _ => Err(refused()),
         }
     }
 

@@ -26,6 +26,7 @@ use crate::store::{Store, StoreError};
 pub use accounts::Registration;
 pub use messaging::{Inbox, PreparedSend, SendTarget, Sent, SyncPlan, UnreadTotals};
 pub use throttle::SignInLimits;
+pub(crate) use throttle::client_key;
 pub use workflows::{Opening, ProposalSubmitted};
 
 use committer::{CommitMetrics, Job};

@@ -1,8 +1,13 @@
 //! Limits on password guessing: attempts per client address (sign-ins and
 //! sign-ups alike, a token bucket), and failed sign-ins per account, with a delay
 //! that grows with each failure and a lockout past the limit. Each refusal says
-//! when to come back. Memory is bounded: past `MAX_KEYS` entries, the ones that
-//! no longer limit anything are forgotten.
+//! when to come back.
+//!
+//! An account's attempt counts as a failure the moment it is let through (a right
+//! password then clears the account), so a thousand guesses sent at once cannot all
+//! pass the check before the first is counted. IPv6 clients are keyed by their /64,
+//! which one subscriber holds whole. Memory is bounded: past `MAX_KEYS` entries the
+//! stale ones are forgotten, and if that is not enough, arbitrary others.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -62,6 +67,7 @@ impl SignInThrottle {
 
     /// Takes one attempt from `address`'s bucket.
     pub(super) fn attempt(&self, address: IpAddr, now: Instant) -> Result<(), Throttled> {
+        let address = client_key(address);
         let per_minute = f64::from(self.limits.attempts_per_address_per_minute.max(1));
         let rate = per_minute / 60.0;
         let mut buckets = self.addresses.lock().unwrap_or_else(PoisonError::into_inner);
@@ -80,28 +86,9 @@ impl SignInThrottle {
         }
     }
 
-    /// Whether `account` may try a password now.
-    pub(super) fn check_account(&self, account: &str, now: Instant) -> Result<(), Throttled> {
-        let accounts = self.accounts.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(f) = accounts.get(&normalize(account)) else { return Ok(()) };
-        let window = self.limits.failure_window;
-        if now.duration_since(f.first) >= window {
-            return Ok(());
-        }
-        if f.count >= self.limits.failures_per_account.max(1) {
-            let retry_after = window - now.duration_since(f.first);
-            return Err(Throttled { retry_after, reason: "too many failed sign-ins for this account" });
-        }
-        let wait = delay_after(f.count);
-        let since = now.duration_since(f.last);
-        if since < wait {
-            return Err(Throttled { retry_after: wait - since, reason: "too many failed sign-ins for this account" });
-        }
-        Ok(())
-    }
-
-    /// Counts a wrong password for `account`.
-    pub(super) fn failed(&self, account: &str, now: Instant) {
+    /// Lets `account` try a password now, or says when it may; an attempt let
+    /// through is counted as a failure at once (see the module's note).
+    pub(super) fn attempt_account(&self, account: &str, now: Instant) -> Result<(), Throttled> {
         let window = self.limits.failure_window;
         let mut accounts = self.accounts.lock().unwrap_or_else(PoisonError::into_inner);
         let key = normalize(account);
@@ -110,8 +97,17 @@ impl SignInThrottle {
         if now.duration_since(f.first) >= window {
             *f = Failures { count: 0, first: now, last: now };
         }
+        let reason = "too many failed sign-ins for this account";
+        if f.count >= self.limits.failures_per_account.max(1) {
+            return Err(Throttled { retry_after: window - now.duration_since(f.first), reason });
+        }
+        let (wait, since) = (delay_after(f.count), now.duration_since(f.last));
+        if f.count > 0 && since < wait {
+            return Err(Throttled { retry_after: wait - since, reason });
+        }
         f.count += 1;
         f.last = now;
+        Ok(())
     }
 
     /// A right password clears the account's failures.
@@ -120,8 +116,22 @@ impl SignInThrottle {
     }
 }
 
+/// Usernames are at most 150 characters: a longer key is one no account has, and
+/// is cut so that it costs no more to remember.
 fn normalize(account: &str) -> String {
-    account.trim().to_lowercase()
+    account.trim().chars().take(150).collect::<String>().to_lowercase()
+}
+
+/// The key a client address is limited by: an IPv4 address (IPv4-mapped ones
+/// included) as it is, an IPv6 address by its /64.
+pub(crate) fn client_key(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
+        },
+    }
 }
 
 fn delay_after(failures: u32) -> Duration {
@@ -131,11 +141,19 @@ fn delay_after(failures: u32) -> Duration {
     }
 }
 
-/// Makes room for `key` when the map is full by forgetting entries `stale` says
-/// no longer limit anything.
-fn prune<K: Eq + Hash, V>(map: &mut HashMap<K, V>, key: &K, stale: impl Fn(&V) -> bool) {
+/// Makes room for `key` when the map is full: forgets the entries `stale` says no
+/// longer limit anything, then, if still over nine tenths full, arbitrary ones, so
+/// the next scan is thousands of inserts away.
+fn prune<K: Eq + Hash + Clone, V>(map: &mut HashMap<K, V>, key: &K, stale: impl Fn(&V) -> bool) {
     if map.len() >= MAX_KEYS && !map.contains_key(key) {
         map.retain(|_, v| !stale(v));
+        let keep = MAX_KEYS * 9 / 10;
+        if map.len() > keep {
+            let drop: Vec<K> = map.keys().take(map.len() - keep).cloned().collect();
+            for k in drop {
+                map.remove(&k);
+            }
+        }
     }
 }
 
@@ -167,28 +185,49 @@ mod tests {
         let t = throttle();
         let now = Instant::now();
         for _ in 0..3 {
-            assert!(t.check_account("Alice", now).is_ok());
-            t.failed("alice", now);
+            assert!(t.attempt_account("Alice", now).is_ok());
         }
-        assert_eq!(t.check_account("alice", now).unwrap_err().retry_after, Duration::from_secs(1));
+        assert_eq!(t.attempt_account("alice", now).unwrap_err().retry_after, Duration::from_secs(1));
         let later = now + Duration::from_secs(1);
-        assert!(t.check_account("alice", later).is_ok());
-        t.failed("alice", later);
-        assert_eq!(t.check_account("ALICE", later).unwrap_err().retry_after, Duration::from_secs(2));
-        t.failed("alice", later + Duration::from_secs(2));
-        let locked = t.check_account("alice", later + Duration::from_secs(60)).unwrap_err();
+        assert!(t.attempt_account("alice", later).is_ok());
+        assert_eq!(t.attempt_account("ALICE", later).unwrap_err().retry_after, Duration::from_secs(2));
+        assert!(t.attempt_account("alice", later + Duration::from_secs(2)).is_ok());
+        let locked = t.attempt_account("alice", later + Duration::from_secs(60)).unwrap_err();
         assert_eq!(locked.retry_after, Duration::from_secs(900 - 61), "locked until the window has passed");
-        assert!(t.check_account("alice", now + Duration::from_secs(900)).is_ok());
-        assert!(t.check_account("bob", now).is_ok(), "per account");
+        assert!(t.attempt_account("alice", now + Duration::from_secs(900)).is_ok());
+        assert!(t.attempt_account("bob", now).is_ok(), "per account");
+    }
+
+    #[test]
+    fn a_burst_of_attempts_at_once_gets_only_the_free_ones() {
+        let t = throttle();
+        let now = Instant::now();
+        let passed = (0..1000).filter(|_| t.attempt_account("carol", now).is_ok()).count();
+        assert_eq!(passed, 3, "counted as they pass, not after the hash");
+    }
+
+    #[test]
+    fn an_ipv6_subscriber_is_one_address() {
+        let t = throttle();
+        let now = Instant::now();
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!((0..3).all(|_| t.attempt(a, now).is_ok()));
+        assert!(t.attempt(b, now).is_err(), "the same /64");
+        assert!(t.attempt(other, now).is_ok());
+        assert_eq!(client_key("::ffff:10.0.0.1".parse().unwrap()), IpAddr::from([10, 0, 0, 1]));
     }
 
     #[test]
     fn a_right_password_clears_the_failures() {
         let t = throttle();
         let now = Instant::now();
-        (0..4).for_each(|_| t.failed("carol", now));
-        assert!(t.check_account("carol", now).is_err());
+        (0..4).for_each(|_| {
+            let _ = t.attempt_account("carol", now);
+        });
+        assert!(t.attempt_account("carol", now).is_err());
         t.succeeded("carol");
-        assert!(t.check_account("carol", now).is_ok());
+        assert!(t.attempt_account("carol", now).is_ok());
     }
 }

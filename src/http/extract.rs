@@ -158,16 +158,19 @@ pub(crate) mod flexible_amount {
     }
 }
 
-/// The client's address, for the limits on sign-in attempts: the TCP peer, or the
-/// last `X-Forwarded-For` entry (the one the proxy appended) when the deployment
-/// says a proxy sets it.
+/// The client's address, for the limits on sign-in attempts and sockets: the TCP
+/// peer, or the last `X-Forwarded-For` entry (the one the proxy appended) when the
+/// deployment says a proxy sets it and the request comes from a loopback or private
+/// address, where a proxy sits; a client that reaches the port from outside cannot
+/// name its own address.
 pub(crate) struct ClientAddr(pub std::net::IpAddr);
 
 impl FromRequestParts<AppState> for ClientAddr {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        if state.config.trust_forwarded_for {
+        let peer = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+        if state.config.trust_forwarded_for && peer.is_some_and(is_internal) {
             // Only the last entry: the ones before it are whatever the client sent.
             let last = parts
                 .headers
@@ -181,9 +184,34 @@ impl FromRequestParts<AppState> for ClientAddr {
                 return Ok(Self(ip));
             }
         }
-        let peer = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>();
-        peer.map(|c| Self(c.0.ip())).ok_or_else(|| {
+        peer.map(Self).ok_or_else(|| {
             ApiError(crate::chat::Error::Internal("the server was started without connection info".into()))
         })
+    }
+}
+
+/// Loopback and private addresses (RFC 1918, IPv6 unique local): where a proxy in
+/// front of the server connects from.
+fn is_internal(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_private(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback() || v4.is_private())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_loopback_and_private_peers_may_name_the_client() {
+        for internal in ["127.0.0.1", "10.1.2.3", "192.168.0.9", "172.16.0.1", "::1", "fd00::1", "::ffff:10.0.0.1"] {
+            assert!(super::is_internal(internal.parse().unwrap()), "{internal}");
+        }
+        for public in ["203.0.113.7", "8.8.8.8", "2001:db8::1", "::ffff:8.8.8.8"] {
+            assert!(!super::is_internal(public.parse().unwrap()), "{public}");
+        }
     }
 }

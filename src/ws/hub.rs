@@ -125,6 +125,8 @@ impl Hub {
 
     /// A place for one more connection from `address`, if it has fewer than `max`.
     pub(crate) fn admit_address(self: &Arc<Self>, address: IpAddr, max: usize) -> Option<AddressSlot> {
+        // An IPv6 subscriber holds a whole /64: counted as one address.
+        let address = crate::chat::client_key(address);
         let mut addresses = self.addresses.lock().unwrap_or_else(PoisonError::into_inner);
         let count = addresses.entry(address).or_insert(0);
         if *count >= max {

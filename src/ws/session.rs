@@ -225,6 +225,9 @@ impl Session<'_> {
         if id != self.user.id {
             return self.closer.close(CLOSE_UNAUTHORIZED, "an auth frame with another user's token");
         }
+        if self.state.chat.authenticated_user(id).await.is_err() {
+            return self.closer.close(CLOSE_UNAUTHORIZED, "the token's user no longer exists");
+        }
         self.expires = expiry_deadline(expires);
         self.push(Outgoing::Frame(protocol::authed(expires.millis() / 1000)));
     }

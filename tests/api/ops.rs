@@ -121,8 +121,10 @@ async fn metrics_show_the_committer_and_the_connection_queues() {
     let thread = app.hire(&alice, &bob).await;
     let (mut a, mut b) = (app.ws(&alice).await, app.ws(&bob).await);
     for n in 0..3 {
-        a.send(json!({"type": "message", "thread_id": thread, "text": format!("m{n}"), "client_msg_id": format!("k{n}")}))
-            .await;
+        a.send(
+            json!({"type": "message", "thread_id": thread, "text": format!("m{n}"), "client_msg_id": format!("k{n}")}),
+        )
+        .await;
     }
     for _ in 0..3 {
         assert_eq!(b.next().await["type"], "new_message");

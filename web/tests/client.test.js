@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { Backoff, ConfabClient, Outbox, SeqTracker, refreshDelay, tokenExpiry, tokenIssued } from "../confab-client.js";
+import { Backoff, ConfabClient, Outbox, SeqTracker, halfLife, refreshDelay, tokenExpiry, tokenIssued } from "../confab-client.js";
 
 test("backoff grows, is capped, keeps its jitter within the upper half, and resets", () => {
   let r = 0;
@@ -52,6 +52,8 @@ test("a token is refreshed at 80% of its life, never in a loop, and at once when
   assert.equal(refreshDelay(1300, 1000 * 1000), 240_000, "without iat: a minute before the expiry");
   assert.equal(refreshDelay(1010, 1000 * 1000), 8000, "without iat, short: a fifth kept in hand");
   assert.equal(refreshDelay(100, 200_000), 0, "expired: now");
+  assert.equal(halfLife(token), 450_000, "half of exp - iat, whatever the local clock says");
+  assert.equal(halfLife("garbage"), 0);
 });
 
 /** A WebSocket stand-in the test drives by hand. */
