@@ -394,7 +394,7 @@ impl Session<'_> {
         let plan = chat.sync_plan(self.user, seen).await?;
         for (thread, mut after) in plan.replay {
             loop {
-                let page = chat.replay_page(self.user, thread, after, SYNC_PAGE).await?;
+                let page = chat.messages(self.user, thread, Cursor::After(after), SYNC_PAGE).await?;
                 for part in page.results.chunks(chunk) {
                     // Wait for room for this chunk and the headroom, but take only the
                     // chunk's: live events must still find the headroom free.
