@@ -383,13 +383,14 @@ export class ConfabClient extends EventTarget {
       this.renewBefore(token, socket);
     };
     socket.onmessage = (event) => this.receive(String(event.data));
-    socket.onclose = () => {
+    socket.onclose = (event) => {
       if (this.pinger) clearInterval(this.pinger);
       if (this.authTimer) clearTimeout(this.authTimer);
       this.socket = null;
       // Only a connection that held counts as a success: one closed at once (a bad
-      // token, a full server) keeps backing off.
-      if (openedAt && Date.now() - openedAt > 5000) this.backoff.reset();
+      // token, a full server) keeps backing off. One closed because its token ran
+      // out (4401, a renewal that came too late) reconnects at once with a fresh one.
+      if ((openedAt && Date.now() - openedAt > 5000) || event?.code === 4401) this.backoff.reset();
       if (this.wanted) this.retryLater();
     };
   }

@@ -19,6 +19,10 @@ pub enum TokenKind {
     Refresh,
 }
 
+/// How far the nodes' and clients' clocks may disagree: a token is accepted this
+/// long past its `exp`, and a socket lives this long past its token's.
+pub const CLOCK_LEEWAY: Duration = Duration::from_secs(5);
+
 /// Who issues Confab's own tokens, and for whom.
 const ISSUER: &str = "confab";
 const AUDIENCE: &str = "confab";
@@ -88,8 +92,7 @@ impl std::fmt::Debug for JwtKeys {
 impl JwtKeys {
     pub fn new(secret: &[u8], access_ttl: Duration, refresh_ttl: Duration) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
-        // Nodes' clocks differ a little; a few seconds of grace is enough.
-        validation.leeway = 5;
+        validation.leeway = CLOCK_LEEWAY.as_secs();
         validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[AUDIENCE]);

@@ -1,7 +1,6 @@
 //! Argon2id with the crate's defaults (OWASP's parameters: 19 MiB, 2 passes).
 //! Hashing costs tens of milliseconds of CPU and 19 MiB on purpose, so it runs on
-//! a few threads of its own, one per core, each reusing one block of memory while
-//! hashes queue (and giving it back when none does):
+//! a few threads of its own, one per core, each reusing one block of memory:
 //! callers wait in a queue (the wait is in `/metrics`) instead of each taking a
 //! thread and 19 MiB (64 concurrent sign-ups once held 64 threads and, with glibc
 //! keeping every arena, gigabytes). Never on the async runtime.
@@ -118,11 +117,11 @@ impl Hasher {
     }
 }
 
-/// One hashing thread: takes jobs until the queue closes, in one buffer reused while
-/// hashes wait and given back when none does, so the server's memory returns to its
-/// idle level after a burst of sign-ins (a 19 MiB buffer is mapped afresh in a
-/// millisecond or two; a hash takes tens).
+/// One hashing thread: takes jobs until the queue closes, in one reused buffer.
+/// (Freeing it between bursts was tried: glibc keeps a freed 19 MiB block in the
+/// thread's arena, so RSS did not fall and every hash paid for a fresh buffer.)
 fn work(jobs: &Mutex<mpsc::Receiver<Job>>, waiting: &IntGauge, wait: &Histogram) {
+    // Allocated by the first hash, then reused: a server nobody signs in to keeps none.
     let mut memory = Vec::new();
     loop {
         // The lock is the line: one idle thread waits on the queue, the others on it.
@@ -137,9 +136,6 @@ fn work(jobs: &Mutex<mpsc::Receiver<Job>>, waiting: &IntGauge, wait: &Histogram)
             Work::Verify { password, phc, reply } => {
                 let _ = reply.send(verify_with(&password, &phc, &mut memory));
             }
-        }
-        if waiting.get() <= 0 {
-            memory = Vec::new();
         }
     }
 }

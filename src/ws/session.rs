@@ -18,6 +18,7 @@ use super::Socket;
 use super::hub::Closer;
 use super::order::{Delivery, Gap, MessageItem, Outgoing, Sequencer};
 use super::protocol::{self, FrameError, RawFrame};
+use crate::auth::jwt::CLOCK_LEEWAY;
 use crate::chat::{self, SendTarget};
 use crate::domain::{ConnectionId, ErrorCode, Seq, ThreadId, Timestamp, User, UserId};
 use crate::http::AppState;
@@ -124,10 +125,11 @@ async fn close_now(sink: &mut SplitSink<Socket, WsMessage>, code: u16, reason: &
     let _ = timeout(CLOSE_TIMEOUT, sink.send(WsMessage::Close(Some(frame)))).await;
 }
 
-/// When a token that expires at `exp` stops its connection.
+/// When a token that expires at `exp` stops its connection: with the leeway every
+/// token check allows, so a client's `auth` sent just before the expiry is in time.
 fn expiry_deadline(exp: Timestamp) -> Instant {
     let left = u64::try_from(exp.millis().saturating_sub(Timestamp::now().millis())).unwrap_or(0);
-    Instant::now() + Duration::from_millis(left).min(FAR_FUTURE)
+    Instant::now() + (Duration::from_millis(left) + CLOCK_LEEWAY).min(FAR_FUTURE)
 }
 
 /// Waits for `{"type":"auth","token":"…"}` and returns its user.

@@ -682,7 +682,9 @@ async fn a_socket_closes_with_4401_when_its_token_expires() {
     let started = std::time::Instant::now();
     let (code, _) = ws.until_close().await;
     assert_eq!(code, 4401);
-    assert!(started.elapsed() < Duration::from_secs(3), "closed at the token's expiry: {:?}", started.elapsed());
+    // At the expiry plus the 5 s clock leeway every token check allows.
+    let elapsed = started.elapsed();
+    assert!(elapsed > Duration::from_secs(5) && elapsed < Duration::from_secs(8), "closed at {elapsed:?}");
 }
 
 #[tokio::test]

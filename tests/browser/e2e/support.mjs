@@ -24,6 +24,7 @@ export async function startServer(extra = []) {
     const timer = setTimeout(() => fail(new Error("the server did not say where it listens within 20 s")), 20_000);
     let seen = "";
     const read = (chunk) => {
+      if (process.env.CONFAB_E2E_LOG) process.stderr.write(chunk);
       seen += chunk;
       const found = seen.match(/listening on (http:\/\/[0-9.:]+)\//);
       if (found) {
