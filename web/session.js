@@ -10,6 +10,8 @@ import { ApiError, configure, halfLife, refreshDelay, request, tokenExpiry, toke
 /** @typedef {import("./confab-client.js").UserRef} UserRef */
 
 const KEY = "confab.session";
+/** How long a refresh keeps the cross-tab lock after saving (see `refresh`). */
+const SETTLE_MS = 500;
 
 /**
  * @typedef {object} Stored
@@ -61,15 +63,24 @@ function fresh(token) {
   return exp !== null && refreshDelay(exp, Date.now(), tokenIssued(token)) > 0;
 }
 
+/** Whether an access token is still good for a request that starts now. @param {string} token */
+function usable(token) {
+  const exp = tokenExpiry(token);
+  return exp !== null && exp * 1000 - Date.now() > 2000;
+}
+
 /**
- * An access token short of its refresh point, refreshed first if needed; null when
- * signed out.
+ * An access token good for a request now; null when signed out. Refreshing is the
+ * timer's job (at 80% of the token's life): a token that still works is used as it
+ * is, so loading a page does not start a refresh that a navigation right after it
+ * would cut off (the server spends a refresh token when it answers, and an answer
+ * the page never read would leave it presenting a spent one, which signs it out).
  * @returns {Promise<string | null>}
  */
 export async function getToken() {
   const stored = load();
   if (!stored) return null;
-  if (fresh(stored.access)) return stored.access;
+  if (usable(stored.access)) return stored.access;
   return refresh();
 }
 
@@ -85,6 +96,10 @@ function refresh() {
       // A server that rotates refresh tokens sends a new one; one that does not, none.
       save({ ...stored, access: pair.access, refresh: pair.refresh ?? stored.refresh });
       schedule();
+      // Hold the lock a moment: another tab's localStorage sees this write a little
+      // later, and a tab that took the lock at once could read the spent refresh
+      // token and present it again, which signs the whole session out.
+      await new Promise((resolve) => setTimeout(resolve, SETTLE_MS));
       return pair.access;
     } catch (e) {
       if (e instanceof ApiError && e.status === 401) {

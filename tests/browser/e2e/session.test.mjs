@@ -9,8 +9,8 @@ let server;
 let browser;
 
 before(async () => {
-  // Access tokens that live 4 seconds: refreshed after about 3.
-  server = await startServer(["--access-token-ttl", "4"]);
+  // Access tokens that live 6 seconds: refreshed after about 5.
+  server = await startServer(["--access-token-ttl", "6"]);
   browser = await startBrowser();
 });
 
