@@ -14,8 +14,8 @@ use uuid::Uuid;
 
 use super::refresh;
 use super::rows::{
-    CredentialsRow, FREELANCER_COLUMNS, FreelancerRow, JOB_COLUMNS, JobRow, MESSAGE_COLUMNS, MessageRow,
-    ParticipantRow, THREAD_COLUMNS, ThreadRow, USER_COLUMNS, UserRow, group_participants,
+    CredentialsRow, FREELANCER_COLUMNS, FreelancerRow, INSERT_MESSAGE, JOB_COLUMNS, JobRow, MESSAGE_COLUMNS,
+    MessageRow, ParticipantRow, THREAD_COLUMNS, ThreadRow, USER_COLUMNS, UserRow, group_participants,
 };
 use super::{
     Appended, Cursor, InboxFrom, NewJob, NewMessage, NewProposal, NewUser, OpenThread, Opened, ReadMarker,
@@ -102,22 +102,19 @@ async fn insert_system_message(
 }
 
 async fn insert_message(tx: &mut Transaction<'_, Postgres>, m: &MessageRecord) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO messages (id, thread_id, seq, kind, sender_id, actor_id, text, metadata, client_msg_id, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(m.id.0)
-    .bind(m.thread_id.0)
-    .bind(m.seq.0)
-    .bind(m.kind.as_str())
-    .bind(m.sender_id.map(|u| u.0))
-    .bind(m.actor_id.map(|u| u.0))
-    .bind(&m.text)
-    .bind(m.metadata.to_string())
-    .bind(&m.client_msg_id)
-    .bind(m.created_at.millis())
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query(INSERT_MESSAGE)
+        .bind(m.id.0)
+        .bind(m.thread_id.0)
+        .bind(m.seq.0)
+        .bind(m.kind.as_str())
+        .bind(m.sender_id.map(|u| u.0))
+        .bind(m.actor_id.map(|u| u.0))
+        .bind(&m.text)
+        .bind(m.metadata.to_string())
+        .bind(&m.client_msg_id)
+        .bind(m.created_at.millis())
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 

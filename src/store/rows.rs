@@ -18,6 +18,10 @@ pub(super) const JOB_COLUMNS: &str = "j.id, j.title, j.description, j.status, j.
 pub(super) const MESSAGE_COLUMNS: &str =
     "m.id, m.thread_id, m.seq, m.kind, m.sender_id, m.actor_id, m.text, m.metadata, m.client_msg_id, m.created_at";
 
+/// Stores one message, on both stores and the SQLite writer thread.
+pub(super) const INSERT_MESSAGE: &str = "INSERT INTO messages (id, thread_id, seq, kind, sender_id, actor_id, text, metadata, client_msg_id, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
 fn corrupt(what: &str) -> StoreError {
     StoreError::Other(format!("corrupt row: {what}").into())
 }

@@ -13,8 +13,8 @@ use uuid::Uuid;
 
 use super::refresh;
 use super::rows::{
-    CredentialsRow, FREELANCER_COLUMNS, FreelancerRow, JOB_COLUMNS, JobRow, MESSAGE_COLUMNS, MessageRow,
-    ParticipantRow, THREAD_COLUMNS, ThreadRow, USER_COLUMNS, UserRow, group_participants,
+    CredentialsRow, FREELANCER_COLUMNS, FreelancerRow, INSERT_MESSAGE, JOB_COLUMNS, JobRow, MESSAGE_COLUMNS,
+    MessageRow, ParticipantRow, THREAD_COLUMNS, ThreadRow, USER_COLUMNS, UserRow, group_participants,
 };
 use super::sqlite_writer::MessageWriter;
 use super::{
@@ -95,10 +95,6 @@ async fn insert_system_message(
     insert_message(tx, &record).await?;
     Ok(record)
 }
-
-/// Stores one message; shared with the synchronous writer (`sqlite_writer`).
-pub(super) const INSERT_MESSAGE: &str = "INSERT INTO messages (id, thread_id, seq, kind, sender_id, actor_id, text, metadata, client_msg_id, created_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
 /// The message a sender already stored in a thread under a key.
 pub(super) fn select_by_key() -> String {

@@ -17,8 +17,9 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode as SqliteCode, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
+use super::rows::INSERT_MESSAGE;
 use super::rows::{MessageRow, sqlite_message_row};
-use super::sqlite::{BUMP_THREAD, INSERT_MESSAGE, select_by_key};
+use super::sqlite::{BUMP_THREAD, select_by_key};
 use super::{Appended, NewMessage, Result, StoreError, repeated};
 use crate::domain::{ClientMsgId, MessageRecord, Seq};
 
