@@ -18,6 +18,7 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    confab::memory::configure();
     let cli = Cli::parse();
     let format = match &cli.command {
         Some(Command::Serve(a)) => a.log_format,

@@ -117,13 +117,19 @@ impl Hasher {
     }
 }
 
-/// One hashing thread: takes jobs until the queue closes, in one reused buffer.
-/// (Freeing it between bursts was tried: glibc keeps a freed 19 MiB block in the
-/// thread's arena, so RSS did not fall and every hash paid for a fresh buffer.)
+/// One hashing thread: takes jobs until the queue closes, reusing one buffer while
+/// a burst lasts and giving it back to the system when the queue runs dry, so a
+/// server's RSS returns to its idle level after a wave of sign-ins.
 fn work(jobs: &Mutex<mpsc::Receiver<Job>>, waiting: &IntGauge, wait: &Histogram) {
-    // Allocated by the first hash, then reused: a server nobody signs in to keeps none.
+    // Allocated by the first hash of a burst: a server nobody signs in to keeps none.
     let mut memory = Vec::new();
     loop {
+        // Nothing queued: the burst is over. Give the buffer back before waiting,
+        // whether for the queue or for the lock (the other threads wait on the lock).
+        if waiting.get() == 0 && !memory.is_empty() {
+            memory = Vec::new();
+            crate::memory::give_back();
+        }
         // The lock is the line: one idle thread waits on the queue, the others on it.
         let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).blocking_recv();
         let Some(job) = job else { return };
