@@ -29,6 +29,7 @@ const SESSIONS_GRACE: Duration = Duration::from_secs(15);
 /// Shorter secrets are guessable offline from any token; 32 bytes matches HS256's key size.
 const MIN_SECRET_LEN: usize = 32;
 const SECRET_FILE: &str = "jwt_secret";
+const LOCK_FILE: &str = "confab.lock";
 
 /// A server that is bound and ready to serve.
 pub struct App {
@@ -36,6 +37,8 @@ pub struct App {
     /// `/metrics`, when it is served apart from the public listener.
     metrics_listener: Option<TcpListener>,
     state: AppState,
+    /// Held while the node runs: one node per data directory.
+    _data_dir_lock: std::fs::File,
 }
 
 impl App {
@@ -44,6 +47,7 @@ impl App {
     /// # Errors
     /// A store that cannot be opened, a bad secret, or an address that cannot be bound.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let data_dir_lock = lock_data_dir(&config.data_dir)?;
         let store = store::connect(config.database_url.expose()).await.context("opening the database")?;
         let secret = jwt_secret(&config.data_dir, config.jwt_secret.as_ref())?;
         let keys = JwtKeys::new(&secret, config.access_token_ttl, config.refresh_token_ttl);
@@ -72,7 +76,7 @@ impl App {
             Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("binding {addr} for /metrics"))?),
             None => None,
         };
-        Ok(Self { listener, metrics_listener, state })
+        Ok(Self { listener, metrics_listener, state, _data_dir_lock: data_dir_lock })
     }
 
     /// The address actually bound (the real port when the config said 0).
@@ -158,6 +162,14 @@ pub async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutdown requested");
+}
+
+/// Two nodes on one data directory would share its key file and, on SQLite, its
+/// database; the second one stops with an error that says so.
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let hint = "give each node its own --data-dir";
+    Ok(crate::lockfile::lock(&data_dir.join(LOCK_FILE), "the data directory's lock", hint)?)
 }
 
 /// The signing key: the configured one, or the one kept in the data directory

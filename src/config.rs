@@ -170,6 +170,10 @@ pub struct ServeArgs {
     /// Seconds without any frame from the client (pongs count) before the server closes it.
     #[arg(long, env = "CONFAB_WS_IDLE_TIMEOUT", default_value_t = 90)]
     pub ws_idle_timeout: u64,
+    /// Seconds a socket write may take (a client that stopped reading, or vanished);
+    /// past it the connection is closed with 1013 and its memory freed.
+    #[arg(long, env = "CONFAB_WS_WRITE_TIMEOUT", default_value_t = 10)]
+    pub ws_write_timeout: u64,
     /// Open WebSocket connections per user on one node.
     #[arg(long, env = "CONFAB_WS_MAX_CONNECTIONS_PER_USER", default_value_t = 16)]
     pub ws_max_connections_per_user: usize,
@@ -246,6 +250,9 @@ pub struct WsLimits {
     pub ping_interval: Duration,
     /// A client silent this long (three missed pings) is gone.
     pub idle_timeout: Duration,
+    /// A write that does not complete in this long means a client that stopped
+    /// reading (or a dead link): its frames would pile up in memory.
+    pub write_timeout: Duration,
     /// How long a client that did not send a token may take to send its `auth` frame.
     pub auth_timeout: Duration,
     /// Enough for every device a person has; a bound so one account cannot hold many sockets.
@@ -262,6 +269,7 @@ impl Default for WsLimits {
             max_frame_bytes: 1024 * 1024,
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
+            write_timeout: Duration::from_secs(10),
             auth_timeout: Duration::from_secs(5),
             max_connections_per_user: 16,
             max_connections_per_address: 1000,
@@ -338,6 +346,7 @@ impl From<&ServeArgs> for Config {
                 max_frame_bytes: a.ws_max_frame_bytes,
                 ping_interval: Duration::from_secs(a.ws_ping_interval.max(1)),
                 idle_timeout: Duration::from_secs(a.ws_idle_timeout.max(1)),
+                write_timeout: Duration::from_secs(a.ws_write_timeout.max(1)),
                 auth_timeout: WsLimits::default().auth_timeout,
                 max_connections_per_user: a.ws_max_connections_per_user.max(1),
                 max_connections_per_address: a.ws_max_connections_per_address.max(1),

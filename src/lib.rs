@@ -11,6 +11,8 @@
 //! - [`ws`]: the WebSocket endpoint, its sessions and this node's hub of connections.
 //! - [`server`]: the accept loop (header deadline, connection cap, graceful stop).
 //! - [`app`]: builds the state, binds the listener, serves until shutdown.
+//! - [`lockfile`]: one process per data directory and SQLite file (a leaf).
+//! - [`memory`]: gives freed memory back to the system after a burst (a leaf).
 //! - [`config`]: the command line and environment; [`demo`]: the demo marketplace.
 
 pub mod app;
@@ -21,6 +23,8 @@ pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod http;
+pub mod lockfile;
+pub mod memory;
 pub mod server;
 pub mod store;
 pub mod ws;

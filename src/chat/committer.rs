@@ -25,6 +25,8 @@ use crate::store::{Appended, NewMessage, NewProposal, OpenThread, Opened, Store,
 /// 1,024 gave 21k and 4,096 gave 29k (docs/benchmarks.md). At low load a batch is
 /// whatever is queued, often one send, so nothing waits for a batch to fill.
 const MAX_BATCH: usize = 4096;
+/// How long one batch may take to store before its senders get `unavailable`.
+const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What the committer is asked to do.
 pub(super) enum Job {
@@ -196,7 +198,13 @@ impl Committer {
         }
         self.metrics.batch_size.observe(news.len() as f64);
         let started = Instant::now();
-        let stored = self.store.append_messages(news).await;
+        // A database that stopped answering (a dead link, a hung server) must not hold
+        // every sender forever: past the deadline the batch is refused, never acked.
+        // (It may still commit; a resend with its key then finds it.)
+        let stored = match tokio::time::timeout(COMMIT_TIMEOUT, self.store.append_messages(news)).await {
+            Ok(stored) => stored,
+            Err(elapsed) => Err(StoreError::Unavailable(Box::new(elapsed))),
+        };
         self.metrics.store_seconds.observe(started.elapsed().as_secs_f64());
         match stored {
             Ok(results) => {

@@ -28,12 +28,24 @@ pub(crate) async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// How long the database check may take: a health check that hangs is read as a
+/// dead node, and the load balancer moves traffic away too late.
+const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Ready: the database and the bus answer; a load balancer sends traffic only then.
+/// Answers within [`CHECK_TIMEOUT`] whatever the database does.
 pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let database = match state.chat.store().ping().await {
-        Ok(()) => state.chat.is_healthy(),
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness check failed: database");
+    let database = match tokio::time::timeout(CHECK_TIMEOUT, state.chat.store().ping()).await {
+        Ok(Ok(())) => state.chat.is_healthy(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %crate::chat::error_chain(&e), "readiness check failed: database");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = CHECK_TIMEOUT.as_millis(),
+                "readiness check failed: the database did not answer"
+            );
             false
         }
     };

@@ -42,6 +42,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     messages: MessageWriter,
+    /// The file's one-process lock, held while any clone of the store lives.
+    _lock: Option<std::sync::Arc<std::fs::File>>,
 }
 
 impl SqliteStore {
@@ -62,10 +64,11 @@ impl SqliteStore {
         {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Other(Box::new(e)))?;
         }
+        let lock = lock_file(options.get_filename())?;
         let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
         let messages = MessageWriter::start(options.get_filename(), BUSY_TIMEOUT)?;
         let reader = SqlitePoolOptions::new().max_connections(READERS).connect_with(options.read_only(true)).await?;
-        Ok(Self { writer, reader, messages })
+        Ok(Self { writer, reader, messages, _lock: lock.map(std::sync::Arc::new) })
     }
 
     /// Brings the schema up to date.
@@ -75,6 +78,21 @@ impl SqliteStore {
     pub async fn migrate(&self) -> Result<()> {
         sqlx::migrate!("./migrations/sqlite").run(&self.writer).await.map_err(|e| StoreError::Other(Box::new(e)))
     }
+}
+
+/// One process per database file: the writer caches what it owns (seqs, members),
+/// so a second node on the same file would act on stale state. None for an
+/// in-memory database.
+fn lock_file(db: &std::path::Path) -> Result<Option<std::fs::File>> {
+    if db.as_os_str().is_empty() || db.as_os_str() == ":memory:" {
+        return Ok(None);
+    }
+    let mut path = db.as_os_str().to_owned();
+    path.push(".lock");
+    let hint = "one node per SQLite file (several nodes share a PostgreSQL database instead)";
+    crate::lockfile::lock(std::path::Path::new(&path), "the SQLite database", hint)
+        .map(Some)
+        .map_err(|e| StoreError::Other(Box::new(e)))
 }
 
 /// Takes a thread's next seq and moves it to the top of its participants' inboxes.

@@ -61,8 +61,16 @@ struct HubMetrics {
     connections: IntGauge,
     slow_closes: IntCounter,
     frames: IntCounter,
-    /// Events waiting in a connection's queue each time its writer wakes.
-    queue_depth: Histogram,
+    /// What each connection's writer records.
+    writers: WriterMetrics,
+}
+
+/// What a connection's writer records: how deep its queue was each time it woke,
+/// and closes because its writes stopped completing.
+#[derive(Debug, Clone)]
+pub(crate) struct WriterMetrics {
+    pub(crate) queue_depth: Histogram,
+    pub(crate) write_timeouts: IntCounter,
 }
 
 /// This node's connections.
@@ -94,15 +102,25 @@ impl Hub {
                 "Connections closed with 1013 for falling behind",
             )?,
             frames: IntCounter::new("ws_frames_queued_total", "Frames queued to WebSocket connections")?,
-            queue_depth: Histogram::with_opts(
-                HistogramOpts::new("ws_queue_depth", "Events waiting in a connection's queue when its writer wakes")
+            writers: WriterMetrics {
+                queue_depth: Histogram::with_opts(
+                    HistogramOpts::new(
+                        "ws_queue_depth",
+                        "Events waiting in a connection's queue when its writer wakes",
+                    )
                     .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
-            )?,
+                )?,
+                write_timeouts: IntCounter::new(
+                    "ws_write_timeout_closes_total",
+                    "Connections closed with 1013 because a write did not complete in time (a client not reading)",
+                )?,
+            },
         };
         registry.register(Box::new(metrics.connections.clone()))?;
         registry.register(Box::new(metrics.slow_closes.clone()))?;
         registry.register(Box::new(metrics.frames.clone()))?;
-        registry.register(Box::new(metrics.queue_depth.clone()))?;
+        registry.register(Box::new(metrics.writers.queue_depth.clone()))?;
+        registry.register(Box::new(metrics.writers.write_timeouts.clone()))?;
         Ok(Self {
             users: RwLock::default(),
             node: rand::random::<u64>() << 32,
@@ -137,8 +155,8 @@ impl Hub {
     }
 
     /// Where writers record how deep their queue was when they woke.
-    pub(crate) fn queue_depth(&self) -> Histogram {
-        self.metrics.queue_depth.clone()
+    pub(crate) fn writer_metrics(&self) -> WriterMetrics {
+        self.metrics.writers.clone()
     }
 
     pub(crate) fn connections_of(&self, user: UserId) -> usize {

@@ -15,11 +15,12 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Message as WsMessage, Utf8Bytes};
 
 use super::Socket;
-use super::hub::Closer;
+use super::hub::{Closer, WriterMetrics};
 use super::order::{Delivery, Gap, MessageItem, Outgoing, Sequencer};
 use super::protocol::{self, FrameError, RawFrame};
 use crate::auth::jwt::CLOCK_LEEWAY;
 use crate::chat::{self, SendTarget};
+use crate::config::WsLimits;
 use crate::domain::{ConnectionId, ErrorCode, Seq, ThreadId, Timestamp, User, UserId};
 use crate::http::AppState;
 use crate::store::Cursor;
@@ -74,8 +75,7 @@ pub(crate) async fn run(socket: Socket, state: AppState, user: Option<(User, Tim
     }
     tracing::debug!(user = %user.id, connection = registration.id().0, "websocket connected");
     let filler = Filler { chat: state.chat.clone(), user: user.clone() };
-    let writer =
-        tokio::spawn(write_loop(sink, rx, closer.clone(), limits.ping_interval, filler, state.hub.queue_depth()));
+    let writer = tokio::spawn(write_loop(sink, rx, closer.clone(), limits, filler, state.hub.writer_metrics()));
     let mut session = Session {
         state: &state,
         user: &user,
@@ -191,8 +191,9 @@ impl Session<'_> {
                 }
                 frame = stream.next() => frame,
             };
-            deadline = Instant::now() + idle_timeout;
             match frame {
+                // The client is silent from the end of the work it asked for: a `sync`
+                // slower than the idle timeout does not make it look idle.
                 Some(Ok(WsMessage::Text(text))) => self.handle(text.as_str()).await,
                 Some(Ok(WsMessage::Binary(_))) => self.error(
                     ErrorCode::ValidationFailed,
@@ -209,6 +210,7 @@ impl Session<'_> {
                     return false;
                 }
             }
+            deadline = Instant::now() + idle_timeout;
         }
     }
 
@@ -492,15 +494,28 @@ async fn hold_expiry(deadline: Option<Instant>) {
     }
 }
 
+/// Why a connection whose writes stopped completing was closed.
+const NOT_READING: &str = "not reading what the server sends; reconnect and sync";
+
+/// How a batch of writes ended.
+enum Written {
+    Done,
+    /// The connection failed or was closed meanwhile.
+    Closed,
+    /// The client did not take the frames within the write timeout.
+    TimedOut,
+}
+
 async fn write_loop(
     mut sink: SplitSink<Socket, WsMessage>,
     mut rx: mpsc::Receiver<Outgoing>,
     closer: Closer,
-    ping_interval: Duration,
+    limits: WsLimits,
     filler: Filler,
-    queue_depth: prometheus::Histogram,
+    metrics: WriterMetrics,
 ) {
     let too_slow = "too slow to keep up; reconnect and sync";
+    let (ping_interval, write_timeout) = (limits.ping_interval, limits.write_timeout);
     let (mut order, early) = starting_order(&filler, &mut rx).await;
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
     // Grown on demand and given back when the queue runs dry: an idle connection
@@ -515,8 +530,13 @@ async fn write_loop(
     }
     if !frames.is_empty() {
         let mut feed = futures::stream::iter(frames.drain(..).map(|f| Ok(WsMessage::Text(f))));
-        if sink.send_all(&mut feed).await.is_err() {
-            closer.close(1000, "");
+        match timeout(write_timeout, sink.send_all(&mut feed)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => closer.close(1000, ""),
+            Err(_) => {
+                metrics.write_timeouts.inc();
+                closer.close(super::hub::CLOSE_TRY_AGAIN, NOT_READING);
+            }
         }
     }
     'run: loop {
@@ -539,7 +559,7 @@ async fn write_loop(
             }
             item = rx.recv() => {
                 let Some(item) = item else { break };
-                queue_depth.observe((rx.len() + 1) as f64);
+                metrics.queue_depth.observe((rx.len() + 1) as f64);
                 let now = Instant::now();
                 let mut accepted = order.accept(item, now, &mut frames);
                 while accepted.is_ok() && frames.len() < WRITE_BATCH {
@@ -562,13 +582,22 @@ async fn write_loop(
             let mut feed = futures::stream::iter(out.drain(..).map(Ok));
             tokio::select! {
                 biased;
-                () = closer.closed() => false,
-                r = sink.send_all(&mut feed) => r.is_ok(),
+                () = closer.closed() => Written::Closed,
+                r = sink.send_all(&mut feed) => if r.is_ok() { Written::Done } else { Written::Closed },
+                () = tokio::time::sleep(write_timeout) => Written::TimedOut,
             }
         };
-        if !written {
-            closer.close(1000, "");
-            break;
+        match written {
+            Written::Done => {}
+            Written::Closed => {
+                closer.close(1000, "");
+                break;
+            }
+            Written::TimedOut => {
+                metrics.write_timeouts.inc();
+                closer.close(super::hub::CLOSE_TRY_AGAIN, NOT_READING);
+                break;
+            }
         }
         if rx.is_empty() {
             frames.shrink_to(0);

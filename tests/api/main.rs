@@ -4,6 +4,10 @@
 mod abuse;
 mod accounts;
 mod cluster;
+mod crash;
+mod faults;
+mod ledger;
+mod link;
 mod load_balancer;
 mod marketplace;
 mod messages;

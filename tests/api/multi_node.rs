@@ -4,7 +4,8 @@ use std::time::Duration;
 use futures::future::join_all;
 use serde_json::{Value, json};
 
-use crate::cluster::{Cluster, LaggyLink, OwnRedis, redis_url};
+use crate::cluster::{Cluster, OwnRedis, redis_url};
+use crate::link::{Link, Mode};
 use crate::support::{TestApp, TestUser, WAIT};
 
 fn seq(event: &Value) -> i64 {
@@ -235,8 +236,8 @@ async fn every_connection_sees_the_thread_in_seq_order_while_devices_on_both_nod
     // Node B hears node A (and A hears B) 5 ms late through the bus, so B's own later
     // messages reach B's connections first unless the writers put them in order.
     let redis_port = redis_url().rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(6379);
-    let laggy = LaggyLink::start(("127.0.0.1", redis_port), Duration::from_millis(5)).await;
-    let cluster = Cluster::start_each(vec![redis_url(), laggy.url()]).await;
+    let laggy = Link::start(format!("127.0.0.1:{redis_port}"), Mode::Lag(Duration::from_millis(5))).await;
+    let cluster = Cluster::start_each(vec![redis_url(), laggy.redis_url()]).await;
     let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
     let (alice, bob, thread) = pair(&cluster).await;
     let mut devices = vec![a.ws(&alice).await, b.ws(&alice).await, a.ws(&bob).await, b.ws(&bob).await];

@@ -3,7 +3,7 @@ use std::collections::BTreeSet;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::support::{TestApp, assert_error};
+use crate::support::{TestApp, assert_error, metric};
 
 #[tokio::test]
 async fn health_and_readiness_answer() {
@@ -103,14 +103,6 @@ async fn without_a_configured_secret_the_signing_key_is_generated_once_with_mode
     assert_eq!(mode & 0o777, 0o600);
     assert!(std::fs::read_to_string(&key).unwrap().len() >= 32);
     assert_eq!(app.get("/api/auth/me/", &alice.token).await.0, 200);
-}
-
-/// The value of an unlabelled metric in Prometheus text.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
 
 #[tokio::test]

@@ -304,6 +304,22 @@ fn capitalize(s: &str) -> String {
     c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
 }
 
+/// The value of an unlabelled metric in Prometheus text.
+pub(crate) fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+impl TestApp {
+    /// One metric of this node, read from `/metrics`.
+    pub(crate) async fn metric(&self, name: &str) -> f64 {
+        let text = self.client.get(self.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+        metric(&text, name)
+    }
+}
+
 /// Asserts an error answer: the status and the contract's error code, with a detail.
 #[track_caller]
 pub(crate) fn assert_error(answer: &(u16, Value), status: u16, code: &str) {

@@ -1,0 +1,238 @@
+//! Faults a deployment meets, each with nothing acknowledged lost: a database that
+//! goes down or stops answering, clients that stop reading or vanish, a slow sync,
+//! two nodes on one data directory. (Crashes of the process: `crash.rs`.)
+
+use std::time::{Duration, Instant};
+
+use confab::app::App;
+use confab::config::{Config, Secret};
+use futures::future::join_all;
+use serde_json::json;
+
+use crate::link::{Link, Mode};
+use crate::pg_schema::{Schema, postgres_url};
+use crate::support::{TestApp, TestUser, WAIT, WsClient};
+
+/// A node on a fresh PostgreSQL schema, reached through a link the test controls.
+async fn node_behind_link(configure: impl FnOnce(&mut Config)) -> (TestApp, Link, Schema) {
+    let schema = Schema::create().await;
+    let url = postgres_url();
+    let (_, rest) = url.split_once("://").expect("a URL");
+    let host_port = rest.rsplit_once('@').map_or(rest, |(_, h)| h).split('/').next().expect("host").to_owned();
+    let link = Link::start(host_port, Mode::Pass).await;
+    let through = link.postgres_url(&schema.url());
+    let app = TestApp::spawn_with(move |c| {
+        c.database_url = Secret::new(through);
+        configure(c);
+    })
+    .await;
+    (app, link, schema)
+}
+
+async fn pair(app: &TestApp) -> (TestUser, TestUser, String) {
+    let (alice, bob) = (app.signup("alice", "client").await, app.signup("bob", "freelancer").await);
+    let thread = app.hire(&alice, &bob).await;
+    (alice, bob, thread)
+}
+
+/// `/readyz` as a load balancer sees it: the status, the body, and how long it took.
+async fn readyz(app: &TestApp) -> (u16, serde_json::Value, Duration) {
+    let started = Instant::now();
+    let res = app.client.get(app.url("/readyz")).timeout(WAIT).send().await.expect("readyz answers");
+    let status = res.status().as_u16();
+    (status, res.json().await.expect("JSON"), started.elapsed())
+}
+
+async fn until_ready(app: &TestApp) {
+    let deadline = Instant::now() + 2 * WAIT;
+    while readyz(app).await.0 != 200 {
+        assert!(Instant::now() < deadline, "the node did not become ready again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_database_outage_refuses_sends_readyz_says_so_at_once_and_service_resumes_by_itself() {
+    let (app, link, _schema) = node_behind_link(|_| {}).await;
+    let (alice, bob, thread) = pair(&app).await;
+    let mut a = app.ws(&alice).await;
+    a.send(json!({"type": "message", "thread_id": thread, "text": "before", "client_msg_id": "k-0"})).await;
+    assert_eq!(a.next().await["type"], "message_ack");
+
+    // The database stops: its connections close and new ones are refused.
+    link.set(Mode::Down);
+    let (status, body, took) = readyz(&app).await;
+    assert_eq!((status, body["database"].as_str()), (503, Some("unavailable")), "{body}");
+    assert_eq!(body["bus"], "ok", "{body}");
+    assert!(took < Duration::from_secs(1), "readyz took {took:?}");
+    a.send(json!({"type": "message", "thread_id": thread, "text": "during", "client_msg_id": "k-1"})).await;
+    let refused = a.next().await;
+    assert_eq!(
+        (refused["type"].as_str(), refused["error"].as_str()),
+        (Some("error"), Some("unavailable")),
+        "{refused}"
+    );
+    assert_eq!(refused["client_msg_id"], "k-1", "the error names the send it refuses");
+    let rest = app.post(&format!("/api/chat/threads/{thread}/messages/"), &alice.token, json!({"text": "x"})).await;
+    assert_eq!((rest.0, rest.1["error"].as_str()), (503, Some("unavailable")), "{}", rest.1);
+
+    // It comes back: the pool reconnects by itself, with no restart.
+    link.set(Mode::Pass);
+    until_ready(&app).await;
+    a.send(json!({"type": "message", "thread_id": thread, "text": "during", "client_msg_id": "k-1"})).await;
+    let ack = a.next().await;
+    assert_eq!((ack["type"].as_str(), ack["client_msg_id"].as_str()), (Some("message_ack"), Some("k-1")), "{ack}");
+    let texts: Vec<_> = crate::ledger::stored(&app, &bob, &thread)
+        .await
+        .iter()
+        .map(|m| m["text"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(texts.len(), 3, "the hire's message, `before` and `during`, once each: {texts:?}");
+}
+
+#[tokio::test]
+async fn a_database_that_stops_answering_hangs_neither_readyz_nor_requests() {
+    let (app, link, _schema) = node_behind_link(|c| c.http_request_timeout = Duration::from_secs(2)).await;
+    let (alice, _bob, thread) = pair(&app).await;
+
+    // Packets to the database are dropped: nothing answers and nothing closes.
+    link.set(Mode::Hold);
+    let (status, body, took) = readyz(&app).await;
+    assert_eq!((status, body["database"].as_str()), (503, Some("unavailable")), "{body}");
+    assert!(took < Duration::from_secs(1), "readyz took {took:?}");
+    let started = Instant::now();
+    let page = app.get(&format!("/api/chat/threads/{thread}/messages/"), &alice.token).await;
+    assert_eq!((page.0, page.1["error"].as_str()), (503, Some("unavailable")), "{}", page.1);
+    assert!(started.elapsed() < Duration::from_secs(4), "the request took {:?}", started.elapsed());
+
+    link.set(Mode::Pass);
+    until_ready(&app).await;
+    assert_eq!(app.get(&format!("/api/chat/threads/{thread}/messages/"), &alice.token).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_client_that_vanishes_without_a_close_is_dropped_within_the_idle_timeout() {
+    let app = TestApp::spawn_with(|c| {
+        c.ws.ping_interval = Duration::from_millis(50);
+        c.ws.idle_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let alice = app.signup("alice", "client").await;
+    let port = app.base.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).expect("port");
+    let link = Link::start(format!("127.0.0.1:{port}"), Mode::Pass).await;
+    let gone = WsClient::connect(&format!("ws://127.0.0.1:{}/ws/chat/?token={}", link.port, alice.token)).await;
+    assert_eq!(app.metric("confab_ws_connections").await, 1.0);
+
+    link.set(Mode::Hold);
+    let started = Instant::now();
+    while app.metric("confab_ws_connections").await > 0.0 {
+        assert!(started.elapsed() < Duration::from_secs(3), "the vanished client is still registered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(gone);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_when_a_write_does_not_complete_in_time() {
+    let app = TestApp::spawn_with(|c| {
+        c.ws.write_timeout = Duration::from_millis(300);
+        c.limits.max_text_chars = 16_000;
+        c.limits.messages_per_second = 100_000;
+        c.limits.message_burst = 100_000;
+    })
+    .await;
+    let (alice, bob, thread) = pair(&app).await;
+    let port = app.base.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).expect("port");
+    let link = Link::start(format!("127.0.0.1:{port}"), Mode::Pass).await;
+    let mut stuck = WsClient::connect(&format!("ws://127.0.0.1:{}/ws/chat/?token={}", link.port, bob.token)).await;
+    stuck.assert_nothing_pending().await;
+
+    // Bob's side stops taking bytes; Alice goes on sending until his writes stall.
+    link.set(Mode::Hold);
+    let text = "x".repeat(15_000);
+    let path = format!("/api/chat/threads/{thread}/messages/");
+    let mut sent = 0;
+    while app.metric("confab_ws_write_timeout_closes_total").await < 1.0 {
+        assert!(sent < 4_000, "no write timed out after {sent} messages");
+        let batch = (0..20).map(|_| app.post(&path, &alice.token, json!({"text": text})));
+        assert!(join_all(batch).await.iter().all(|(s, _)| *s == 201));
+        sent += 20;
+    }
+    let started = Instant::now();
+    while app.metric("confab_ws_connections").await > 0.0 {
+        assert!(started.elapsed() < WAIT, "the stalled connection is still registered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.metric("confab_ws_slow_consumer_closes_total").await, 0.0, "closed for its writes, not its queue");
+    // Sending goes on for everyone else, and Bob recovers everything with sync.
+    let recovered = crate::ledger::synced(&app, &bob, &thread).await;
+    assert_eq!(recovered.len(), sent + 1, "every message, the hire's first");
+}
+
+#[tokio::test]
+async fn a_sync_slower_than_the_idle_timeout_keeps_its_connection() {
+    let (app, link, _schema) = node_behind_link(|c| {
+        c.ws.ping_interval = Duration::from_millis(50);
+        c.ws.idle_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let (alice, bob, thread) = pair(&app).await;
+    for n in 0..5 {
+        app.say(&alice, &thread, &format!("m{n}")).await;
+    }
+    let mut b = app.ws(&bob).await;
+    b.assert_nothing_pending().await;
+    // Every round trip to the database now takes 400 ms: the sync takes longer than
+    // the idle timeout, during which the server reads nothing from the client.
+    link.set(Mode::Lag(Duration::from_millis(200)));
+    let started = Instant::now();
+    b.send(json!({"type": "sync", "threads": {thread.clone(): 0}})).await;
+    let mut replayed = 0;
+    loop {
+        let event = b.next().await;
+        match event["type"].as_str() {
+            Some("new_message") => replayed += 1,
+            Some("synced") => break,
+            _ => panic!("unexpected {event}"),
+        }
+    }
+    assert!(started.elapsed() > Duration::from_millis(300), "the sync was slow ({:?})", started.elapsed());
+    assert_eq!(replayed, 6);
+    link.set(Mode::Pass);
+    b.assert_nothing_pending().await;
+}
+
+#[tokio::test]
+async fn a_second_node_on_one_data_directory_or_one_sqlite_file_stops_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = |data: &str, db: Option<&std::path::Path>| {
+        let mut c = Config::new(dir.path().join(data));
+        c.listen = "127.0.0.1:0".parse().expect("address");
+        if let Some(db) = db {
+            c.database_url = Secret::new(format!("sqlite://{}", db.display()));
+        }
+        c
+    };
+    let first = App::build(config("one", None)).await.expect("the first node starts");
+    let second = App::build(config("one", None)).await.err().expect("a second node on the same data directory");
+    let text = format!("{second:#}");
+    assert!(text.contains("in use by another Confab process") && text.contains("--data-dir"), "{text}");
+    assert!(text.contains(&format!("pid {}", std::process::id())), "names the holder: {text}");
+    drop(first);
+    // The lock goes with the node (its last tasks end a moment after it is dropped).
+    let started = Instant::now();
+    let again = loop {
+        match App::build(config("one", None)).await {
+            Ok(app) => break app,
+            Err(e) => assert!(started.elapsed() < WAIT, "the lock outlived its node: {e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    let shared = dir.path().join("shared.db");
+    let _a = App::build(config("a", Some(&shared))).await.expect("a node on the file");
+    let b = App::build(config("b", Some(&shared))).await.err().expect("a second node on the same SQLite file");
+    let text = format!("{b:#}");
+    assert!(text.contains("SQLite") && text.contains("in use by another Confab process"), "{text}");
+    drop(again);
+}
