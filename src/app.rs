@@ -37,8 +37,8 @@ pub struct App {
     /// `/metrics`, when it is served apart from the public listener.
     metrics_listener: Option<TcpListener>,
     state: AppState,
-    /// Held while the node runs: one node per data directory.
-    _data_dir_lock: std::fs::File,
+    /// Held while the node runs: one node per data directory and per SQLite file.
+    _locks: (std::fs::File, Option<std::fs::File>),
 }
 
 impl App {
@@ -48,6 +48,10 @@ impl App {
     /// A store that cannot be opened, a bad secret, or an address that cannot be bound.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let data_dir_lock = lock_data_dir(&config.data_dir)?;
+        let database_lock = match config.database_url.expose() {
+            url if url.starts_with("sqlite:") => store::SqliteStore::lock_for_node(url)?,
+            _ => None,
+        };
         let store = store::connect(config.database_url.expose()).await.context("opening the database")?;
         let secret = jwt_secret(&config.data_dir, config.jwt_secret.as_ref())?;
         let keys = JwtKeys::new(&secret, config.access_token_ttl, config.refresh_token_ttl);
@@ -76,7 +80,7 @@ impl App {
             Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("binding {addr} for /metrics"))?),
             None => None,
         };
-        Ok(Self { listener, metrics_listener, state, _data_dir_lock: data_dir_lock })
+        Ok(Self { listener, metrics_listener, state, _locks: (data_dir_lock, database_lock) })
     }
 
     /// The address actually bound (the real port when the config said 0).

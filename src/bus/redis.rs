@@ -11,8 +11,9 @@
 //! re-subscribe whenever a thread is created.
 //!
 //! When Redis goes away, local delivery goes on and `/readyz` reports the bus down;
-//! both connections retry with backoff, and once back, every connection of this
-//! node is closed with 1013 so its client syncs what it missed. Events this node
+//! both connections retry with backoff, and once back (resubscribing in batches of
+//! channels), every connection of this node is closed with 1013, spread over a few
+//! seconds, so its client syncs what it missed. Events this node
 //! could not publish are followed, once it can, by a notice on their recipients'
 //! channels, whose nodes then close those users' connections the same way.
 
@@ -39,6 +40,9 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Channels per SUBSCRIBE when a node (re)subscribes for all its users: a few
+/// round trips for tens of thousands of users, none of them a huge command.
+const SUBSCRIBE_BATCH: usize = 1_000;
 /// How often the subscription connection proves it is alive (a half-open TCP
 /// connection would otherwise look like a quiet one forever).
 const HEARTBEAT: Duration = Duration::from_secs(10);
@@ -344,9 +348,9 @@ impl SubscribeTask {
         // Watches queued meanwhile are answered by the loop below: their users are
         // among the hub's users subscribed here, or come after this snapshot.
         let mut watched: HashSet<UserId> = self.sink.local_users().into_iter().collect();
-        if !watched.is_empty() {
-            let names: Vec<String> = watched.iter().map(|u| self.channels.user(*u)).collect();
-            if !matches!(tokio::time::timeout(CONNECT_TIMEOUT, sink.subscribe(names)).await, Ok(Ok(()))) {
+        let names: Vec<String> = watched.iter().map(|u| self.channels.user(*u)).collect();
+        for batch in names.chunks(SUBSCRIBE_BATCH) {
+            if !matches!(tokio::time::timeout(CONNECT_TIMEOUT, sink.subscribe(batch)).await, Ok(Ok(()))) {
                 tracing::warn!("subscribing to Redis failed; retrying");
                 return false;
             }

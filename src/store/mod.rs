@@ -49,8 +49,24 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(ref db) if db.is_unique_violation() => {
                 Self::Conflict(db.constraint().unwrap_or("unique").to_owned())
             }
+            sqlx::Error::Database(ref db) if is_unavailable(db.as_ref()) => Self::Unavailable(Box::new(e)),
             other => Self::Other(Box::new(other)),
         }
+    }
+}
+
+/// A database that is down, full, read-only or overloaded: the write may work
+/// later, so the client is told `unavailable` (send again), not `internal`.
+fn is_unavailable(db: &dyn sqlx::error::DatabaseError) -> bool {
+    let code = db.code().unwrap_or_default();
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        // The primary result code is the low byte: BUSY 5, LOCKED 6, NOMEM 7,
+        // READONLY 8, IOERR 10, FULL 13, CANTOPEN 14 (the same list as the writer's).
+        code.parse::<u32>().is_ok_and(|c| matches!(c & 0xff, 5..=8 | 10 | 13 | 14))
+    } else {
+        // SQLSTATE classes: 08 connection exception, 53 insufficient resources
+        // (disk full, out of memory, too many connections), 57P operator intervention.
+        code.starts_with("08") || code.starts_with("53") || code.starts_with("57P")
     }
 }
 

@@ -42,8 +42,6 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     messages: MessageWriter,
-    /// The file's one-process lock, held while any clone of the store lives.
-    _lock: Option<std::sync::Arc<std::fs::File>>,
 }
 
 impl SqliteStore {
@@ -64,11 +62,37 @@ impl SqliteStore {
         {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Other(Box::new(e)))?;
         }
-        let lock = lock_file(options.get_filename())?;
         let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
         let messages = MessageWriter::start(options.get_filename(), BUSY_TIMEOUT)?;
         let reader = SqlitePoolOptions::new().max_connections(READERS).connect_with(options.read_only(true)).await?;
-        Ok(Self { writer, reader, messages, _lock: lock.map(std::sync::Arc::new) })
+        Ok(Self { writer, reader, messages })
+    }
+
+    /// Takes the one-node lock of the database file a `sqlite://` URL names (none
+    /// for an in-memory database), held until the returned file drops. A node's
+    /// writer caches what it owns (seqs, members), so a second node serving the
+    /// same file would act on stale state; one-off commands (`tokens`, `demo`)
+    /// do not take it and may run beside a node.
+    ///
+    /// # Errors
+    /// A malformed URL, or a file another node holds.
+    pub fn lock_for_node(url: &str) -> Result<Option<std::fs::File>> {
+        let options = SqliteConnectOptions::from_str(url)?;
+        let db = options.get_filename();
+        if db.as_os_str().is_empty() || db.as_os_str() == ":memory:" {
+            return Ok(None);
+        }
+        if let Some(dir) = db.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Other(Box::new(e)))?;
+        }
+        let mut path = db.as_os_str().to_owned();
+        path.push(".lock");
+        let hint = "one node per SQLite file (several nodes share a PostgreSQL database instead)";
+        crate::lockfile::lock(std::path::Path::new(&path), "the SQLite database", hint)
+            .map(Some)
+            .map_err(|e| StoreError::Other(Box::new(e)))
     }
 
     /// Brings the schema up to date.
@@ -78,21 +102,6 @@ impl SqliteStore {
     pub async fn migrate(&self) -> Result<()> {
         sqlx::migrate!("./migrations/sqlite").run(&self.writer).await.map_err(|e| StoreError::Other(Box::new(e)))
     }
-}
-
-/// One process per database file: the writer caches what it owns (seqs, members),
-/// so a second node on the same file would act on stale state. None for an
-/// in-memory database.
-fn lock_file(db: &std::path::Path) -> Result<Option<std::fs::File>> {
-    if db.as_os_str().is_empty() || db.as_os_str() == ":memory:" {
-        return Ok(None);
-    }
-    let mut path = db.as_os_str().to_owned();
-    path.push(".lock");
-    let hint = "one node per SQLite file (several nodes share a PostgreSQL database instead)";
-    crate::lockfile::lock(std::path::Path::new(&path), "the SQLite database", hint)
-        .map(Some)
-        .map_err(|e| StoreError::Other(Box::new(e)))
 }
 
 /// Takes a thread's next seq and moves it to the top of its participants' inboxes.

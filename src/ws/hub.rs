@@ -19,6 +19,11 @@ use crate::domain::{ConnectionId, Event, UserId};
 
 /// Close code for a client that cannot keep up (RFC 6455 "try again later").
 pub(crate) const CLOSE_TRY_AGAIN: u16 = 1013;
+/// When the bus comes back, this node's connections are closed over a window so
+/// their clients do not all reconnect (and sync) at the same instant: one
+/// millisecond per connection, at most this long.
+const MISSED_CLOSE_WINDOW_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+const MISSED: &str = "events may have been missed; reconnect and sync";
 
 /// Ends a connection with a close code; the first reason given wins. A child of
 /// the server's shutdown token, so stopping the server closes every socket.
@@ -228,16 +233,30 @@ impl Sink for Hub {
     }
 
     fn events_missed(&self) {
-        let users = self.users.read().unwrap_or_else(PoisonError::into_inner);
-        for conn in users.values().flatten() {
-            conn.closer.close(CLOSE_TRY_AGAIN, "events may have been missed; reconnect and sync");
-        }
+        let mut closers: Vec<Closer> = {
+            let users = self.users.read().unwrap_or_else(PoisonError::into_inner);
+            users.values().flatten().map(|c| c.closer.clone()).collect()
+        };
+        // Each at a random instant of the window (a shuffle, then an even pace).
+        rand::seq::SliceRandom::shuffle(closers.as_mut_slice(), &mut rand::thread_rng());
+        let window = MISSED_CLOSE_WINDOW_MAX.min(std::time::Duration::from_millis(closers.len() as u64));
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return closers.iter().for_each(|c| c.close(CLOSE_TRY_AGAIN, MISSED));
+        };
+        runtime.spawn(async move {
+            let started = tokio::time::Instant::now();
+            let count = closers.len().max(1) as u32;
+            for (n, closer) in closers.iter().enumerate() {
+                tokio::time::sleep_until(started + window * n as u32 / count).await;
+                closer.close(CLOSE_TRY_AGAIN, MISSED);
+            }
+        });
     }
 
     fn user_missed_events(&self, user: UserId) {
         let users = self.users.read().unwrap_or_else(PoisonError::into_inner);
         for conn in users.get(&user).into_iter().flatten() {
-            conn.closer.close(CLOSE_TRY_AGAIN, "events may have been missed; reconnect and sync");
+            conn.closer.close(CLOSE_TRY_AGAIN, MISSED);
         }
     }
 

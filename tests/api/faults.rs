@@ -236,3 +236,145 @@ async fn a_second_node_on_one_data_directory_or_one_sqlite_file_stops_with_a_cle
     assert!(text.contains("SQLite") && text.contains("in use by another Confab process"), "{text}");
     drop(again);
 }
+
+/// A small tmpfs of the test's own (the test runs as root, as CI does), unmounted
+/// when dropped; `fill` takes all of its free space.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("mount runs");
+        assert!(mounted.success(), "mounting a tmpfs needs root (the test command runs as root, as CI does)");
+        Self { dir }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Writes a file until the disk is full.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.path().join("filler");
+        let mut file = std::fs::File::create(&path).expect("filler");
+        let chunk = vec![0u8; 64 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+        path
+    }
+
+    /// (A remount read-only is refused while the node holds files open for
+    /// writing, so a disk that turns read-only under a running node is not tested.)
+    fn remount(&self, mode: &str) {
+        let done = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(self.path())
+            .status()
+            .expect("mount runs");
+        assert!(done.success(), "remount {mode}");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// Sends `text` over `ws` with `key` until the answer is an error; returns how many
+/// were acked before, and that error.
+async fn send_until_refused(ws: &mut WsClient, thread: &str, prefix: &str) -> (usize, serde_json::Value) {
+    let text = "x".repeat(4_000);
+    for n in 0..100_000 {
+        ws.send(json!({"type": "message", "thread_id": thread, "text": text, "client_msg_id": format!("{prefix}{n}")}))
+            .await;
+        let answer = ws.next().await;
+        if answer["type"] != "message_ack" {
+            return (n, answer);
+        }
+    }
+    panic!("the disk never filled");
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_sends_keeps_the_store_whole_and_service_resumes_when_space_returns() {
+    let disk = SmallDisk::mount("24m");
+    let data = disk.path().join("data");
+    let db = data.join("confab.db");
+    let url = format!("sqlite://{}", db.display());
+    let mut app = TestApp::spawn_with(|c| {
+        c.data_dir = data.clone();
+        c.database_url = Secret::new(url);
+    })
+    .await;
+    let (alice, bob, thread) = pair(&app).await;
+    let mut a = app.ws(&alice).await;
+
+    let filler = disk.fill();
+    let (acked_full, refused) = send_until_refused(&mut a, &thread, "full-").await;
+    assert_eq!(refused["error"], "unavailable", "{refused}");
+    assert_eq!(refused["client_msg_id"], format!("full-{acked_full}"), "the error names the refused send");
+    std::fs::remove_file(&filler).expect("space returns");
+    a.send(json!({"type": "message", "thread_id": thread, "text": "again", "client_msg_id": "after-full"})).await;
+    assert_eq!(a.next().await["type"], "message_ack", "sends resume when space returns");
+
+    // Every acked message is there once, and the file is whole.
+    let stored = crate::ledger::stored(&app, &bob, &thread).await;
+    let keys: Vec<&str> = stored.iter().filter_map(|m| m["client_msg_id"].as_str()).collect();
+    assert_eq!(keys.len(), acked_full + 1, "{acked_full} acked before the disk was full, 1 after");
+    assert!(keys.contains(&"after-full"));
+    app.stop().await;
+    let conn = rusqlite::Connection::open(&db).expect("open the store");
+    let check: String = conn.query_row("PRAGMA integrity_check", [], |row| row.get(0)).expect("integrity check");
+    assert_eq!(check, "ok", "PRAGMA integrity_check");
+}
+
+#[tokio::test]
+async fn a_read_only_data_directory_at_start_is_a_clear_error() {
+    let disk = SmallDisk::mount("4m");
+    disk.remount("ro");
+    let mut config = Config::new(disk.path().join("data"));
+    config.listen = "127.0.0.1:0".parse().expect("address");
+    let error = App::build(config).await.err().expect("no node starts on a read-only directory");
+    let text = format!("{error:#}");
+    assert!(text.contains("Read-only file system") && text.contains(&disk.path().display().to_string()), "{text}");
+}
+
+#[tokio::test]
+async fn when_redis_comes_back_a_nodes_connections_are_closed_over_a_window_not_at_once() {
+    let mut redis = crate::cluster::OwnRedis::start().await;
+    let cluster = crate::cluster::Cluster::start_on(1, redis.url()).await;
+    let node = &cluster.nodes[0];
+    let mut sockets = Vec::new();
+    for n in 0..13 {
+        let user = node.signup(&format!("u{n}"), "client").await;
+        for _ in 0..16 {
+            sockets.push(node.ws(&user).await);
+        }
+    }
+    redis.stop();
+    let deadline = Instant::now() + WAIT;
+    while readyz(node).await.0 != 503 {
+        assert!(Instant::now() < deadline, "readyz never reported the bus down");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    redis.restart().await;
+    let closes = sockets.iter_mut().map(|s| async {
+        let code = s.until_close().await.0;
+        (code, Instant::now())
+    });
+    let closes = join_all(closes).await;
+    assert!(closes.iter().all(|(code, _)| *code == 1013), "every connection is told to sync");
+    let first = closes.iter().map(|(_, at)| *at).min().expect("closes");
+    let last = closes.iter().map(|(_, at)| *at).max().expect("closes");
+    // 208 connections: a window of 208 ms, each close at its own instant in it.
+    assert!(last - first >= Duration::from_millis(100), "the closes took {:?}", last - first);
+    until_ready(node).await;
+}

@@ -32,13 +32,15 @@ pub(crate) async fn send_until_stopped(
     let mut acked = Acked::default();
     let Ok((socket, _)) = tokio_tungstenite::connect_async(ws_url.as_str()).await else { return acked };
     let (mut sink, mut stream) = socket.split();
-    let (mut next, mut in_flight) = (0usize, 0usize);
+    let (mut next, mut in_flight, mut can_send) = (0usize, 0usize, true);
     loop {
-        while in_flight < window && !stop.load(Ordering::Relaxed) {
+        while can_send && in_flight < window && !stop.load(Ordering::Relaxed) {
             let frame = json!({"type": "message", "thread_id": thread, "text": format!("m{next}"),
                 "client_msg_id": format!("{prefix}-{next}")});
             if sink.send(WsFrame::text(frame.to_string())).await.is_err() {
-                return acked;
+                // The server is closing: the answers already on their way still count.
+                can_send = false;
+                break;
             }
             next += 1;
             in_flight += 1;
