@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::ledger::{self, Acked};
@@ -86,7 +86,7 @@ struct Load {
     threads: Vec<(TestUser, String)>,
     /// Two senders per pair, in the order of `threads`.
     senders: Vec<tokio::task::JoinHandle<Acked>>,
-    stop: Arc<AtomicBool>,
+    shared: Arc<ledger::Shared>,
 }
 
 impl Load {
@@ -104,18 +104,30 @@ impl Load {
             });
             made.extend(futures::future::join_all(setups).await);
         }
-        let stop = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(ledger::Shared::default());
         let mut senders = Vec::new();
         for (n, (client, freelancer, thread)) in made.iter().enumerate() {
             for (side, user) in [("c", client), ("f", freelancer)] {
                 let url = front.ws_url(&format!("/ws/chat/?token={}", user.token));
                 let sender =
-                    ledger::send_until_stopped(url, thread.clone(), format!("{side}{n}"), WINDOW, stop.clone());
+                    ledger::send_until_stopped(url, thread.clone(), format!("{side}{n}"), WINDOW, shared.clone());
                 senders.push(tokio::spawn(sender));
             }
         }
         let threads = made.into_iter().map(|(_, freelancer, thread)| (freelancer, thread)).collect();
-        Self { threads, senders, stop }
+        Self { threads, senders, shared }
+    }
+
+    /// Waits until every sender has had an ack, then until the node has committed
+    /// `more` messages besides.
+    async fn in_full_swing(&self, front: &TestApp, more: f64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.shared.started.load(Ordering::Relaxed) < self.senders.len() {
+            assert!(Instant::now() < deadline, "not every sender was acked in time");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let now = front.metric("confab_commit_batch_messages_sum").await;
+        until_committed(front, now + more).await;
     }
 
     /// Waits for every sender; one merged log per thread.
@@ -170,7 +182,7 @@ async fn stop_under_load(signal: &str) -> (std::process::ExitStatus, usize, usiz
     let mut server = Server::start(dir.path());
     let front = TestApp::front(&server.base);
     let load = Load::start(&front, "u").await;
-    until_committed(&front, 5_000.0).await;
+    load.in_full_swing(&front, 2_000.0).await;
     server.signal(signal);
     let status = server.wait(Duration::from_secs(20));
     let (threads, acked) = load.finish().await;
@@ -302,7 +314,7 @@ async fn postgresql_killed_with_sigkill_under_load_and_restarted_loses_nothing_a
     })
     .await;
     let load = Load::start(&app, "pg").await;
-    until_committed(&app, 2_000.0).await;
+    load.in_full_swing(&app, 1_000.0).await;
     pg.kill();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (status, body) = app.send(reqwest::Method::GET, "/readyz", None, None).await;
@@ -311,7 +323,7 @@ async fn postgresql_killed_with_sigkill_under_load_and_restarted_loses_nothing_a
     // The pool reconnects by itself; senders are acked again.
     let resumed = app.metric("confab_commit_batch_messages_sum").await;
     until_committed(&app, resumed + 1_000.0).await;
-    load.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.shared.stop.store(true, Ordering::Relaxed);
     let (threads, acked) = load.finish().await;
     let refused: usize = acked.iter().flat_map(|a| a.refused.iter()).map(|(_, n)| n).sum();
     let codes: std::collections::BTreeSet<&String> = acked.iter().flat_map(|a| a.refused.keys()).collect();
@@ -337,7 +349,7 @@ async fn a_node_killed_with_sigkill_under_load_leaves_its_clients_to_the_other_n
     let b = Server::start_with(dir_b.path(), &args);
     let (front_a, front_b) = (TestApp::front(&a.base), TestApp::front(&b.base));
     let load = Load::start(&front_a, "n").await;
-    until_committed(&front_a, 2_000.0).await;
+    load.in_full_swing(&front_a, 1_000.0).await;
     a.signal("-KILL");
     a.wait(Duration::from_secs(5));
     let (threads, acked) = load.finish().await;

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -19,22 +19,30 @@ pub(crate) struct Acked {
     pub(crate) refused: HashMap<String, usize>,
 }
 
+/// What the senders of one load share: the test's stop, and how many senders have
+/// had their first ack (the load is in full swing when all have).
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    pub(crate) stop: AtomicBool,
+    pub(crate) started: AtomicUsize,
+}
+
 /// Sends into `thread` over its own WebSocket with `window` unacknowledged messages,
-/// until `stop` is set or the connection ends (the server stopped or died); each key
+/// until `shared.stop` is set or the connection ends (the server stopped or died); each key
 /// is `<prefix>-<n>`. Never panics on a dead server: what was acked is the result.
 pub(crate) async fn send_until_stopped(
     ws_url: String,
     thread: String,
     prefix: String,
     window: usize,
-    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
 ) -> Acked {
     let mut acked = Acked::default();
     let Ok((socket, _)) = tokio_tungstenite::connect_async(ws_url.as_str()).await else { return acked };
     let (mut sink, mut stream) = socket.split();
     let (mut next, mut in_flight, mut can_send) = (0usize, 0usize, true);
     loop {
-        while can_send && in_flight < window && !stop.load(Ordering::Relaxed) {
+        while can_send && in_flight < window && !shared.stop.load(Ordering::Relaxed) {
             let frame = json!({"type": "message", "thread_id": thread, "text": format!("m{next}"),
                 "client_msg_id": format!("{prefix}-{next}")});
             if sink.send(WsFrame::text(frame.to_string())).await.is_err() {
@@ -60,6 +68,9 @@ pub(crate) async fn send_until_stopped(
         let Ok(event) = serde_json::from_str::<Value>(text.as_str()) else { continue };
         match event["type"].as_str() {
             Some("message_ack") => {
+                if acked.seqs.is_empty() {
+                    shared.started.fetch_add(1, Ordering::Relaxed);
+                }
                 let key = event["client_msg_id"].as_str().unwrap_or_default().to_owned();
                 acked.seqs.insert(key, event["message"]["seq"].as_i64().unwrap_or(-1));
                 in_flight -= 1;
