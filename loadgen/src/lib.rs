@@ -5,6 +5,8 @@
 //!   with a window of unacknowledged messages per user;
 //! - [`idle`]: many authenticated connections held open: accept rate, failures,
 //!   server memory per connection, and a sample sent through to prove them live;
+//! - [`stalled`]: connections that stop reading while others send to them: the
+//!   server's memory stays bounded and it closes them (its write timeout);
 //! - [`history`]: preloads messages, then measures sending and history pages, to
 //!   show that neither slows as the store grows;
 //! - [`relay`]: not a scenario but the baseline: a bare in-memory WebSocket relay
@@ -18,5 +20,6 @@ pub mod idle;
 pub mod pairs;
 pub mod proc;
 pub mod relay;
+pub mod stalled;
 pub mod stats;
 pub mod users;

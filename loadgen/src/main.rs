@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use confab_loadgen::{history, idle, pairs, relay, users};
+use confab_loadgen::{history, idle, pairs, relay, stalled, users};
 
 #[derive(Parser)]
 #[command(name = "confab-loadgen", about = "Load generator for servers that keep Confab's wire contract")]
@@ -61,6 +61,30 @@ enum Command {
         /// Connections that send a message to prove the rest are live.
         #[arg(long, default_value_t = 100)]
         sample: usize,
+    },
+    /// Connections that stop reading while others send to them: the server's
+    /// memory meanwhile, and whether it closes them.
+    Stalled {
+        #[command(flatten)]
+        target: Target,
+        /// Pairs: one user stalls, the other sends to it.
+        #[arg(long, default_value_t = 500)]
+        pairs: usize,
+        /// Stalled connections per stalled user (at most the server's per-user cap).
+        #[arg(long, default_value_t = 4)]
+        per_user: usize,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Characters per message.
+        #[arg(long, default_value_t = 2000)]
+        text_len: usize,
+        #[arg(long, default_value_t = 8)]
+        window: usize,
+        /// Seconds after the flood before the server's connections are counted
+        /// (longer than its write timeout).
+        #[arg(long, default_value_t = 15)]
+        settle: u64,
     },
     /// Preloads messages, then measures sending and history pages.
     History {
@@ -153,6 +177,38 @@ async fn main() -> anyhow::Result<()> {
                     r.sample_acked,
                     r.sample_delivered,
                     r.sample_expected_deliveries,
+                );
+            }
+        }
+        Command::Stalled { target, pairs, per_user, seconds, text_len, window, settle } => {
+            let (base, signed_in) = target.users(pairs * 2).await?;
+            let options = stalled::Options {
+                per_user,
+                flood: Duration::from_secs(seconds),
+                text_len,
+                window,
+                settle: Duration::from_secs(settle),
+                server_pid: target.server_pid,
+            };
+            let r = stalled::run(&base[0], &signed_in, &options).await?;
+            if target.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                let mib = |v: Option<f64>| v.map_or("?".to_owned(), |v| format!("{v:.1} MiB"));
+                let n = |v: Option<f64>| v.map_or("?".to_owned(), |v| format!("{v:.0}"));
+                println!(
+                    "stalled: {} stalled connections, {} senders, {} messages acked, errors {:?}\n  server rss {} before, {} at the peak ({} per stalled connection), {} after\n  server connections after: {}; closed for a write timeout: {}, for a full queue: {}",
+                    r.stalled_connections,
+                    r.senders,
+                    r.messages_acked,
+                    r.send_errors,
+                    mib(r.server_rss_before_mib),
+                    mib(r.server_rss_peak_mib),
+                    r.server_rss_peak_per_stalled_kib.map_or("?".to_owned(), |k| format!("{k:.1} KiB")),
+                    mib(r.server_rss_after_mib),
+                    n(r.server_connections_after),
+                    n(r.server_write_timeout_closes),
+                    n(r.server_slow_consumer_closes),
                 );
             }
         }

@@ -97,7 +97,8 @@ pub(crate) async fn run(socket: Socket, state: AppState, user: Option<(User, Tim
     if let Err(e) = writer_done {
         tracing::error!(error = %e, "websocket writer failed");
     }
-    if !client_closed {
+    // (A client that does not read gets no closing handshake: see `write_loop`.)
+    if !client_closed && session.closer.reason().1 != NOT_READING {
         // The closing handshake: let the client read our close frame and answer it
         // before the socket goes, or it may see a reset instead of the close code.
         let _ = timeout(CLOSE_TIMEOUT, async {
@@ -121,6 +122,11 @@ fn read_error_close(e: &tungstenite::Error) -> (u16, &'static str) {
 }
 
 async fn close_now(sink: &mut SplitSink<Socket, WsMessage>, code: u16, reason: &'static str) {
+    if reason == NOT_READING {
+        // Its writes do not complete: a close frame would not either. Drop it now,
+        // so its memory goes at once.
+        return;
+    }
     let frame = CloseFrame { code: code.into(), reason: Utf8Bytes::from_static(reason) };
     let _ = timeout(CLOSE_TIMEOUT, sink.send(WsMessage::Close(Some(frame)))).await;
 }
@@ -500,7 +506,7 @@ const NOT_READING: &str = "not reading what the server sends; reconnect and sync
 /// How a batch of writes ended.
 enum Written {
     Done,
-    /// The connection failed or was closed meanwhile.
+    /// The connection failed.
     Closed,
     /// The client did not take the frames within the write timeout.
     TimedOut,
@@ -580,9 +586,10 @@ async fn write_loop(
         }
         let written = {
             let mut feed = futures::stream::iter(out.drain(..).map(Ok));
+            // Not raced against the closer: dropping a write midway would drop the
+            // frames in it (the acks of stored messages, on shutdown). The write
+            // timeout bounds how long a close waits for it.
             tokio::select! {
-                biased;
-                () = closer.closed() => Written::Closed,
                 r = sink.send_all(&mut feed) => if r.is_ok() { Written::Done } else { Written::Closed },
                 () = tokio::time::sleep(write_timeout) => Written::TimedOut,
             }
@@ -615,6 +622,11 @@ async fn write_loop(
         order.flush(&mut frames);
         let mut feed = futures::stream::iter(frames.drain(..).map(|f| Ok(WsMessage::Text(f))));
         let _ = timeout(CLOSE_TIMEOUT, sink.send_all(&mut feed)).await;
+    }
+    if reason == NOT_READING {
+        // Its writes do not complete: a close frame would not either. Drop it now,
+        // so its memory goes at once.
+        return;
     }
     let frame = CloseFrame { code: code.into(), reason: Utf8Bytes::from_static(reason) };
     let _ = timeout(CLOSE_TIMEOUT, sink.send(WsMessage::Close(Some(frame)))).await;
