@@ -122,11 +122,6 @@ fn read_error_close(e: &tungstenite::Error) -> (u16, &'static str) {
 }
 
 async fn close_now(sink: &mut SplitSink<Socket, WsMessage>, code: u16, reason: &'static str) {
-    if reason == NOT_READING {
-        // Its writes do not complete: a close frame would not either. Drop it now,
-        // so its memory goes at once.
-        return;
-    }
     let frame = CloseFrame { code: code.into(), reason: Utf8Bytes::from_static(reason) };
     let _ = timeout(CLOSE_TIMEOUT, sink.send(WsMessage::Close(Some(frame)))).await;
 }
@@ -512,6 +507,37 @@ enum Written {
     TimedOut,
 }
 
+impl Written {
+    /// Closes the connection as the outcome says; true when it did.
+    fn closes(self, closer: &Closer, metrics: &WriterMetrics) -> bool {
+        match self {
+            Self::Done => return false,
+            Self::Closed => closer.close(1000, ""),
+            Self::TimedOut => {
+                metrics.write_timeouts.inc();
+                closer.close(super::hub::CLOSE_TRY_AGAIN, NOT_READING);
+            }
+        }
+        true
+    }
+}
+
+/// Writes `frames`, within `limit`. Not raced against the closer: dropping a write
+/// midway would drop the frames in it (the acks of stored messages, on shutdown);
+/// the limit bounds how long a close waits for it.
+async fn write_all(
+    sink: &mut SplitSink<Socket, WsMessage>,
+    frames: impl Iterator<Item = WsMessage>,
+    limit: Duration,
+) -> Written {
+    let mut feed = futures::stream::iter(frames.map(Ok));
+    match timeout(limit, sink.send_all(&mut feed)).await {
+        Ok(Ok(())) => Written::Done,
+        Ok(Err(_)) => Written::Closed,
+        Err(_) => Written::TimedOut,
+    }
+}
+
 async fn write_loop(
     mut sink: SplitSink<Socket, WsMessage>,
     mut rx: mpsc::Receiver<Outgoing>,
@@ -535,15 +561,7 @@ async fn write_loop(
         }
     }
     if !frames.is_empty() {
-        let mut feed = futures::stream::iter(frames.drain(..).map(|f| Ok(WsMessage::Text(f))));
-        match timeout(write_timeout, sink.send_all(&mut feed)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => closer.close(1000, ""),
-            Err(_) => {
-                metrics.write_timeouts.inc();
-                closer.close(super::hub::CLOSE_TRY_AGAIN, NOT_READING);
-            }
-        }
+        write_all(&mut sink, frames.drain(..).map(WsMessage::Text), write_timeout).await.closes(&closer, &metrics);
     }
     'run: loop {
         tokio::select! {
@@ -584,27 +602,8 @@ async fn write_loop(
         if out.is_empty() {
             continue;
         }
-        let written = {
-            let mut feed = futures::stream::iter(out.drain(..).map(Ok));
-            // Not raced against the closer: dropping a write midway would drop the
-            // frames in it (the acks of stored messages, on shutdown). The write
-            // timeout bounds how long a close waits for it.
-            tokio::select! {
-                r = sink.send_all(&mut feed) => if r.is_ok() { Written::Done } else { Written::Closed },
-                () = tokio::time::sleep(write_timeout) => Written::TimedOut,
-            }
-        };
-        match written {
-            Written::Done => {}
-            Written::Closed => {
-                closer.close(1000, "");
-                break;
-            }
-            Written::TimedOut => {
-                metrics.write_timeouts.inc();
-                closer.close(super::hub::CLOSE_TRY_AGAIN, NOT_READING);
-                break;
-            }
+        if write_all(&mut sink, out.drain(..), write_timeout).await.closes(&closer, &metrics) {
+            break;
         }
         if rx.is_empty() {
             frames.shrink_to(0);

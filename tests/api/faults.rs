@@ -29,6 +29,12 @@ async fn node_behind_link(configure: impl FnOnce(&mut Config)) -> (TestApp, Link
     (app, link, schema)
 }
 
+/// A link between clients and the node.
+async fn link_to(app: &TestApp) -> Link {
+    let port = app.base.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).expect("port");
+    Link::start(format!("127.0.0.1:{port}"), Mode::Pass).await
+}
+
 async fn pair(app: &TestApp) -> (TestUser, TestUser, String) {
     let (alice, bob) = (app.signup("alice", "client").await, app.signup("bob", "freelancer").await);
     let thread = app.hire(&alice, &bob).await;
@@ -118,8 +124,7 @@ async fn a_client_that_vanishes_without_a_close_is_dropped_within_the_idle_timeo
     })
     .await;
     let alice = app.signup("alice", "client").await;
-    let port = app.base.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).expect("port");
-    let link = Link::start(format!("127.0.0.1:{port}"), Mode::Pass).await;
+    let link = link_to(&app).await;
     let gone = WsClient::connect(&format!("ws://127.0.0.1:{}/ws/chat/?token={}", link.port, alice.token)).await;
     assert_eq!(app.metric("confab_ws_connections").await, 1.0);
 
@@ -142,8 +147,7 @@ async fn a_client_that_stops_reading_is_closed_when_a_write_does_not_complete_in
     })
     .await;
     let (alice, bob, thread) = pair(&app).await;
-    let port = app.base.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).expect("port");
-    let link = Link::start(format!("127.0.0.1:{port}"), Mode::Pass).await;
+    let link = link_to(&app).await;
     let mut stuck = WsClient::connect(&format!("ws://127.0.0.1:{}/ws/chat/?token={}", link.port, bob.token)).await;
     stuck.assert_nothing_pending().await;
 
