@@ -275,7 +275,7 @@ impl SmallDisk {
     }
 
     /// (A remount read-only is refused while the node holds files open for
-    /// writing, so a disk that turns read-only under a running node is not tested.)
+    /// writing; a disk that turns read-only under a running node is `ExtDisk`.)
     fn remount(&self, mode: &str) {
         let done = std::process::Command::new("mount")
             .args(["-o", &format!("remount,{mode}")])
@@ -349,6 +349,141 @@ async fn a_read_only_data_directory_at_start_is_a_clear_error() {
     let error = App::build(config).await.err().expect("no node starts on a read-only directory");
     let text = format!("{error:#}");
     assert!(text.contains("Read-only file system") && text.contains(&disk.path().display().to_string()), "{text}");
+}
+
+/// A small ext4 filesystem on a loop device, mounted `errors=remount-ro`: the way a
+/// real disk turns read-only under a running node is an I/O error that ext4 answers
+/// by remounting itself read-only, and `trigger_fs_error` raises exactly that.
+struct ExtDisk {
+    dir: tempfile::TempDir,
+    image: tempfile::TempDir,
+    device: String,
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(program).args(args).output().expect("the program runs");
+    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+impl ExtDisk {
+    fn mount() -> Self {
+        let image = tempfile::tempdir().expect("temp dir");
+        let file = image.path().join("disk.img");
+        std::fs::File::create(&file).and_then(|f| f.set_len(32 << 20)).expect("image");
+        let file = file.to_str().expect("a UTF-8 path");
+        run("mkfs.ext4", &["-q", file]);
+        let device = run("losetup", &["-f", "--show", file]);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let disk = Self { dir, image, device };
+        disk.mount_again();
+        disk
+    }
+
+    fn mount_again(&self) {
+        run("mount", &["-o", "errors=remount-ro", &self.device, self.path().to_str().expect("UTF-8")]);
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// What a failing disk does: ext4 records an error and goes read-only at once.
+    fn fail(&self) {
+        let name = self.device.rsplit('/').next().expect("a device name");
+        std::fs::write(format!("/sys/fs/ext4/{name}/trigger_fs_error"), "a test fault").expect("trigger the error");
+    }
+
+    /// Unmounts, repairs with `e2fsck` as an operator would, and mounts again.
+    async fn repair(&self) {
+        // The stopped node's last handles (the pool, the writer thread) close a moment later.
+        let deadline = Instant::now() + WAIT;
+        let umount =
+            || std::process::Command::new("umount").arg(self.path()).stderr(std::process::Stdio::null()).status();
+        while !umount().expect("umount").success() {
+            assert!(Instant::now() < deadline, "the stopped node still holds the disk");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Exit 1 means "errors corrected", which is what is expected here.
+        let fsck = std::process::Command::new("e2fsck").args(["-fy", &self.device]).output().expect("e2fsck");
+        assert!(fsck.status.code().is_some_and(|c| c <= 1), "e2fsck: {}", String::from_utf8_lossy(&fsck.stdout));
+        self.mount_again();
+    }
+}
+
+impl Drop for ExtDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        let _ = std::process::Command::new("losetup").args(["-d", &self.device]).status();
+        let _ = &self.image;
+    }
+}
+
+#[tokio::test]
+async fn a_data_directory_that_turns_read_only_under_writes_refuses_sends_and_keeps_every_acked_message() {
+    let disk = ExtDisk::mount();
+    let data = disk.path().join("data");
+    let db = data.join("confab.db");
+    let url = format!("sqlite://{}", db.display());
+    let on_disk = |c: &mut Config| {
+        c.data_dir = data.clone();
+        c.database_url = Secret::new(url.clone());
+    };
+    let mut app = TestApp::spawn_with(|c| {
+        on_disk(c);
+        c.limits.messages_per_second = 100_000;
+        c.limits.message_burst = 100_000;
+    })
+    .await;
+    let (alice, bob, thread) = pair(&app).await;
+    let mut a = app.ws(&alice).await;
+    let mut acked = Vec::new();
+    for n in 0..50 {
+        let key = format!("before-{n}");
+        a.send(json!({"type": "message", "thread_id": thread, "text": "x".repeat(2_000), "client_msg_id": key})).await;
+        assert_eq!(a.next().await["type"], "message_ack");
+        acked.push(key);
+    }
+
+    // ext4 goes read-only a moment after the error: a send whose write and fsync
+    // landed before that is acked (and must survive); from then on, each is refused.
+    disk.fail();
+    let mut refused = 0;
+    for n in 0..200 {
+        let key = format!("read-only-{n}");
+        a.send(json!({"type": "message", "thread_id": thread, "text": "late", "client_msg_id": key})).await;
+        let answer = a.next().await;
+        if answer["type"] == "message_ack" {
+            assert_eq!(refused, 0, "once refused, no later send is acked: {answer}");
+            acked.push(key);
+            continue;
+        }
+        assert_eq!(answer["error"], "unavailable", "a send to a read-only disk is refused, never acked: {answer}");
+        assert_eq!(answer["client_msg_id"], key, "the error names its send");
+        refused += 1;
+        if refused == 5 {
+            break;
+        }
+    }
+    assert_eq!(refused, 5, "sends to the read-only disk were refused");
+    let (status, body) = app.get(&format!("/api/chat/threads/{thread}/messages/?limit=1"), &bob.token).await;
+    assert!(status == 200 || status == 503, "reads answer or say unavailable: {status} {body}");
+    drop(a);
+    app.stop().await;
+
+    // The operator repairs the disk; the store is whole and has every acked message once.
+    disk.repair().await;
+    let conn = rusqlite::Connection::open(&db).expect("open the store");
+    let check: String = conn.query_row("PRAGMA integrity_check", [], |row| row.get(0)).expect("integrity check");
+    assert_eq!(check, "ok", "PRAGMA integrity_check");
+    drop(conn);
+    let app = TestApp::spawn_with(on_disk).await;
+    let stored = crate::ledger::stored(&app, &bob, &thread).await;
+    let keys: Vec<&str> = stored.iter().filter_map(|m| m["client_msg_id"].as_str()).collect();
+    assert_eq!(keys, acked, "every acked message once, in order, and none of the refused ones");
+    let mut a = app.ws(&alice).await;
+    a.send(json!({"type": "message", "thread_id": thread, "text": "again", "client_msg_id": "after"})).await;
+    assert_eq!(a.next().await["type"], "message_ack", "service resumes on the repaired disk");
 }
 
 #[tokio::test]
