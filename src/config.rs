@@ -160,6 +160,9 @@ pub struct ServeArgs {
     /// Frames queued for one WebSocket connection; a client further behind is closed with 1013.
     #[arg(long, env = "CONFAB_WS_QUEUE", default_value_t = 1024)]
     pub ws_queue: usize,
+    /// Bytes of frames queued for one WebSocket connection; a client further behind is closed with 1013.
+    #[arg(long, env = "CONFAB_WS_QUEUE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub ws_queue_bytes: usize,
     /// Largest WebSocket frame, in bytes; larger ones close the connection with 1009.
     /// Smaller frames whose text is over the limit get a `payload_too_large` error.
     #[arg(long, env = "CONFAB_WS_MAX_FRAME_BYTES", default_value_t = 1024 * 1024)]
@@ -243,6 +246,9 @@ pub struct Config {
 pub struct WsLimits {
     /// Frames queued per connection: about a minute of a busy chat, a few MB at most.
     pub queue: usize,
+    /// Bytes of frames queued per connection: the frame bound alone let a client that
+    /// stopped reading hold ~15 MiB of long messages before it was closed.
+    pub queue_bytes: usize,
     /// Largest frame read: the contract's 1 MiB, far above the longest message text,
     /// so an over-long message gets an `error` that names it rather than a close.
     pub max_frame_bytes: usize,
@@ -266,6 +272,7 @@ impl Default for WsLimits {
     fn default() -> Self {
         Self {
             queue: 1024,
+            queue_bytes: 4 * 1024 * 1024,
             max_frame_bytes: 1024 * 1024,
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
@@ -343,6 +350,8 @@ impl From<&ServeArgs> for Config {
             refresh_token_ttl: Duration::from_secs(a.refresh_token_ttl),
             ws: WsLimits {
                 queue: a.ws_queue.max(16),
+                // Room for a few of the longest messages, so no single one is refused.
+                queue_bytes: a.ws_queue_bytes.max(256 * 1024),
                 max_frame_bytes: a.ws_max_frame_bytes,
                 ping_interval: Duration::from_secs(a.ws_ping_interval.max(1)),
                 idle_timeout: Duration::from_secs(a.ws_idle_timeout.max(1)),

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::order::{Delivery, MessageItem, Outgoing};
 use super::protocol;
+use super::queue::QueueTx;
 use crate::bus::{Bus, Sink};
 use crate::domain::{ConnectionId, Event, UserId};
 
@@ -56,7 +57,7 @@ impl Closer {
 #[derive(Debug, Clone)]
 struct Conn {
     id: ConnectionId,
-    queue: mpsc::Sender<Outgoing>,
+    queue: QueueTx,
     closer: Closer,
 }
 
@@ -172,7 +173,7 @@ impl Hub {
     pub(crate) fn register(
         self: &Arc<Self>,
         user: UserId,
-        queue: mpsc::Sender<Outgoing>,
+        queue: QueueTx,
         closer: Closer,
     ) -> Result<(Registration, Option<tokio::sync::oneshot::Receiver<()>>), TooManyConnections> {
         let id = ConnectionId(self.node | (self.next.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff));

@@ -6,6 +6,7 @@ mod fragment;
 mod hub;
 mod order;
 mod protocol;
+mod queue;
 mod session;
 
 use axum::extract::{Query, Request, State};

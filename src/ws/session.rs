@@ -18,6 +18,7 @@ use super::Socket;
 use super::hub::{Closer, WriterMetrics};
 use super::order::{Delivery, Gap, MessageItem, Outgoing, Sequencer};
 use super::protocol::{self, FrameError, RawFrame};
+use super::queue::{self, QueueRx, QueueTx};
 use crate::auth::jwt::CLOCK_LEEWAY;
 use crate::chat::{self, SendTarget};
 use crate::config::WsLimits;
@@ -61,7 +62,7 @@ pub(crate) async fn run(socket: Socket, state: AppState, user: Option<(User, Tim
             Err(_) => return close_now(&mut sink, CLOSE_UNAUTHORIZED, "no auth frame in time").await,
         },
     };
-    let (queue, rx) = mpsc::channel(limits.queue);
+    let (queue, rx) = queue::queue(limits.queue, limits.queue_bytes);
     let closer = Closer::new(&state.closing);
     let Ok((registration, subscribed)) = state.hub.register(user.id, queue.clone(), closer.clone()) else {
         return close_now(&mut sink, CLOSE_POLICY, "too many connections for this user").await;
@@ -158,7 +159,7 @@ struct Session<'a> {
     state: &'a AppState,
     user: &'a User,
     connection: ConnectionId,
-    queue: mpsc::Sender<Outgoing>,
+    queue: QueueTx,
     closer: Closer,
     /// When the token the connection lives on expires (moved by each `auth`).
     expires: Instant,
@@ -403,7 +404,7 @@ impl Session<'_> {
                 for part in page.results.chunks(chunk) {
                     // Wait for room for this chunk and the headroom, but take only the
                     // chunk's: live events must still find the headroom free.
-                    while self.queue.capacity() < part.len() + headroom {
+                    while !self.queue.has_room(part.len(), headroom) {
                         tokio::select! {
                             biased;
                             () = self.closer.closed() => return Ok(None),
@@ -420,9 +421,7 @@ impl Session<'_> {
                         after = message.seq;
                         let frame = protocol::new_message(message);
                         let item = MessageItem::new(Arc::new(message.clone()), frame, Delivery::Replay);
-                        if let Some(permit) = permits.next() {
-                            permit.send(Outgoing::Message(item));
-                        }
+                        permits.send(Outgoing::Message(item));
                     }
                     // Dropping the rest of the permits gives the headroom back at once.
                 }
@@ -466,7 +465,7 @@ impl Filler {
 /// joined the hub: each thread starts just before the first of them, so none is
 /// taken for one sent before the connection. Without the positions (the database
 /// is down), ordering starts at each thread's first message.
-async fn starting_order(filler: &Filler, rx: &mut mpsc::Receiver<Outgoing>) -> (Sequencer, Vec<Outgoing>) {
+async fn starting_order(filler: &Filler, rx: &mut QueueRx) -> (Sequencer, Vec<Outgoing>) {
     let heads = match filler.chat.thread_heads(&filler.user).await {
         Ok(heads) => Some(heads),
         Err(e) => {
@@ -540,7 +539,7 @@ async fn write_all(
 
 async fn write_loop(
     mut sink: SplitSink<Socket, WsMessage>,
-    mut rx: mpsc::Receiver<Outgoing>,
+    mut rx: QueueRx,
     closer: Closer,
     limits: WsLimits,
     filler: Filler,
@@ -600,9 +599,12 @@ async fn write_loop(
         }
         out.extend(frames.drain(..).map(WsMessage::Text));
         if out.is_empty() {
+            rx.written();
             continue;
         }
-        if write_all(&mut sink, out.drain(..), write_timeout).await.closes(&closer, &metrics) {
+        let stalled = write_all(&mut sink, out.drain(..), write_timeout).await.closes(&closer, &metrics);
+        rx.written();
+        if stalled {
             break;
         }
         if rx.is_empty() {

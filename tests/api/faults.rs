@@ -137,13 +137,16 @@ async fn a_client_that_vanishes_without_a_close_is_dropped_within_the_idle_timeo
     drop(gone);
 }
 
-#[tokio::test]
-async fn a_client_that_stops_reading_is_closed_when_a_write_does_not_complete_in_time() {
+/// Bob, connected through a link that holds his bytes, stops reading while Alice
+/// posts 15,000-character messages to him until the node counts `closed_by` once;
+/// then he is gone from the hub, the other close counter is 0, and he recovers
+/// every message with sync.
+async fn stalled_reader_closed_by(closed_by: &str, other: &str, configure: impl FnOnce(&mut Config)) {
     let app = TestApp::spawn_with(|c| {
-        c.ws.write_timeout = Duration::from_millis(300);
         c.limits.max_text_chars = 16_000;
         c.limits.messages_per_second = 100_000;
         c.limits.message_burst = 100_000;
+        configure(c);
     })
     .await;
     let (alice, bob, thread) = pair(&app).await;
@@ -151,26 +154,46 @@ async fn a_client_that_stops_reading_is_closed_when_a_write_does_not_complete_in
     let mut stuck = WsClient::connect(&format!("ws://127.0.0.1:{}/ws/chat/?token={}", link.port, bob.token)).await;
     stuck.assert_nothing_pending().await;
 
-    // Bob's side stops taking bytes; Alice goes on sending until his writes stall.
     link.set(Mode::Hold);
     let text = "x".repeat(15_000);
     let path = format!("/api/chat/threads/{thread}/messages/");
     let mut sent = 0;
-    while app.metric("confab_ws_write_timeout_closes_total").await < 1.0 {
-        assert!(sent < 4_000, "no write timed out after {sent} messages");
-        let batch = (0..20).map(|_| app.post(&path, &alice.token, json!({"text": text})));
+    while app.metric(closed_by).await < 1.0 {
+        assert!(sent < 4_000, "no {closed_by} after {sent} messages");
+        let batch = (0..10).map(|_| app.post(&path, &alice.token, json!({"text": text})));
         assert!(join_all(batch).await.iter().all(|(s, _)| *s == 201));
-        sent += 20;
+        sent += 10;
     }
+    assert_eq!(app.metric(other).await, 0.0, "closed by {closed_by}, not {other}");
     let started = Instant::now();
     while app.metric("confab_ws_connections").await > 0.0 {
         assert!(started.elapsed() < WAIT, "the stalled connection is still registered");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(app.metric("confab_ws_slow_consumer_closes_total").await, 0.0, "closed for its writes, not its queue");
-    // Sending goes on for everyone else, and Bob recovers everything with sync.
+    // Sending went on for everyone else, and Bob recovers everything with sync.
     let recovered = crate::ledger::synced(&app, &bob, &thread).await;
     assert_eq!(recovered.len(), sent + 1, "every message, the hire's first");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_when_a_write_does_not_complete_in_time() {
+    stalled_reader_closed_by("confab_ws_write_timeout_closes_total", "confab_ws_slow_consumer_closes_total", |c| {
+        c.ws.write_timeout = Duration::from_millis(300);
+        // The write timeout on its own: no byte bound that long messages reach first.
+        c.ws.queue_bytes = 1 << 30;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_holds_no_more_than_the_queue_byte_bound() {
+    // The frame bound (1,024) would let ~15 MiB of these wait; the byte bound closes
+    // the connection once 256 KiB wait behind a write that does not complete.
+    stalled_reader_closed_by("confab_ws_slow_consumer_closes_total", "confab_ws_write_timeout_closes_total", |c| {
+        c.ws.write_timeout = Duration::from_secs(3);
+        c.ws.queue_bytes = 256 * 1024;
+    })
+    .await;
 }
 
 #[tokio::test]
