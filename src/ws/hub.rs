@@ -44,6 +44,14 @@ impl Closer {
         self.token.cancel();
     }
 
+    /// Closes for a write that did not complete. This reason replaces any earlier
+    /// one (a full queue, say): it decides that no close frame or closing handshake
+    /// is tried on a socket that cannot be written, so the connection leaves at once.
+    pub(crate) fn close_unwritable(&self, code: u16, reason: &'static str) {
+        *self.reason.lock().unwrap_or_else(PoisonError::into_inner) = Some((code, reason));
+        self.token.cancel();
+    }
+
     pub(crate) async fn closed(&self) {
         self.token.cancelled().await;
     }

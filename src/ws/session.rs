@@ -514,7 +514,7 @@ impl Written {
             Self::Closed => closer.close(1000, ""),
             Self::TimedOut => {
                 metrics.write_timeouts.inc();
-                closer.close(super::hub::CLOSE_TRY_AGAIN, NOT_READING);
+                closer.close_unwritable(super::hub::CLOSE_TRY_AGAIN, NOT_READING);
             }
         }
         true
