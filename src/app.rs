@@ -52,7 +52,8 @@ impl App {
             url if url.starts_with("sqlite:") => store::SqliteStore::lock_for_node(url)?,
             _ => None,
         };
-        let store = store::connect(config.database_url.expose()).await.context("opening the database")?;
+        let options = store::StoreOptions { events: config.host.webhook.is_some() };
+        let store = store::connect(config.database_url.expose(), options).await.context("opening the database")?;
         let secret = jwt_secret(&config.data_dir, config.jwt_secret.as_ref())?;
         let keys = JwtKeys::new(&secret, config.access_token_ttl, config.refresh_token_ttl);
         let metrics = Arc::new(Metrics::new()?);

@@ -189,6 +189,83 @@ pub struct ServeArgs {
     /// Log format: `text` for people, `json` for log collectors.
     #[arg(long, env = "CONFAB_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub host: HostArgs,
+}
+
+/// Plugging into a marketplace that has its own users (docs/integration.md). All
+/// of it is off until set.
+#[derive(Debug, Clone, Args)]
+pub struct HostArgs {
+    /// HS256 key (at least 32 characters) the marketplace signs its users' tokens with.
+    #[arg(long, env = "CONFAB_HOST_JWT_SECRET", conflicts_with = "host_jwt_public_key")]
+    pub host_jwt_secret: Option<Secret>,
+    /// A PEM file with the public key of the marketplace's RS256 or ES256 user tokens.
+    #[arg(long, env = "CONFAB_HOST_JWT_PUBLIC_KEY")]
+    pub host_jwt_public_key: Option<PathBuf>,
+    /// The `iss` every host token must carry.
+    #[arg(long, env = "CONFAB_HOST_JWT_ISSUER")]
+    pub host_jwt_issuer: Option<String>,
+    /// The key (at least 32 characters) of `/api/server/`, the marketplace backend's API.
+    #[arg(long, env = "CONFAB_SERVER_API_KEY")]
+    pub server_api_key: Option<Secret>,
+    /// Where every event is POSTed (message.created, thread.created, thread.read).
+    #[arg(long, env = "CONFAB_WEBHOOK_URL", requires = "webhook_secret")]
+    pub webhook_url: Option<String>,
+    /// The key (at least 32 characters) of the webhooks' `Confab-Signature`.
+    #[arg(long, env = "CONFAB_WEBHOOK_SECRET", requires = "webhook_url")]
+    pub webhook_secret: Option<Secret>,
+    /// Delivery attempts of one event before it is given up (it stays replayable).
+    #[arg(long, env = "CONFAB_WEBHOOK_MAX_ATTEMPTS", default_value_t = 12)]
+    pub webhook_max_attempts: u32,
+    /// Days events are kept for replay (`GET /api/server/events/`) once sent.
+    #[arg(long, env = "CONFAB_EVENT_RETENTION_DAYS", default_value_t = 7)]
+    pub event_retention_days: u64,
+}
+
+/// Host tokens, the server API and webhooks, as configured.
+#[derive(Debug, Clone, Default)]
+pub struct HostConfig {
+    pub jwt_secret: Option<Secret>,
+    pub jwt_public_key: Option<PathBuf>,
+    pub jwt_issuer: Option<String>,
+    pub server_api_key: Option<Secret>,
+    pub webhook: Option<WebhookConfig>,
+    /// How long sent events stay replayable.
+    pub event_retention: Duration,
+}
+
+/// Where and how events are delivered.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub url: String,
+    pub secret: Secret,
+    /// The wait for the receiver's answer (the contract's 10 s).
+    pub timeout: Duration,
+    /// The delay before the second attempt; each next one doubles (with jitter), so
+    /// the default's first 8 attempts span more than an hour.
+    pub first_retry: Duration,
+    /// The longest delay between two attempts.
+    pub max_retry: Duration,
+    pub max_attempts: u32,
+}
+
+impl WebhookConfig {
+    pub fn new(url: impl Into<String>, secret: Secret) -> Self {
+        Self {
+            url: url.into(),
+            secret,
+            timeout: Duration::from_secs(10),
+            first_retry: Duration::from_secs(30),
+            max_retry: Duration::from_secs(6 * 3600),
+            max_attempts: 12,
+        }
+    }
+}
+
+impl HostConfig {
+    /// Retention's default: the contract's week.
+    pub const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -239,6 +316,7 @@ pub struct Config {
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
     pub ws: WsLimits,
+    pub host: HostConfig,
 }
 
 /// The bounds of WebSocket connections; each has its reason beside its default.
@@ -312,6 +390,7 @@ impl Config {
             access_token_ttl: Duration::from_secs(900),
             refresh_token_ttl: Duration::from_secs(7 * 24 * 3600),
             ws: WsLimits::default(),
+            host: HostConfig { event_retention: HostConfig::RETENTION, ..HostConfig::default() },
         }
     }
 }
@@ -359,6 +438,16 @@ impl From<&ServeArgs> for Config {
                 auth_timeout: WsLimits::default().auth_timeout,
                 max_connections_per_user: a.ws_max_connections_per_user.max(1),
                 max_connections_per_address: a.ws_max_connections_per_address.max(1),
+            },
+            host: HostConfig {
+                jwt_secret: a.host.host_jwt_secret.clone(),
+                jwt_public_key: a.host.host_jwt_public_key.clone(),
+                jwt_issuer: a.host.host_jwt_issuer.clone(),
+                server_api_key: a.host.server_api_key.clone(),
+                webhook: a.host.webhook_url.as_ref().zip(a.host.webhook_secret.as_ref()).map(|(url, secret)| {
+                    WebhookConfig { max_attempts: a.host.webhook_max_attempts.max(1), ..WebhookConfig::new(url, secret.clone()) }
+                }),
+                event_retention: Duration::from_secs(a.host.event_retention_days.max(1) * 24 * 3600),
             },
         }
     }

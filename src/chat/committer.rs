@@ -18,7 +18,7 @@ use super::members::ThreadMembers;
 use super::{Error, Sent};
 use crate::bus::Bus;
 use crate::domain::{Ack, ErrorCode, Event, Message, Proposal, User, UserId};
-use crate::store::{Appended, NewMessage, NewProposal, OpenThread, Opened, Store, StoreError};
+use crate::store::{Appended, NewMessage, NewProposal, NewSystemMessage, OpenThread, Opened, Store, StoreError};
 
 /// A batch takes everything queued up to this. Larger batches amortize the
 /// commit's page writes and fsync: on the pairs benchmark, 256 gave 15k msg/s,
@@ -33,6 +33,13 @@ pub(super) enum Job {
     Send(SendJob),
     /// Boxed: rare, and much larger than a send.
     Open(Box<OpenJob>),
+    /// A host's system message (server API), published in commit order too.
+    System(Box<SystemJob>),
+}
+
+pub(super) struct SystemJob {
+    pub(super) new: NewSystemMessage,
+    pub(super) reply: oneshot::Sender<Result<Sent, Error>>,
 }
 
 pub(super) struct SendJob {
@@ -164,6 +171,13 @@ impl Committer {
                     }
                     self.open(*open).await;
                 }
+                Job::System(job) => {
+                    if !sends.is_empty() {
+                        self.commit(std::mem::take(&mut sends)).await;
+                    }
+                    let SystemJob { new, reply } = *job;
+                    let _ = reply.send(self.system(new).await);
+                }
             }
         }
         if !sends.is_empty() {
@@ -185,6 +199,33 @@ impl Committer {
             self.bus.publish(Event::Message { message, recipients, ack: None });
         }
         let _ = reply.send(outcome);
+    }
+
+    /// Stores a host's system message and delivers it to everyone in the thread
+    /// (a repeat of its key answers the first one and delivers nothing).
+    async fn system(&self, new: NewSystemMessage) -> Result<Sent, Error> {
+        let key = new.client_msg_id.as_ref().map(|k| k.as_str().to_owned());
+        let stored = match tokio::time::timeout(COMMIT_TIMEOUT, self.store.append_system_message(new)).await {
+            Ok(stored) => stored,
+            Err(elapsed) => Err(StoreError::Unavailable(Box::new(elapsed))),
+        };
+        let Appended { message, duplicate } = stored.map_err(|e| match e {
+            StoreError::KeyReused => Error::rejected(
+                ErrorCode::Conflict,
+                format!(
+                    "client_msg_id {:?} was already used in this thread for a message with another text",
+                    key.unwrap_or_default()
+                ),
+            ),
+            other => other.into(),
+        })?;
+        let participants = self.store.participants(message.thread_id).await?;
+        let message = Message::view(message, &participants);
+        if !duplicate {
+            let recipients = participants.iter().map(|p| p.user.id).collect();
+            self.bus.publish(Event::Message { message: Arc::new(message.clone()), recipients, ack: None });
+        }
+        Ok(Sent { message, duplicate })
     }
 
     async fn commit(&self, sends: Vec<SendJob>) {

@@ -5,6 +5,7 @@
 
 mod accounts;
 mod committer;
+mod host;
 mod marketplace;
 mod members;
 mod messaging;
@@ -24,6 +25,7 @@ use crate::domain::{ErrorCode, Thread, ValidationError};
 use crate::store::{Store, StoreError};
 
 pub use accounts::Registration;
+pub use host::{HostJob, HostUser};
 pub use messaging::{Inbox, PreparedSend, SendTarget, Sent, SyncPlan, UnreadTotals};
 pub use throttle::SignInLimits;
 pub(crate) use throttle::client_key;

@@ -88,6 +88,8 @@ pub struct Job {
     pub status: JobStatus,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
+    /// The host marketplace's id for a job it put here (server API); `null` otherwise.
+    pub external_id: Option<String>,
 }
 
 /// How a thread names its job: `{"id", "title"}`.

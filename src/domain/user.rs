@@ -38,6 +38,10 @@ pub struct User {
     pub username: String,
     pub full_name: String,
     pub role: Role,
+    /// The host marketplace's id for a user it provisioned (host tokens, the server
+    /// API); `null` for someone who signed up on Confab.
+    #[serde(default)]
+    pub external_id: Option<String>,
 }
 
 /// A user as a message names its sender and recipient (no role, as in the seed).

@@ -3,6 +3,7 @@
 //! every implementation must pass. Knows nothing of HTTP.
 
 pub mod conformance;
+mod events;
 mod postgres;
 mod refresh;
 mod rows;
@@ -14,10 +15,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::domain::{
-    ClientMsgId, Freelancer, InboxCursor, Job, JobId, MessageRecord, Money, Page, PageRequest, Participant, Profile,
-    Proposal, Role, Seq, SystemMessage, ThreadId, ThreadRecord, Timestamp, User, UserId,
+    ClientMsgId, Freelancer, InboxCursor, Job, JobId, JobStatus, MessageId, MessageKind, MessageRecord, Money, Page,
+    PageRequest, Participant, Profile, Proposal, Role, Seq, SystemMessage, ThreadId, ThreadRecord, Timestamp, User,
+    UserId,
 };
 
+pub use events::{Backlog, Delivery, EventKind, NewEvent, StoredEvent};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -80,6 +83,44 @@ pub struct NewUser {
     pub full_name: String,
     pub role: Role,
     pub profile: Profile,
+}
+
+/// A user the host marketplace owns, as its token or its server API names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalUser {
+    pub external_id: String,
+    /// Set on creation, and changed on update when given.
+    pub username: Option<String>,
+    pub full_name: String,
+    pub role: Role,
+}
+
+/// A job the host marketplace owns, by its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalJob {
+    pub external_id: String,
+    pub client: UserId,
+    pub title: String,
+    pub description: String,
+    pub status: JobStatus,
+}
+
+/// A system message the host posts into a thread (no sender, no actor: unread for
+/// everyone in it), idempotent by its key within the thread.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewSystemMessage {
+    pub thread_id: ThreadId,
+    pub text: String,
+    pub metadata: serde_json::Value,
+    pub client_msg_id: Option<ClientMsgId>,
+}
+
+/// How a store is opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Record webhook events in the outbox (only when webhooks are configured: it
+    /// costs a row per message).
+    pub events: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -149,8 +190,24 @@ pub struct Appended {
 /// The answer to a key that is already stored: the first message when the text is
 /// the same (a retry), a [`StoreError::KeyReused`] when it is not (another message
 /// under an old key must never be acknowledged as the first one).
-fn repeated(first: MessageRecord, new: &NewMessage) -> Result<Appended> {
-    if first.text == new.text { Ok(Appended { message: first, duplicate: true }) } else { Err(StoreError::KeyReused) }
+fn repeated(first: MessageRecord, text: &str) -> Result<Appended> {
+    if first.text == text { Ok(Appended { message: first, duplicate: true }) } else { Err(StoreError::KeyReused) }
+}
+
+/// A host's system message: no sender and no actor, so it is unread for everyone.
+fn host_message(new: NewSystemMessage, seq: Seq) -> MessageRecord {
+    MessageRecord {
+        id: MessageId::generate(),
+        thread_id: new.thread_id,
+        seq,
+        kind: MessageKind::System,
+        sender_id: None,
+        actor_id: None,
+        text: new.text,
+        metadata: new.metadata,
+        client_msg_id: new.client_msg_id.map(ClientMsgId::into_inner),
+        created_at: Timestamp::now(),
+    }
 }
 
 /// Where a page of messages starts.
@@ -296,6 +353,36 @@ pub trait Store: Send + Sync + 'static {
     /// `user`'s unread count in each thread that has any.
     async fn unread_by_thread(&self, user: UserId) -> Result<Vec<(ThreadId, i64)>>;
 
+    /// The user the host knows by `external_id`.
+    async fn user_by_external_id(&self, external_id: &str) -> Result<Option<User>>;
+    /// Creates the host's user, or updates their name and role (and username, when
+    /// given); answers whether it was created.
+    ///
+    /// # Errors
+    /// `Conflict` when the username belongs to someone else; nothing is written.
+    async fn upsert_external_user(&self, user: ExternalUser) -> Result<(User, bool)>;
+    /// Creates or updates the host's job; answers whether it was created.
+    async fn upsert_external_job(&self, job: ExternalJob) -> Result<(Job, bool)>;
+    /// Appends a host's system message as the thread's next seq, or answers the
+    /// first one stored under its key (`duplicate`).
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown thread; `KeyReused` for a key stored with another text.
+    async fn append_system_message(&self, new: NewSystemMessage) -> Result<Appended>;
+
+    /// Recorded events after `after`, oldest first.
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Page<StoredEvent>>;
+    /// Up to `limit` events that may be sent at `now`, oldest first; an event waits
+    /// while an earlier one of its thread waits for a retry.
+    async fn due_events(&self, now: Timestamp, limit: u32) -> Result<Vec<StoredEvent>>;
+    async fn record_delivery(&self, seq: i64, outcome: Delivery) -> Result<()>;
+    /// Takes or renews the delivery lease for `holder` until `until`; false while
+    /// another holder's lease runs.
+    async fn take_event_lease(&self, holder: &str, now: Timestamp, until: Timestamp) -> Result<bool>;
+    /// Deletes events sent (or given up) that were recorded before `before`.
+    async fn prune_events(&self, before: Timestamp) -> Result<u64>;
+    async fn event_backlog(&self) -> Result<Backlog>;
+
     /// Records the first refresh token of a sign-in (and forgets expired ones).
     async fn add_refresh_token(&self, token: RefreshToken) -> Result<()>;
     /// Spends token `id` and records `next` (of the same family and user) in one
@@ -309,14 +396,14 @@ pub trait Store: Send + Sync + 'static {
 ///
 /// # Errors
 /// An unknown scheme, or a database that cannot be opened or migrated.
-pub async fn connect(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+pub async fn connect(url: &str, options: StoreOptions) -> anyhow::Result<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
-        let store = SqliteStore::connect(url).await?;
+        let store = SqliteStore::connect(url).await?.with_options(options);
         store.migrate().await?;
         Ok(Arc::new(store))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         let shown = redact_url(url);
-        let store = PostgresStore::connect(url).await.map_err(|e| {
+        let store = PostgresStore::connect(url).await.map(|s| s.with_options(options)).map_err(|e| {
             anyhow::anyhow!(
                 "cannot connect to PostgreSQL at {shown}: {}; check that the server is running, \
                  that the address and database are right, and that the user may log in",

@@ -12,14 +12,17 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
+use super::events::{self, EventRow, TAKE_EVENT_SEQS, opened_events};
 use super::refresh;
 use super::rows::{
     CredentialsRow, FREELANCER_COLUMNS, FreelancerRow, INSERT_MESSAGE, JOB_COLUMNS, JobRow, MESSAGE_COLUMNS,
     MessageRow, ParticipantRow, THREAD_COLUMNS, ThreadRow, USER_COLUMNS, UserRow, group_participants,
+    select_system_by_key,
 };
 use super::{
-    Appended, Cursor, InboxFrom, NewJob, NewMessage, NewProposal, NewUser, OpenThread, Opened, ReadMarker,
-    RefreshToken, Result, Rotation, Store, StoreError, ThreadKey, repeated,
+    Appended, Backlog, Cursor, Delivery, ExternalJob, ExternalUser, InboxFrom, NewEvent, NewJob, NewMessage,
+    NewProposal, NewSystemMessage, NewUser, OpenThread, Opened, ReadMarker, RefreshToken, Result, Rotation, Store,
+    StoreError, StoreOptions, StoredEvent, ThreadKey, host_message, repeated,
 };
 use crate::domain::{
     ClientMsgId, Freelancer, Job, JobId, MessageRecord, Page, PageRequest, Participant, Profile, Proposal, Seq,
@@ -36,6 +39,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// Whether writes record webhook events.
+    events: bool,
 }
 
 impl PostgresStore {
@@ -70,7 +75,14 @@ impl PostgresStore {
             })
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        Ok(Self { pool, events: false })
+    }
+
+    /// The store with `options` in force.
+    #[must_use]
+    pub fn with_options(mut self, options: StoreOptions) -> Self {
+        self.events = options.events;
+        self
     }
 
     /// Brings the schema up to date; safe to run from several nodes at once (the
@@ -163,6 +175,37 @@ async fn open_thread_in(tx: &mut Transaction<'_, Postgres>, open: OpenThread) ->
         None => None,
     };
     Ok(Opened { thread_id: id, created: true, first_message })
+}
+
+/// Records events inside `tx` in one statement, with the next seqs (the counter is
+/// taken last, so its lock is held only to the commit).
+async fn record_events(tx: &mut Transaction<'_, Postgres>, events: &[NewEvent]) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
+    let last: i64 = sqlx::query_scalar(TAKE_EVENT_SEQS).bind(n).fetch_one(&mut **tx).await?;
+    let seqs: Vec<i64> = (last - n + 1..=last).collect();
+    let ids: Vec<Uuid> = events.iter().map(|_| Uuid::new_v4()).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    let threads: Vec<Uuid> = events.iter().map(|e| e.thread_id.0).collect();
+    let thread_seqs: Vec<Option<i64>> = events.iter().map(|e| e.thread_seq.map(|s| s.0)).collect();
+    let users: Vec<Option<i64>> = events.iter().map(|e| e.user_id.map(|u| u.0)).collect();
+    sqlx::query(
+        "INSERT INTO events (seq, id, kind, thread_id, thread_seq, user_id, created_at, next_attempt_at) \
+         SELECT s, i, k, t, ts, u, $7, $7 FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::uuid[], \
+         $5::bigint[], $6::bigint[]) AS v(s, i, k, t, ts, u)",
+    )
+    .bind(&seqs)
+    .bind(&ids)
+    .bind(&kinds)
+    .bind(&threads)
+    .bind(&thread_seqs)
+    .bind(&users)
+    .bind(Timestamp::now().millis())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// What a message of a batch turns out to be.
@@ -342,13 +385,17 @@ impl PostgresStore {
             }
         }
         insert_messages(&mut tx, records.iter().flatten()).await?;
+        if self.events {
+            let created: Vec<NewEvent> = records.iter().flatten().map(|m| NewEvent::message(m.thread_id, m.seq)).collect();
+            record_events(&mut tx, &created).await?;
+        }
         tx.commit().await?;
         let mut results = Vec::with_capacity(batch.len());
         for (i, new) in batch.iter().enumerate() {
             results.push(match &plan[i] {
-                Planned::Repeat(first) => repeated(first.clone(), new),
+                Planned::Repeat(first) => repeated(first.clone(), &new.text),
                 Planned::RepeatOf(earlier) => match &records[*earlier] {
-                    Some(first) => repeated(first.clone(), new),
+                    Some(first) => repeated(first.clone(), &new.text),
                     None => Err(StoreError::NotFound("thread")),
                 },
                 // Cloned, not taken: a later repeat of its key answers with it too.
@@ -421,7 +468,7 @@ impl Store for PostgresStore {
         .bind(Timestamp::now().millis())
         .fetch_one(&self.pool)
         .await?;
-        Ok(User { id: UserId(id), username: new.username, full_name: new.full_name, role: new.role })
+        Ok(User { id: UserId(id), username: new.username, full_name: new.full_name, role: new.role, external_id: None })
     }
 
     async fn credentials(&self, username: &str) -> Result<Option<(User, String)>> {
@@ -527,6 +574,9 @@ impl Store for PostgresStore {
     async fn open_thread(&self, open: OpenThread) -> Result<Opened> {
         let mut tx = self.pool.begin().await?;
         let opened = open_thread_in(&mut tx, open).await?;
+        if self.events {
+            record_events(&mut tx, &opened_events(&opened)).await?;
+        }
         tx.commit().await?;
         Ok(opened)
     }
@@ -548,6 +598,9 @@ impl Store for PostgresStore {
         .bind(now.millis())
         .fetch_one(&mut *tx)
         .await?;
+        if self.events {
+            record_events(&mut tx, &opened_events(&opened)).await?;
+        }
         tx.commit().await?;
         let proposal = Proposal {
             id,
@@ -663,8 +716,9 @@ impl Store for PostgresStore {
         let target = up_to.map_or(last, |s| s.0.min(last));
         let mut marker = (current, false);
         if target > current {
-            // One statement, no explicit transaction: the row lock lasts only as
-            // long as the update, and a marker that would not move is not touched.
+            // One short transaction: the row lock lasts only as long as the update
+            // (and its event), and a marker that would not move is not touched.
+            let mut tx = self.pool.begin().await?;
             let updated: Option<i64> = sqlx::query_scalar(
                 "UPDATE thread_participants SET last_read_seq = $3 \
                  WHERE thread_id = $1 AND user_id = $2 AND last_read_seq < $3 RETURNING last_read_seq",
@@ -672,8 +726,14 @@ impl Store for PostgresStore {
             .bind(id.0)
             .bind(user.0)
             .bind(target)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?;
+            if let Some(m) = updated
+                && self.events
+            {
+                record_events(&mut tx, &[NewEvent::read(id, user, Seq(m))]).await?;
+            }
+            tx.commit().await?;
             marker = match updated {
                 Some(m) => (m, true),
                 None => (self.read_position(id, user).await?.map_or(target, |(m, _)| m), false),
@@ -745,5 +805,139 @@ impl Store for PostgresStore {
 
     async fn rotate_refresh_token(&self, id: &str, next: RefreshToken) -> Result<Rotation> {
         refresh::postgres::rotate(&self.pool, "BEGIN", id, next).await
+    }
+
+    async fn user_by_external_id(&self, external_id: &str) -> Result<Option<User>> {
+        sqlx::query_as::<_, UserRow>(&format!("SELECT {USER_COLUMNS} FROM users u WHERE u.external_id = $1"))
+            .bind(external_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(User::try_from)
+            .transpose()
+    }
+
+    async fn upsert_external_user(&self, user: ExternalUser) -> Result<(User, bool)> {
+        // One statement: two nodes provisioning the same user at once both land on
+        // the unique index, and one of them updates. `xmax = 0` tells an insert.
+        let username = user.username.clone().unwrap_or_else(|| user.external_id.clone());
+        let row: Option<(i64, bool)> = sqlx::query_as(
+            "INSERT INTO users (username, password_hash, full_name, role, external_id, created_at) \
+             VALUES ($1, '', $2, $3, $4, $5) \
+             ON CONFLICT (external_id) WHERE external_id IS NOT NULL DO UPDATE SET full_name = EXCLUDED.full_name, \
+             role = EXCLUDED.role, username = CASE WHEN $6 THEN EXCLUDED.username ELSE users.username END \
+             RETURNING id, (xmax = 0)",
+        )
+        .bind(&username)
+        .bind(&user.full_name)
+        .bind(user.role.as_str())
+        .bind(&user.external_id)
+        .bind(Timestamp::now().millis())
+        .bind(user.username.is_some())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| match StoreError::from(e) {
+            StoreError::Conflict(_) => StoreError::Conflict("users.username".to_owned()),
+            other => other,
+        })?;
+        let Some((id, created)) = row else { return Err(StoreError::Other("the user upsert answered no row".into())) };
+        let user = self.user(UserId(id)).await?.ok_or(StoreError::NotFound("user"))?;
+        Ok((user, created))
+    }
+
+    async fn upsert_external_job(&self, job: ExternalJob) -> Result<(Job, bool)> {
+        let (id, created): (i64, bool) = sqlx::query_as(
+            "INSERT INTO jobs (client_id, title, description, status, external_id, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (external_id) WHERE external_id IS NOT NULL DO UPDATE SET client_id = EXCLUDED.client_id, \
+             title = EXCLUDED.title, description = EXCLUDED.description, status = EXCLUDED.status \
+             RETURNING id, (xmax = 0)",
+        )
+        .bind(job.client.0)
+        .bind(&job.title)
+        .bind(&job.description)
+        .bind(job.status.as_str())
+        .bind(&job.external_id)
+        .bind(Timestamp::now().millis())
+        .fetch_one(&self.pool)
+        .await?;
+        let job = self.job(JobId(id)).await?.ok_or(StoreError::NotFound("job"))?;
+        Ok((job, created))
+    }
+
+    async fn append_system_message(&self, new: NewSystemMessage) -> Result<Appended> {
+        // Two nodes storing one key at once: the loser's insert hits the unique
+        // index, nothing of it is kept, and the second try finds the winner's.
+        for attempt in 1..=2 {
+            let mut tx = self.pool.begin().await?;
+            if let Some(key) = &new.client_msg_id {
+                let first: Option<MessageRow> = sqlx::query_as(&select_system_by_key())
+                    .bind(new.thread_id.0)
+                    .bind(key.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some(first) = first {
+                    return repeated(first.try_into()?, &new.text);
+                }
+            }
+            let seq: Option<i64> =
+                sqlx::query_scalar(BUMP_THREAD).bind(new.thread_id.0).fetch_optional(&mut *tx).await?;
+            let Some(seq) = seq else { return Err(StoreError::NotFound("thread")) };
+            let record = host_message(new.clone(), Seq(seq));
+            match insert_message(&mut tx, &record).await {
+                Err(StoreError::Conflict(_)) if attempt == 1 => continue,
+                other => other?,
+            }
+            if self.events {
+                record_events(&mut tx, &[NewEvent::message(record.thread_id, record.seq)]).await?;
+            }
+            tx.commit().await?;
+            return Ok(Appended { message: record, duplicate: false });
+        }
+        Err(StoreError::Other("a system message's key kept conflicting".into()))
+    }
+
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Page<StoredEvent>> {
+        let rows: Vec<EventRow> = sqlx::query_as(&events::select_after())
+            .bind(after)
+            .bind(i64::from(limit) + 1)
+            .fetch_all(&self.pool)
+            .await?;
+        let rows = rows.into_iter().map(StoredEvent::try_from).collect::<Result<Vec<_>>>()?;
+        Ok(Page::from_overfetch(rows, limit))
+    }
+
+    async fn due_events(&self, now: Timestamp, limit: u32) -> Result<Vec<StoredEvent>> {
+        let rows: Vec<EventRow> = sqlx::query_as(&events::select_due())
+            .bind(now.millis())
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(StoredEvent::try_from).collect()
+    }
+
+    async fn record_delivery(&self, seq: i64, outcome: Delivery) -> Result<()> {
+        let (sql, at, error) = events::delivery_update(&outcome, Timestamp::now());
+        sqlx::query(sql).bind(seq).bind(at).bind(error).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn take_event_lease(&self, holder: &str, now: Timestamp, until: Timestamp) -> Result<bool> {
+        let taken = sqlx::query(events::TAKE_LEASE)
+            .bind(holder)
+            .bind(now.millis())
+            .bind(until.millis())
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(taken == 1)
+    }
+
+    async fn prune_events(&self, before: Timestamp) -> Result<u64> {
+        Ok(sqlx::query(events::PRUNE).bind(before.millis()).execute(&self.pool).await?.rows_affected())
+    }
+
+    async fn event_backlog(&self) -> Result<Backlog> {
+        let (pending, oldest): (i64, Option<i64>) = sqlx::query_as(events::BACKLOG).fetch_one(&self.pool).await?;
+        Ok(Backlog { pending, oldest: oldest.map(Timestamp::from_millis) })
     }
 }

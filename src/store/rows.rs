@@ -10,17 +10,25 @@ use crate::domain::{
     ThreadId, ThreadKind, ThreadRecord, Timestamp, User, UserId,
 };
 
-pub(super) const USER_COLUMNS: &str = "u.id, u.username, u.full_name, u.role";
+pub(super) const USER_COLUMNS: &str = "u.id, u.username, u.full_name, u.role, u.external_id";
 pub(super) const FREELANCER_COLUMNS: &str =
-    "u.id, u.username, u.full_name, u.role, u.headline, u.skills, u.hourly_rate_cents";
-pub(super) const JOB_COLUMNS: &str = "j.id, j.title, j.description, j.status, j.created_at, \
-     u.id AS client_id, u.username AS client_username, u.full_name AS client_full_name, u.role AS client_role";
+    "u.id, u.username, u.full_name, u.role, u.external_id, u.headline, u.skills, u.hourly_rate_cents";
+pub(super) const JOB_COLUMNS: &str = "j.id, j.title, j.description, j.status, j.created_at, j.external_id, \
+     u.id AS client_id, u.username AS client_username, u.full_name AS client_full_name, u.role AS client_role, \
+     u.external_id AS client_external_id";
 pub(super) const MESSAGE_COLUMNS: &str =
     "m.id, m.thread_id, m.seq, m.kind, m.sender_id, m.actor_id, m.text, m.metadata, m.client_msg_id, m.created_at";
 
 /// Stores one message, on both stores and the SQLite writer thread.
 pub(super) const INSERT_MESSAGE: &str = "INSERT INTO messages (id, thread_id, seq, kind, sender_id, actor_id, text, metadata, client_msg_id, created_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
+/// The system message the host stored in a thread under a key.
+pub(super) fn select_system_by_key() -> String {
+    format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.thread_id = $1 AND m.sender_id IS NULL AND m.client_msg_id = $2"
+    )
+}
 
 fn corrupt(what: &str) -> StoreError {
     StoreError::Other(format!("corrupt row: {what}").into())
@@ -32,6 +40,7 @@ pub(super) struct UserRow {
     username: String,
     full_name: String,
     role: String,
+    external_id: Option<String>,
 }
 
 impl TryFrom<UserRow> for User {
@@ -42,6 +51,7 @@ impl TryFrom<UserRow> for User {
             username: r.username,
             full_name: r.full_name,
             role: Role::parse(&r.role).map_err(|_| corrupt("users.role"))?,
+            external_id: r.external_id,
         })
     }
 }
@@ -87,10 +97,12 @@ pub(super) struct JobRow {
     description: String,
     status: String,
     created_at: i64,
+    external_id: Option<String>,
     client_id: i64,
     client_username: String,
     client_full_name: String,
     client_role: String,
+    client_external_id: Option<String>,
 }
 
 impl TryFrom<JobRow> for Job {
@@ -101,6 +113,7 @@ impl TryFrom<JobRow> for Job {
             username: r.client_username,
             full_name: r.client_full_name,
             role: r.client_role,
+            external_id: r.client_external_id,
         };
         Ok(Self {
             id: JobId(r.id),
@@ -109,6 +122,7 @@ impl TryFrom<JobRow> for Job {
             client: client.try_into()?,
             status: JobStatus::from_db(&r.status),
             created_at: Timestamp::from_millis(r.created_at),
+            external_id: r.external_id,
         })
     }
 }

@@ -15,15 +15,18 @@ use super::refresh;
 use super::rows::{
     CredentialsRow, FREELANCER_COLUMNS, FreelancerRow, INSERT_MESSAGE, JOB_COLUMNS, JobRow, MESSAGE_COLUMNS,
     MessageRow, ParticipantRow, THREAD_COLUMNS, ThreadRow, USER_COLUMNS, UserRow, group_participants,
+    select_system_by_key,
 };
+use super::events::{self, EventRow, INSERT_EVENT, TAKE_EVENT_SEQS, opened_events};
 use super::sqlite_writer::MessageWriter;
 use super::{
-    Appended, Cursor, InboxFrom, NewJob, NewMessage, NewProposal, NewUser, OpenThread, Opened, ReadMarker,
-    RefreshToken, Result, Rotation, Store, StoreError, ThreadKey,
+    Appended, Backlog, Cursor, Delivery, ExternalJob, ExternalUser, InboxFrom, NewEvent, NewJob, NewMessage,
+    NewProposal, NewSystemMessage, NewUser, OpenThread, Opened, ReadMarker, RefreshToken, Result, Rotation, Store,
+    StoreError, StoreOptions, StoredEvent, ThreadKey, host_message, repeated,
 };
 use crate::domain::{
-    Freelancer, Job, JobId, MessageRecord, Page, PageRequest, Participant, Profile, Proposal, Seq, SystemMessage,
-    ThreadId, ThreadKind, ThreadRecord, Timestamp, User, UserId,
+    Freelancer, Job, JobId, MessageRecord, Page, PageRequest, Participant, Profile, Proposal,
+    Seq, SystemMessage, ThreadId, ThreadKind, ThreadRecord, Timestamp, User, UserId,
 };
 
 /// Readers beyond two cores only queue on the file; a few cover concurrent requests.
@@ -42,6 +45,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     messages: MessageWriter,
+    /// Whether writes record webhook events.
+    events: bool,
 }
 
 impl SqliteStore {
@@ -65,7 +70,14 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
         let messages = MessageWriter::start(options.get_filename(), BUSY_TIMEOUT)?;
         let reader = SqlitePoolOptions::new().max_connections(READERS).connect_with(options.read_only(true)).await?;
-        Ok(Self { writer, reader, messages })
+        Ok(Self { writer, reader, messages, events: false })
+    }
+
+    /// The store with `options` in force.
+    #[must_use]
+    pub fn with_options(mut self, options: StoreOptions) -> Self {
+        self.events = options.events;
+        self
     }
 
     /// Takes the one-node lock of the database file a `sqlite://` URL names (none
@@ -121,6 +133,30 @@ async fn insert_system_message(
     let record = MessageRecord::system(thread, Seq(seq), message, now);
     insert_message(tx, &record).await?;
     Ok(record)
+}
+
+/// Records events inside `tx`, with the next seqs (the counter is taken last, so
+/// its lock is held only to the commit).
+async fn record_events(tx: &mut Transaction<'_, Sqlite>, events: &[NewEvent]) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
+    let last: i64 = sqlx::query_scalar(TAKE_EVENT_SEQS).bind(n).fetch_one(&mut **tx).await?;
+    let now = Timestamp::now().millis();
+    for (seq, e) in (last - n + 1..).zip(events) {
+        sqlx::query(INSERT_EVENT)
+            .bind(seq)
+            .bind(uuid::Uuid::new_v4())
+            .bind(e.kind.as_str())
+            .bind(e.thread_id.0)
+            .bind(e.thread_seq.map(|s| s.0))
+            .bind(e.user_id.map(|u| u.0))
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 /// The message a sender already stored in a thread under a key.
@@ -263,7 +299,7 @@ impl Store for SqliteStore {
         .bind(Timestamp::now().millis())
         .fetch_one(&self.writer)
         .await?;
-        Ok(User { id: UserId(id), username: new.username, full_name: new.full_name, role: new.role })
+        Ok(User { id: UserId(id), username: new.username, full_name: new.full_name, role: new.role, external_id: None })
     }
 
     async fn credentials(&self, username: &str) -> Result<Option<(User, String)>> {
@@ -370,6 +406,9 @@ impl Store for SqliteStore {
     async fn open_thread(&self, open: OpenThread) -> Result<Opened> {
         let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
         let opened = open_thread_in(&mut tx, open).await?;
+        if self.events {
+            record_events(&mut tx, &opened_events(&opened)).await?;
+        }
         tx.commit().await?;
         Ok(opened)
     }
@@ -377,6 +416,9 @@ impl Store for SqliteStore {
     async fn submit_proposal(&self, new: NewProposal, thread: OpenThread) -> Result<(Proposal, Opened)> {
         let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
         let opened = open_thread_in(&mut tx, thread).await?;
+        if self.events {
+            record_events(&mut tx, &opened_events(&opened)).await?;
+        }
         let now = Timestamp::now();
         // A unique violation here drops `tx`, which rolls the thread back too.
         let id: i64 = sqlx::query_scalar(
@@ -405,7 +447,7 @@ impl Store for SqliteStore {
     }
 
     async fn append_messages(&self, batch: Vec<NewMessage>) -> Result<Vec<Result<Appended>>> {
-        self.messages.append(batch).await
+        self.messages.append(batch, self.events).await
     }
 
     async fn thread(&self, id: ThreadId, viewer: UserId) -> Result<Option<ThreadRecord>> {
@@ -492,6 +534,7 @@ impl Store for SqliteStore {
         let target = up_to.map_or(last, |s| s.0.min(last));
         let mut marker = (current, false);
         if target > current {
+            let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
             let updated: Option<i64> = sqlx::query_scalar(
                 "UPDATE thread_participants SET last_read_seq = $3 \
                  WHERE thread_id = $1 AND user_id = $2 AND last_read_seq < $3 RETURNING last_read_seq",
@@ -499,8 +542,14 @@ impl Store for SqliteStore {
             .bind(id.0)
             .bind(user.0)
             .bind(target)
-            .fetch_optional(&self.writer)
+            .fetch_optional(&mut *tx)
             .await?;
+            if let Some(m) = updated
+                && self.events
+            {
+                record_events(&mut tx, &[NewEvent::read(id, user, Seq(m))]).await?;
+            }
+            tx.commit().await?;
             marker = match updated {
                 Some(m) => (m, true),
                 // Another read moved it further meanwhile.
@@ -573,5 +622,160 @@ impl Store for SqliteStore {
 
     async fn rotate_refresh_token(&self, id: &str, next: RefreshToken) -> Result<Rotation> {
         refresh::sqlite::rotate(&self.writer, BEGIN_WRITE, id, next).await
+    }
+
+    async fn user_by_external_id(&self, external_id: &str) -> Result<Option<User>> {
+        sqlx::query_as::<_, UserRow>(&format!("SELECT {USER_COLUMNS} FROM users u WHERE u.external_id = $1"))
+            .bind(external_id)
+            .fetch_optional(&self.reader)
+            .await?
+            .map(User::try_from)
+            .transpose()
+    }
+
+    async fn upsert_external_user(&self, user: ExternalUser) -> Result<(User, bool)> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        let by_external = format!("SELECT {USER_COLUMNS} FROM users u WHERE u.external_id = $1");
+        let existing: Option<UserRow> =
+            sqlx::query_as(&by_external).bind(&user.external_id).fetch_optional(&mut *tx).await?;
+        let created = existing.is_none();
+        if let Some(name) = &user.username {
+            let holder: Option<Option<String>> =
+                sqlx::query_scalar("SELECT external_id FROM users WHERE username = $1").bind(name).fetch_optional(&mut *tx).await?;
+            if holder.is_some_and(|h| h.as_deref() != Some(user.external_id.as_str())) {
+                return Err(StoreError::Conflict("users.username".to_owned()));
+            }
+        }
+        if created {
+            let username = user.username.clone().unwrap_or_else(|| user.external_id.clone());
+            sqlx::query(
+                "INSERT INTO users (username, password_hash, full_name, role, external_id, created_at) \
+                 VALUES ($1, '', $2, $3, $4, $5)",
+            )
+            .bind(username)
+            .bind(&user.full_name)
+            .bind(user.role.as_str())
+            .bind(&user.external_id)
+            .bind(Timestamp::now().millis())
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            sqlx::query(
+                "UPDATE users SET full_name = $2, role = $3, username = COALESCE($4, username) WHERE external_id = $1",
+            )
+            .bind(&user.external_id)
+            .bind(&user.full_name)
+            .bind(user.role.as_str())
+            .bind(&user.username)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let row: UserRow = sqlx::query_as(&by_external).bind(&user.external_id).fetch_one(&mut *tx).await?;
+        tx.commit().await?;
+        Ok((row.try_into()?, created))
+    }
+
+    async fn upsert_external_job(&self, job: ExternalJob) -> Result<(Job, bool)> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        let updated = sqlx::query(
+            "UPDATE jobs SET client_id = $2, title = $3, description = $4, status = $5 WHERE external_id = $1",
+        )
+        .bind(&job.external_id)
+        .bind(job.client.0)
+        .bind(&job.title)
+        .bind(&job.description)
+        .bind(job.status.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let created = updated == 0;
+        if created {
+            sqlx::query(
+                "INSERT INTO jobs (client_id, title, description, status, external_id, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(job.client.0)
+            .bind(&job.title)
+            .bind(&job.description)
+            .bind(job.status.as_str())
+            .bind(&job.external_id)
+            .bind(Timestamp::now().millis())
+            .execute(&mut *tx)
+            .await?;
+        }
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs j JOIN users u ON u.id = j.client_id WHERE j.external_id = $1");
+        let row: JobRow = sqlx::query_as(&sql).bind(&job.external_id).fetch_one(&mut *tx).await?;
+        tx.commit().await?;
+        Ok((row.try_into()?, created))
+    }
+
+    async fn append_system_message(&self, new: NewSystemMessage) -> Result<Appended> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        if let Some(key) = &new.client_msg_id {
+            let first: Option<MessageRow> = sqlx::query_as(&select_system_by_key())
+                .bind(new.thread_id.0)
+                .bind(key.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(first) = first {
+                return repeated(first.try_into()?, &new.text);
+            }
+        }
+        let seq: Option<i64> = sqlx::query_scalar(BUMP_THREAD).bind(new.thread_id.0).fetch_optional(&mut *tx).await?;
+        let Some(seq) = seq else { return Err(StoreError::NotFound("thread")) };
+        let record = host_message(new, Seq(seq));
+        insert_message(&mut tx, &record).await?;
+        if self.events {
+            record_events(&mut tx, &[NewEvent::message(record.thread_id, record.seq)]).await?;
+        }
+        tx.commit().await?;
+        Ok(Appended { message: record, duplicate: false })
+    }
+
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Page<StoredEvent>> {
+        let rows: Vec<EventRow> = sqlx::query_as(&events::select_after())
+            .bind(after)
+            .bind(i64::from(limit) + 1)
+            .fetch_all(&self.reader)
+            .await?;
+        let rows = rows.into_iter().map(StoredEvent::try_from).collect::<Result<Vec<_>>>()?;
+        Ok(Page::from_overfetch(rows, limit))
+    }
+
+    async fn due_events(&self, now: Timestamp, limit: u32) -> Result<Vec<StoredEvent>> {
+        // Through the writer: a reader's snapshot may lag the commit that
+        // recorded a delivery, and the event would be sent twice.
+        let rows: Vec<EventRow> = sqlx::query_as(&events::select_due())
+            .bind(now.millis())
+            .bind(i64::from(limit))
+            .fetch_all(&self.writer)
+            .await?;
+        rows.into_iter().map(StoredEvent::try_from).collect()
+    }
+
+    async fn record_delivery(&self, seq: i64, outcome: Delivery) -> Result<()> {
+        let (sql, at, error) = events::delivery_update(&outcome, Timestamp::now());
+        sqlx::query(sql).bind(seq).bind(at).bind(error).execute(&self.writer).await?;
+        Ok(())
+    }
+
+    async fn take_event_lease(&self, holder: &str, now: Timestamp, until: Timestamp) -> Result<bool> {
+        let taken = sqlx::query(events::TAKE_LEASE)
+            .bind(holder)
+            .bind(now.millis())
+            .bind(until.millis())
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+        Ok(taken == 1)
+    }
+
+    async fn prune_events(&self, before: Timestamp) -> Result<u64> {
+        Ok(sqlx::query(events::PRUNE).bind(before.millis()).execute(&self.writer).await?.rows_affected())
+    }
+
+    async fn event_backlog(&self) -> Result<Backlog> {
+        let (pending, oldest): (i64, Option<i64>) = sqlx::query_as(events::BACKLOG).fetch_one(&self.reader).await?;
+        Ok(Backlog { pending, oldest: oldest.map(Timestamp::from_millis) })
     }
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode as SqliteCode, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
+use super::events::{INSERT_EVENT, NewEvent, TAKE_EVENT_SEQS};
 use super::rows::INSERT_MESSAGE;
 use super::rows::{MessageRow, sqlite_message_row};
 use super::sqlite::{BUMP_THREAD, select_by_key};
@@ -31,6 +32,8 @@ type BatchResult = Result<Vec<Result<Appended>>>;
 
 struct Batch {
     messages: Vec<NewMessage>,
+    /// Record a `message.created` event for each new message.
+    events: bool,
     reply: oneshot::Sender<BatchResult>,
 }
 
@@ -61,7 +64,7 @@ impl MessageWriter {
                 let mut conn = conn;
                 let by_key = select_by_key();
                 while let Ok(batch) = queue.recv() {
-                    let _ = batch.reply.send(append_batch(&mut conn, &by_key, batch.messages));
+                    let _ = batch.reply.send(append_batch(&mut conn, &by_key, batch.messages, batch.events));
                 }
             })
             .map_err(|e| StoreError::Other(Box::new(e)))?;
@@ -69,9 +72,9 @@ impl MessageWriter {
     }
 
     /// Stores a batch in one transaction (one fsync), answering each message.
-    pub(super) async fn append(&self, messages: Vec<NewMessage>) -> BatchResult {
+    pub(super) async fn append(&self, messages: Vec<NewMessage>, events: bool) -> BatchResult {
         let (reply, answer) = oneshot::channel();
-        self.batches.send(Batch { messages, reply }).map_err(|_| stopped())?;
+        self.batches.send(Batch { messages, events, reply }).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }
@@ -80,14 +83,51 @@ fn stopped() -> StoreError {
     StoreError::Other("the SQLite writer thread has stopped".into())
 }
 
-fn append_batch(conn: &mut Connection, by_key: &str, messages: Vec<NewMessage>) -> BatchResult {
+fn append_batch(conn: &mut Connection, by_key: &str, messages: Vec<NewMessage>, events: bool) -> BatchResult {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(from_sqlite)?;
     let mut results = Vec::with_capacity(messages.len());
     for new in messages {
         results.push(append_one(&tx, by_key, new)?);
     }
+    if events {
+        let created: Vec<NewEvent> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .filter(|a| !a.duplicate)
+            .map(|a| NewEvent::message(a.message.thread_id, a.message.seq))
+            .collect();
+        record_events(&tx, &created)?;
+    }
     tx.commit().map_err(from_sqlite)?;
     Ok(results)
+}
+
+/// The batch's events, with the next seqs (taken last: see `TAKE_EVENT_SEQS`).
+fn record_events(tx: &rusqlite::Transaction<'_>, events: &[NewEvent]) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
+    let last: i64 = tx
+        .prepare_cached(TAKE_EVENT_SEQS)
+        .and_then(|mut s| s.query_row(params![n], |r| r.get(0)))
+        .map_err(from_sqlite)?;
+    let now = crate::domain::Timestamp::now().millis();
+    let mut insert = tx.prepare_cached(INSERT_EVENT).map_err(from_sqlite)?;
+    for (seq, e) in (last - n + 1..).zip(events) {
+        insert
+            .execute(params![
+                seq,
+                uuid::Uuid::new_v4(),
+                e.kind.as_str(),
+                e.thread_id.0,
+                e.thread_seq.map(|s| s.0),
+                e.user_id.map(|u| u.0),
+                now
+            ])
+            .map_err(from_sqlite)?;
+    }
+    Ok(())
 }
 
 /// One message inside the batch's transaction; the inner `Err` refuses only it.
@@ -100,7 +140,7 @@ fn append_one(tx: &rusqlite::Transaction<'_>, by_key: &str, new: NewMessage) -> 
             })
             .map_err(from_sqlite)?;
         if let Some(row) = existing {
-            return Ok(repeated(row.try_into()?, &new));
+            return Ok(repeated(row.try_into()?, &new.text));
         }
     }
     let seq: Option<i64> = tx
