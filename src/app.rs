@@ -14,13 +14,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::JwtKeys;
+use crate::auth::{HostKeys, JwtKeys};
 use crate::bus::{Bus, LocalBus, RedisBus};
 use crate::chat::Chat;
-use crate::config::{Config, Secret};
+use crate::config::{Config, HostConfig, Secret};
 use crate::http::{self, AppState, Metrics};
 use crate::ws::Hub;
-use crate::{server, store};
+use crate::{server, store, webhook};
 
 /// How long shutdown waits for WebSocket sessions: their acks and close frames
 /// (5 s) and the clients' answers (5 s), with room to spare.
@@ -37,6 +37,8 @@ pub struct App {
     /// `/metrics`, when it is served apart from the public listener.
     metrics_listener: Option<TcpListener>,
     state: AppState,
+    /// Stops webhook delivery (handing its lease over) when the node stops.
+    webhooks: CancellationToken,
     /// Held while the node runs: one node per data directory and per SQLite file.
     _locks: (std::fs::File, Option<std::fs::File>),
 }
@@ -63,11 +65,21 @@ impl App {
             None => Arc::new(LocalBus::new(hub.clone())),
         };
         hub.attach(&bus);
+        let host_keys = host_keys(&config.host)?;
+        check_host_secrets(&config.host)?;
         let chat = Chat::new(store, bus, config.limits).context("starting the password hashers")?;
         chat.register_metrics(metrics.registry())?;
+        let webhooks = CancellationToken::new();
+        if let Some(webhook) = &config.host.webhook {
+            let retention = config.host.event_retention;
+            webhook::spawn(chat.clone(), webhook.clone(), retention, metrics.registry(), webhooks.clone())
+                .context("starting webhook delivery")?;
+            tracing::info!(url = %webhook.url, "delivering events to the webhook");
+        }
         let state = AppState {
             chat,
             keys: Arc::new(keys),
+            host_keys,
             metrics,
             config: Arc::new(config),
             hub,
@@ -81,7 +93,7 @@ impl App {
             Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("binding {addr} for /metrics"))?),
             None => None,
         };
-        Ok(Self { listener, metrics_listener, state, _locks: (data_dir_lock, database_lock) })
+        Ok(Self { listener, metrics_listener, state, webhooks, _locks: (data_dir_lock, database_lock) })
     }
 
     /// The address actually bound (the real port when the config said 0).
@@ -135,6 +147,7 @@ impl App {
         if tokio::time::timeout(SESSIONS_GRACE, sessions.wait()).await.is_err() {
             tracing::warn!("some WebSocket sessions did not close in time");
         }
+        self.webhooks.cancel();
         chat.bus().close();
         Ok(())
     }
@@ -167,6 +180,53 @@ pub async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutdown requested");
+}
+
+/// The host marketplace's token key, when one is configured.
+///
+/// # Errors
+/// A secret that is too short, or a public key file that cannot be read or parsed.
+fn host_keys(host: &HostConfig) -> anyhow::Result<Option<Arc<HostKeys>>> {
+    let issuer = host.jwt_issuer.as_deref();
+    if let Some(secret) = &host.jwt_secret {
+        anyhow::ensure!(
+            secret.expose().len() >= MIN_SECRET_LEN,
+            "CONFAB_HOST_JWT_SECRET must be at least {MIN_SECRET_LEN} characters"
+        );
+        return Ok(Some(Arc::new(HostKeys::hs256(secret.expose().as_bytes(), issuer))));
+    }
+    let Some(path) = &host.jwt_public_key else { return Ok(None) };
+    let pem = std::fs::read(path).with_context(|| format!("reading the host token key {}", path.display()))?;
+    let keys = HostKeys::from_public_key_pem(&pem, issuer)
+        .map_err(|e| anyhow::anyhow!("the host token key {}: {e}", path.display()))?;
+    Ok(Some(Arc::new(keys)))
+}
+
+/// The server API key and the webhook secret are guessable when short; a webhook
+/// URL must be one a client can POST to.
+///
+/// # Errors
+/// The first setting that is not usable, named.
+fn check_host_secrets(host: &HostConfig) -> anyhow::Result<()> {
+    if let Some(key) = &host.server_api_key {
+        anyhow::ensure!(
+            key.expose().len() >= MIN_SECRET_LEN,
+            "CONFAB_SERVER_API_KEY must be at least {MIN_SECRET_LEN} characters"
+        );
+    }
+    if let Some(webhook) = &host.webhook {
+        anyhow::ensure!(
+            webhook.secret.expose().len() >= MIN_SECRET_LEN,
+            "CONFAB_WEBHOOK_SECRET must be at least {MIN_SECRET_LEN} characters"
+        );
+        let url = reqwest::Url::parse(&webhook.url)
+            .map_err(|e| anyhow::anyhow!("CONFAB_WEBHOOK_URL {:?} is not a URL: {e}", webhook.url))?;
+        anyhow::ensure!(
+            matches!(url.scheme(), "http" | "https"),
+            "CONFAB_WEBHOOK_URL must be an http:// or https:// URL"
+        );
+    }
+    Ok(())
 }
 
 /// Two nodes on one data directory would share its key file and, on SQLite, its

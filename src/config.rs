@@ -445,7 +445,10 @@ impl From<&ServeArgs> for Config {
                 jwt_issuer: a.host.host_jwt_issuer.clone(),
                 server_api_key: a.host.server_api_key.clone(),
                 webhook: a.host.webhook_url.as_ref().zip(a.host.webhook_secret.as_ref()).map(|(url, secret)| {
-                    WebhookConfig { max_attempts: a.host.webhook_max_attempts.max(1), ..WebhookConfig::new(url, secret.clone()) }
+                    WebhookConfig {
+                        max_attempts: a.host.webhook_max_attempts.max(1),
+                        ..WebhookConfig::new(url, secret.clone())
+                    }
                 }),
                 event_retention: Duration::from_secs(a.host.event_retention_days.max(1) * 24 * 3600),
             },

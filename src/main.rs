@@ -61,7 +61,9 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
 
 /// The use-cases for a command that serves no connections: events go to an empty hub.
 async fn open_chat(args: &StoreArgs) -> anyhow::Result<Chat> {
-    let store = store::connect(args.database_url().expose(), store::StoreOptions::default()).await.context("opening the database")?;
+    let store = store::connect(args.database_url().expose(), store::StoreOptions::default())
+        .await
+        .context("opening the database")?;
     let hub = Arc::new(Hub::new(1, &prometheus::Registry::new())?);
     Ok(Chat::new(store, Arc::new(LocalBus::new(hub)), Limits::default())?)
 }

@@ -8,21 +8,24 @@ mod pg_schema;
 
 use std::sync::Arc;
 
-use confab::store::{PostgresStore, SqliteStore, Store};
+use confab::store::{PostgresStore, SqliteStore, Store, StoreOptions};
+
+/// Every store under test records webhook events, so the suite covers them too.
+const OPTIONS: StoreOptions = StoreOptions { events: true };
 use pg_schema::Schema;
 use tempfile::TempDir;
 
 async fn sqlite() -> (Arc<dyn Store>, TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("test.db").display());
-    let store = SqliteStore::connect(&url).await.expect("open sqlite");
+    let store = SqliteStore::connect(&url).await.expect("open sqlite").with_options(OPTIONS);
     store.migrate().await.expect("migrate sqlite");
     (Arc::new(store), dir)
 }
 
 async fn postgres() -> (Arc<dyn Store>, Schema) {
     let schema = Schema::create().await;
-    let store = PostgresStore::connect(&schema.url()).await.expect("connect");
+    let store = PostgresStore::connect(&schema.url()).await.expect("connect").with_options(OPTIONS);
     store.migrate().await.expect("migrate postgres");
     (Arc::new(store), schema)
 }
@@ -31,7 +34,7 @@ async fn postgres() -> (Arc<dyn Store>, Schema) {
 /// sets READ COMMITTED itself, which its savepoint retry needs.
 async fn postgres_repeatable_read() -> (Arc<dyn Store>, Schema) {
     let schema = Schema::create_repeatable_read().await;
-    let store = PostgresStore::connect(&schema.url()).await.expect("connect");
+    let store = PostgresStore::connect(&schema.url()).await.expect("connect").with_options(OPTIONS);
     store.migrate().await.expect("migrate postgres");
     (Arc::new(store), schema)
 }

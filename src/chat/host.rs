@@ -58,14 +58,10 @@ impl Chat {
     /// # Errors
     /// `unauthorized` for claims that do not make a user (a bad name or role).
     pub async fn host_user(&self, claims: HostClaims) -> Result<User> {
-        let wanted = HostUser {
-            external_id: claims.sub,
-            full_name: claims.name,
-            role: claims.role,
-            username: claims.username,
-        }
-        .validate()
-        .map_err(|e| Error::rejected(ErrorCode::Unauthorized, format!("the host token's claims: {e}")))?;
+        let wanted =
+            HostUser { external_id: claims.sub, full_name: claims.name, role: claims.role, username: claims.username }
+                .validate()
+                .map_err(|e| Error::rejected(ErrorCode::Unauthorized, format!("the host token's claims: {e}")))?;
         if let Some(user) = self.store().user_by_external_id(&wanted.external_id).await?
             && user.full_name == wanted.full_name
             && user.role == wanted.role
@@ -94,7 +90,8 @@ impl Chat {
             // taken: keep the user's own, or make a unique one from the id.
             Err(StoreError::Conflict(_)) => match self.store().upsert_external_user(fallback.clone()).await {
                 Err(StoreError::Conflict(_)) => {
-                    let unique = format!("{}-{}", fallback.external_id, &uuid::Uuid::new_v4().simple().to_string()[..8]);
+                    let unique =
+                        format!("{}-{}", fallback.external_id, &uuid::Uuid::new_v4().simple().to_string()[..8]);
                     let username = Username::parse(unique).ok().map(|u| u.as_str().to_owned());
                     let username = username.or_else(|| Some(format!("host-{}", uuid::Uuid::new_v4().simple())));
                     Ok(self.store().upsert_external_user(ExternalUser { username, ..fallback }).await?)

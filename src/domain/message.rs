@@ -186,7 +186,13 @@ mod tests {
     use crate::domain::{Role, ThreadId};
 
     fn user(id: i64) -> User {
-        User { id: UserId(id), username: format!("u{id}"), full_name: format!("U {id}"), role: Role::Client, external_id: None }
+        User {
+            id: UserId(id),
+            username: format!("u{id}"),
+            full_name: format!("U {id}"),
+            role: Role::Client,
+            external_id: None,
+        }
     }
 
     fn record(seq: i64, sender: Option<i64>, actor: Option<i64>) -> MessageRecord {

@@ -9,8 +9,8 @@ use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 
 use super::{ApiError, AppState};
-use crate::auth::{TokenError, TokenKind};
-use crate::domain::{ErrorCode, ThreadId, User};
+use crate::auth::TokenError;
+use crate::domain::{ErrorCode, ThreadId, Timestamp, User};
 
 /// A JSON body. The content type is not required (curl users forget it); an
 /// empty body counts as `{}`, so a missing field is named in the error.
@@ -61,9 +61,30 @@ impl FromRequestParts<AppState> for AuthUser {
         let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))) else {
             return Err(ApiError::new(ErrorCode::Unauthorized, "sign in: send Authorization: Bearer <access token>"));
         };
-        let user_id = state.keys.verify(token.trim(), TokenKind::Access).map_err(token_error)?;
-        Ok(Self(state.chat.authenticated_user(user_id).await?))
+        Ok(Self(authenticate(state, token.trim()).await?.0))
     }
+}
+
+/// The user an access token names, and when it expires: one of Confab's own
+/// tokens, or (when configured) one the host marketplace signed, whose first use
+/// provisions the user. The server API key is neither, so it is refused here.
+///
+/// # Errors
+/// `unauthorized` for a token neither key verifies, an expired one, or a user
+/// that no longer exists.
+pub(crate) async fn authenticate(state: &AppState, token: &str) -> Result<(User, Timestamp), ApiError> {
+    let own = state.keys.access_expiry(token);
+    let (id, expires) = match (own, &state.host_keys) {
+        (Ok(verified), _) => verified,
+        // Not one of ours: perhaps the host's.
+        (Err(TokenError::Invalid), Some(host)) => {
+            let claims = host.verify(token).map_err(token_error)?;
+            let expires = claims.expires_at();
+            return Ok((state.chat.host_user(claims).await?, expires));
+        }
+        (Err(e), _) => return Err(token_error(e)),
+    };
+    Ok((state.chat.authenticated_user(id).await?, expires))
 }
 
 pub(crate) fn token_error(e: TokenError) -> ApiError {

@@ -9,6 +9,7 @@ mod messaging;
 mod metrics;
 mod openapi;
 mod ops;
+mod server_api;
 mod threads;
 mod web;
 
@@ -26,13 +27,13 @@ use utoipa::IntoParams;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::JwtKeys;
+use crate::auth::{HostKeys, JwtKeys};
 use crate::chat::Chat;
 use crate::config::Config;
 use crate::ws::{self, Hub};
 
 pub use error::{ApiError, ErrorBody, status_of};
-pub(crate) use extract::{ClientAddr, token_error};
+pub(crate) use extract::{ClientAddr, authenticate};
 pub use metrics::Metrics;
 pub use openapi::ApiDoc;
 
@@ -41,6 +42,8 @@ pub use openapi::ApiDoc;
 pub struct AppState {
     pub chat: Chat,
     pub keys: Arc<JwtKeys>,
+    /// The host marketplace's token key, when it signs tokens for its users.
+    pub host_keys: Option<Arc<HostKeys>>,
     pub metrics: Arc<Metrics>,
     pub config: Arc<Config>,
     /// This node's live WebSocket connections.
@@ -97,6 +100,11 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/api/openapi.json", get(ops::openapi));
+    // The host's backend API exists only where its key is set.
+    let api = match &state.config.host.server_api_key {
+        Some(_) => server_api::routes(api),
+        None => api,
+    };
     // Public unless the deployment serves it on a listener of its own.
     let api = if state.config.metrics_listen.is_none() { api.route("/metrics", get(ops::metrics)) } else { api };
     let api = web::PAGES.iter().fold(api, |api, path| api.route(path, get(web::page).layer(CompressionLayer::new())));

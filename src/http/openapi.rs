@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{accounts, marketplace, messaging, threads};
+use super::{accounts, marketplace, messaging, server_api, threads};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,6 +19,7 @@ use super::{accounts, marketplace, messaging, threads};
         threads::hire_freelancer, threads::proposal_chat, threads::list_threads, threads::get_thread,
         threads::list_messages, threads::post_message, threads::mark_thread_read,
         messaging::list_conversation, messaging::get_unread_from, messaging::get_unread_totals,
+        server_api::put_user, server_api::put_job, server_api::post_system_message, server_api::list_events,
     ),
     modifiers(&BearerAuth),
 )]
@@ -32,6 +33,11 @@ impl Modify for BearerAuth {
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+        // The host backend's routes (present when --server-api-key is set).
+        components.add_security_scheme(
+            "server_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
     }
 }

@@ -10,12 +10,12 @@ use futures::future::join_all;
 use serde_json::json;
 
 use super::{
-    Cursor, InboxFrom, NewJob, NewMessage, NewProposal, NewUser, OpenThread, RefreshToken, Rotation, Store, StoreError,
-    ThreadKey,
+    Cursor, Delivery, EventKind, ExternalJob, ExternalUser, InboxFrom, NewJob, NewMessage, NewProposal,
+    NewSystemMessage, NewUser, OpenThread, RefreshToken, Rotation, Store, StoreError, ThreadKey,
 };
 use crate::domain::{
-    ClientMsgId, JobId, MessageKind, Money, PageRequest, Profile, Role, Seq, SystemMessage, ThreadId, Timestamp, User,
-    UserId,
+    ClientMsgId, JobId, JobStatus, MessageKind, Money, PageRequest, Profile, Role, Seq, SystemMessage, ThreadId,
+    Timestamp, User, UserId,
 };
 
 async fn user(store: &dyn Store, name: &str, role: Role) -> User {
@@ -578,6 +578,166 @@ pub async fn concurrent_proposals_of_one_freelancer_store_one_and_one_thread(sto
     assert_eq!(messages.len(), 1, "one system message");
 }
 
+fn external(id: &str, name: &str, role: Role, username: Option<&str>) -> ExternalUser {
+    ExternalUser { external_id: id.to_owned(), username: username.map(str::to_owned), full_name: name.to_owned(), role }
+}
+
+pub async fn host_users_are_provisioned_once_by_external_id_and_updated(store: Arc<dyn Store>) {
+    let confab_user = user(&*store, "local", Role::Client).await;
+    assert_eq!(confab_user.external_id, None);
+    let (ann, created) = store.upsert_external_user(external("h-1", "Ann", Role::Client, Some("ann"))).await.unwrap();
+    assert!(created);
+    assert_eq!((ann.username.as_str(), ann.external_id.as_deref(), ann.role), ("ann", Some("h-1"), Role::Client));
+    let (again, created) =
+        store.upsert_external_user(external("h-1", "Ann Lee", Role::Freelancer, None)).await.unwrap();
+    assert!(!created);
+    assert_eq!((again.id, again.username.as_str(), again.full_name.as_str()), (ann.id, "ann", "Ann Lee"));
+    assert_eq!(again.role, Role::Freelancer);
+    assert_eq!(store.user_by_external_id("h-1").await.unwrap(), Some(again.clone()));
+    assert_eq!(store.user(ann.id).await.unwrap(), Some(again));
+    assert_eq!(store.user_by_external_id("h-2").await.unwrap(), None);
+    // Someone else's username is refused, whether on creation or on update.
+    let taken = store.upsert_external_user(external("h-2", "Bob", Role::Client, Some("local"))).await;
+    assert!(matches!(taken, Err(StoreError::Conflict(_))), "{taken:?}");
+    assert_eq!(store.user_by_external_id("h-2").await.unwrap(), None, "nothing written");
+    let renamed = store.upsert_external_user(external("h-1", "Ann", Role::Client, Some("local"))).await;
+    assert!(matches!(renamed, Err(StoreError::Conflict(_))), "{renamed:?}");
+    // Without a username, a new user is named by their external id.
+    let (bob, _) = store.upsert_external_user(external("h-2", "Bob", Role::Client, None)).await.unwrap();
+    assert_eq!(bob.username, "h-2");
+    // Concurrent first uses make one user.
+    let racers = (0..8).map(|_| {
+        let store = store.clone();
+        async move { store.upsert_external_user(external("h-3", "Cy", Role::Client, None)).await }
+    });
+    let results = join_all(racers).await;
+    let ids: HashSet<UserId> = results.iter().filter_map(|r| r.as_ref().ok()).map(|(u, _)| u.id).collect();
+    assert_eq!(ids.len(), 1, "{results:?}");
+    assert_eq!(results.iter().filter(|r| matches!(r, Ok((_, true)))).count(), 1, "created once");
+}
+
+pub async fn host_jobs_are_upserted_by_external_id(store: Arc<dyn Store>) {
+    let (client, _) = store.upsert_external_user(external("c-1", "Cat", Role::Client, None)).await.unwrap();
+    let job = |title: &str, status| ExternalJob {
+        external_id: "j-1".to_owned(),
+        client: client.id,
+        title: title.to_owned(),
+        description: "d".to_owned(),
+        status,
+    };
+    let (first, created) = store.upsert_external_job(job("Logo", JobStatus::Open)).await.unwrap();
+    assert!(created);
+    assert_eq!((first.external_id.as_deref(), first.client.id), (Some("j-1"), client.id));
+    assert_eq!(first.client.external_id.as_deref(), Some("c-1"));
+    let (second, created) = store.upsert_external_job(job("Logo v2", JobStatus::Closed)).await.unwrap();
+    assert!(!created);
+    assert_eq!((second.id, second.title.as_str(), second.status), (first.id, "Logo v2", JobStatus::Closed));
+    assert_eq!(store.job(first.id).await.unwrap(), Some(second));
+    let local = store.create_job(NewJob { client: client.id, title: "t".into(), description: "d".into() }).await;
+    assert_eq!(local.unwrap().external_id, None);
+}
+
+pub async fn a_host_system_message_is_idempotent_by_key_and_unread_for_everyone(store: Arc<dyn Store>) {
+    let a = user(&*store, "a", Role::Client).await;
+    let b = user(&*store, "b", Role::Freelancer).await;
+    let thread = direct(&*store, &a, &b).await;
+    let new = |text: &str, key: Option<&str>| NewSystemMessage {
+        thread_id: thread,
+        text: text.to_owned(),
+        metadata: json!({"event": "offer_accepted"}),
+        client_msg_id: key.map(|k| ClientMsgId::parse(k.to_owned()).unwrap()),
+    };
+    let first = store.append_system_message(new("Offer accepted", Some("k1"))).await.unwrap();
+    assert!(!first.duplicate);
+    let m = &first.message;
+    assert_eq!((m.kind, m.sender_id, m.actor_id, m.seq), (MessageKind::System, None, None, Seq(1)));
+    assert_eq!(m.metadata, json!({"event": "offer_accepted"}));
+    let again = store.append_system_message(new("Offer accepted", Some("k1"))).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.message.id, m.id);
+    let reused = store.append_system_message(new("Something else", Some("k1"))).await;
+    assert!(matches!(reused, Err(StoreError::KeyReused)), "{reused:?}");
+    // A user's key of the same name is another message.
+    send(&*store, thread, &a, "mine", Some("k1")).await;
+    let unkeyed = store.append_system_message(new("Payment released", None)).await.unwrap();
+    assert_eq!(unkeyed.message.seq, Seq(3));
+    for viewer in [a.id, b.id] {
+        let unread = store.thread(thread, viewer).await.unwrap().unwrap().unread_count;
+        assert_eq!(unread, if viewer == a.id { 2 } else { 3 }, "system messages are unread for everyone");
+    }
+    let unknown = NewSystemMessage { thread_id: ThreadId::generate(), ..new("x", None) };
+    assert!(matches!(store.append_system_message(unknown).await, Err(StoreError::NotFound(_))));
+}
+
+pub async fn events_are_recorded_with_what_they_describe_in_one_gapless_order(store: Arc<dyn Store>) {
+    let a = user(&*store, "a", Role::Client).await;
+    let b = user(&*store, "b", Role::Freelancer).await;
+    let open = OpenThread { key: ThreadKey::Direct { a: a.id, b: b.id }, first_message: system(&a, "hi") };
+    let thread = store.open_thread(open.clone()).await.unwrap().thread_id;
+    store.open_thread(open).await.unwrap();
+    let batch: Vec<NewMessage> = (0..3)
+        .map(|i| NewMessage {
+            thread_id: thread,
+            sender: a.id,
+            text: format!("m{i}"),
+            client_msg_id: Some(ClientMsgId::parse("same".to_owned()).unwrap()).filter(|_| i < 2),
+        })
+        .collect();
+    store.append_messages(batch).await.unwrap();
+    store.mark_read(thread, b.id, None).await.unwrap();
+    store.mark_read(thread, b.id, None).await.unwrap();
+    let page = store.events_after(0, 100).await.unwrap();
+    let kinds: Vec<(i64, EventKind, Option<Seq>)> =
+        page.results.iter().map(|e| (e.seq, e.kind, e.thread_seq)).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (1, EventKind::ThreadCreated, None),
+            (2, EventKind::MessageCreated, Some(Seq(1))),
+            (3, EventKind::MessageCreated, Some(Seq(2))),
+            (4, EventKind::MessageCreated, Some(Seq(3))),
+            (5, EventKind::ThreadRead, Some(Seq(3))),
+        ],
+        "a find-or-create that found, a repeated key and a read that moves nothing record nothing"
+    );
+    assert_eq!(page.results[4].user_id, Some(b.id));
+    assert!(page.results.iter().all(|e| e.thread_id == thread && e.attempts == 0));
+    let second = store.events_after(2, 2).await.unwrap();
+    assert_eq!((second.results.iter().map(|e| e.seq).collect::<Vec<_>>(), second.has_more), (vec![3, 4], true));
+    // A failed event holds back the later events of its thread, not of others.
+    let c = user(&*store, "c", Role::Client).await;
+    let other = direct(&*store, &c, &b).await;
+    send(&*store, other, &c, "elsewhere", None).await;
+    let now = Timestamp::now();
+    let later = Timestamp::from_millis(now.millis() + 60_000);
+    assert_eq!(store.due_events(now, 100).await.unwrap().len(), 7);
+    store.record_delivery(1, Delivery::Delivered).await.unwrap();
+    store.record_delivery(2, Delivery::Retry { at: later, error: "503".into() }).await.unwrap();
+    let due: Vec<i64> = store.due_events(now, 100).await.unwrap().iter().map(|e| e.seq).collect();
+    assert_eq!(due, vec![6, 7], "thread.created of the other thread and its message");
+    let retried = store.due_events(later, 100).await.unwrap();
+    assert_eq!(retried.iter().map(|e| (e.seq, e.attempts)).collect::<Vec<_>>()[..2], [(2, 1), (3, 0)]);
+    store.record_delivery(2, Delivery::GaveUp { error: "410".into() }).await.unwrap();
+    assert_eq!(store.due_events(now, 1).await.unwrap()[0].seq, 3, "a given-up event no longer holds its thread");
+    let backlog = store.event_backlog().await.unwrap();
+    assert_eq!(backlog.pending, 5);
+    assert!(backlog.oldest.is_some());
+    // Sent and given-up events are pruned once past retention; waiting ones stay.
+    assert_eq!(store.prune_events(Timestamp::from_millis(now.millis() + 1000)).await.unwrap(), 2);
+    assert_eq!(store.events_after(0, 100).await.unwrap().results.first().map(|e| e.seq), Some(3));
+}
+
+pub async fn one_holder_has_the_event_lease_until_it_lapses(store: Arc<dyn Store>) {
+    let now = Timestamp::now();
+    let until = Timestamp::from_millis(now.millis() + 30_000);
+    assert!(store.take_event_lease("a", now, until).await.unwrap());
+    assert!(!store.take_event_lease("b", now, until).await.unwrap(), "a holds it");
+    assert!(store.take_event_lease("a", now, until).await.unwrap(), "a renews it");
+    let lapsed = Timestamp::from_millis(until.millis() + 1);
+    assert!(store.take_event_lease("b", lapsed, Timestamp::from_millis(lapsed.millis() + 30_000)).await.unwrap());
+    assert!(!store.take_event_lease("a", lapsed, until).await.unwrap());
+}
+
 /// Every behaviour by name, so a backend's test file can list them all and a
 /// missing one fails to compile.
 #[macro_export]
@@ -604,7 +764,12 @@ macro_rules! store_conformance_tests {
             a_proposal_and_its_thread_are_written_together_or_not_at_all,
             a_refresh_token_rotates_once_and_a_reuse_spends_its_family,
             concurrent_rotations_of_one_refresh_token_rotate_it_once,
-            expired_refresh_tokens_are_not_rotated_and_are_forgotten
+            expired_refresh_tokens_are_not_rotated_and_are_forgotten,
+            host_users_are_provisioned_once_by_external_id_and_updated,
+            host_jobs_are_upserted_by_external_id,
+            a_host_system_message_is_idempotent_by_key_and_unread_for_everyone,
+            events_are_recorded_with_what_they_describe_in_one_gapless_order,
+            one_holder_has_the_event_lease_until_it_lapses
         );
     };
     (@each $make:expr; $($name:ident),+) => {

@@ -92,9 +92,14 @@ pub struct StoredEvent {
 pub enum Delivery {
     Delivered,
     /// Failed; try again at this time.
-    Retry { at: Timestamp, error: String },
+    Retry {
+        at: Timestamp,
+        error: String,
+    },
     /// Failed for the last time: the event stays replayable but is not sent again.
-    GaveUp { error: String },
+    GaveUp {
+        error: String,
+    },
 }
 
 /// How many events wait, and since when.

@@ -386,7 +386,8 @@ impl PostgresStore {
         }
         insert_messages(&mut tx, records.iter().flatten()).await?;
         if self.events {
-            let created: Vec<NewEvent> = records.iter().flatten().map(|m| NewEvent::message(m.thread_id, m.seq)).collect();
+            let created: Vec<NewEvent> =
+                records.iter().flatten().map(|m| NewEvent::message(m.thread_id, m.seq)).collect();
             record_events(&mut tx, &created).await?;
         }
         tx.commit().await?;

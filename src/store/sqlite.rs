@@ -11,13 +11,13 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 use uuid::Uuid;
 
+use super::events::{self, EventRow, INSERT_EVENT, TAKE_EVENT_SEQS, opened_events};
 use super::refresh;
 use super::rows::{
     CredentialsRow, FREELANCER_COLUMNS, FreelancerRow, INSERT_MESSAGE, JOB_COLUMNS, JobRow, MESSAGE_COLUMNS,
     MessageRow, ParticipantRow, THREAD_COLUMNS, ThreadRow, USER_COLUMNS, UserRow, group_participants,
     select_system_by_key,
 };
-use super::events::{self, EventRow, INSERT_EVENT, TAKE_EVENT_SEQS, opened_events};
 use super::sqlite_writer::MessageWriter;
 use super::{
     Appended, Backlog, Cursor, Delivery, ExternalJob, ExternalUser, InboxFrom, NewEvent, NewJob, NewMessage,
@@ -25,8 +25,8 @@ use super::{
     StoreError, StoreOptions, StoredEvent, ThreadKey, host_message, repeated,
 };
 use crate::domain::{
-    Freelancer, Job, JobId, MessageRecord, Page, PageRequest, Participant, Profile, Proposal,
-    Seq, SystemMessage, ThreadId, ThreadKind, ThreadRecord, Timestamp, User, UserId,
+    Freelancer, Job, JobId, MessageRecord, Page, PageRequest, Participant, Profile, Proposal, Seq, SystemMessage,
+    ThreadId, ThreadKind, ThreadRecord, Timestamp, User, UserId,
 };
 
 /// Readers beyond two cores only queue on the file; a few cover concurrent requests.
@@ -641,7 +641,10 @@ impl Store for SqliteStore {
         let created = existing.is_none();
         if let Some(name) = &user.username {
             let holder: Option<Option<String>> =
-                sqlx::query_scalar("SELECT external_id FROM users WHERE username = $1").bind(name).fetch_optional(&mut *tx).await?;
+                sqlx::query_scalar("SELECT external_id FROM users WHERE username = $1")
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             if holder.is_some_and(|h| h.as_deref() != Some(user.external_id.as_str())) {
                 return Err(StoreError::Conflict("users.username".to_owned()));
             }
@@ -703,7 +706,8 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
-        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs j JOIN users u ON u.id = j.client_id WHERE j.external_id = $1");
+        let sql =
+            format!("SELECT {JOB_COLUMNS} FROM jobs j JOIN users u ON u.id = j.client_id WHERE j.external_id = $1");
         let row: JobRow = sqlx::query_as(&sql).bind(&job.external_id).fetch_one(&mut *tx).await?;
         tx.commit().await?;
         Ok((row.try_into()?, created))

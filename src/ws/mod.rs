@@ -77,16 +77,10 @@ pub(crate) async fn connect_ws(
     let token = query.token.or(token_in_protocol.clone());
     let user = match token {
         None => None,
-        Some(token) => {
-            let (id, expires) = match state.keys.access_expiry(&token) {
-                Ok(verified) => verified,
-                Err(e) => return crate::http::token_error(e).into_response(),
-            };
-            match state.chat.authenticated_user(id).await {
-                Ok(user) => Some((user, expires)),
-                Err(e) => return ApiError(e).into_response(),
-            }
-        }
+        Some(token) => match crate::http::authenticate(&state, &token).await {
+            Ok(verified) => Some(verified),
+            Err(e) => return e.into_response(),
+        },
     };
     let key = match handshake_key(request.method(), headers) {
         Ok(key) => key,

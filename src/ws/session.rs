@@ -149,9 +149,9 @@ async fn first_frame_auth(
         let (Some("auth"), Some(token)) = (frame.kind.as_deref(), frame.token) else {
             return Err("the first frame must be {\"type\":\"auth\",\"token\":…}");
         };
-        let (id, expires) = state.keys.access_expiry(&token).map_err(|_| "invalid or expired token")?;
-        let user = state.chat.authenticated_user(id).await.map_err(|_| "unknown user")?;
-        return Ok((user, expires));
+        return crate::http::authenticate(state, &token)
+            .await
+            .map_err(|_| "invalid or expired token, or an unknown user");
     }
 }
 
@@ -222,17 +222,15 @@ impl Session<'_> {
         let Some(token) = token else {
             return self.error(ErrorCode::ValidationFailed, "an auth frame needs a \"token\"", None);
         };
-        let (id, expires) = match self.state.keys.access_expiry(token) {
+        let (user, expires) = match crate::http::authenticate(self.state, token).await {
             Ok(verified) => verified,
             Err(e) => {
-                return self.error(ErrorCode::Unauthorized, &format!("{e}; this connection keeps its token"), None);
+                let detail = format!("{}; this connection keeps its token", e.0.detail());
+                return self.error(ErrorCode::Unauthorized, &detail, None);
             }
         };
-        if id != self.user.id {
+        if user.id != self.user.id {
             return self.closer.close(CLOSE_UNAUTHORIZED, "an auth frame with another user's token");
-        }
-        if self.state.chat.authenticated_user(id).await.is_err() {
-            return self.closer.close(CLOSE_UNAUTHORIZED, "the token's user no longer exists");
         }
         self.expires = expiry_deadline(expires);
         self.push(Outgoing::Frame(protocol::authed(expires.millis() / 1000)));
