@@ -39,6 +39,7 @@ pub struct App {
     state: AppState,
     /// Stops webhook delivery (handing its lease over) when the node stops.
     webhooks: CancellationToken,
+    dispatcher: Option<tokio::task::JoinHandle<()>>,
     /// Held while the node runs: one node per data directory and per SQLite file.
     _locks: (std::fs::File, Option<std::fs::File>),
 }
@@ -70,10 +71,14 @@ impl App {
         let chat = Chat::new(store, bus, config.limits).context("starting the password hashers")?;
         chat.register_metrics(metrics.registry())?;
         let webhooks = CancellationToken::new();
+        let mut dispatcher = None;
         if let Some(webhook) = &config.host.webhook {
             let retention = config.host.event_retention;
-            webhook::spawn(chat.clone(), webhook.clone(), retention, metrics.registry(), webhooks.clone())
-                .context("starting webhook delivery")?;
+            let holder = node_name(&config.data_dir);
+            let task =
+                webhook::spawn(chat.clone(), webhook.clone(), retention, holder, metrics.registry(), webhooks.clone())
+                    .context("starting webhook delivery")?;
+            dispatcher = Some(task);
             tracing::info!(url = %webhook.url, "delivering events to the webhook");
         }
         let state = AppState {
@@ -93,7 +98,7 @@ impl App {
             Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("binding {addr} for /metrics"))?),
             None => None,
         };
-        Ok(Self { listener, metrics_listener, state, webhooks, _locks: (data_dir_lock, database_lock) })
+        Ok(Self { listener, metrics_listener, state, webhooks, dispatcher, _locks: (data_dir_lock, database_lock) })
     }
 
     /// The address actually bound (the real port when the config said 0).
@@ -148,6 +153,11 @@ impl App {
             tracing::warn!("some WebSocket sessions did not close in time");
         }
         self.webhooks.cancel();
+        if let Some(task) = self.dispatcher
+            && tokio::time::timeout(Duration::from_secs(2), task).await.is_err()
+        {
+            tracing::warn!("webhook delivery did not stop in time");
+        }
         chat.bus().close();
         Ok(())
     }
@@ -180,6 +190,14 @@ pub async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutdown requested");
+}
+
+/// This node's name among the deployment's: its host and data directory, which
+/// only one node at a time may hold (`lock_data_dir`). The same after a restart.
+fn node_name(data_dir: &Path) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    format!("{host}:{}", dir.display())
 }
 
 /// The host marketplace's token key, when one is configured.

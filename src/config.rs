@@ -215,6 +215,9 @@ pub struct HostArgs {
     /// The key (at least 32 characters) of the webhooks' `Confab-Signature`.
     #[arg(long, env = "CONFAB_WEBHOOK_SECRET", requires = "webhook_url")]
     pub webhook_secret: Option<Secret>,
+    /// Seconds before a failed delivery is tried again; each next wait doubles.
+    #[arg(long, env = "CONFAB_WEBHOOK_FIRST_RETRY", default_value_t = 30)]
+    pub webhook_first_retry: u64,
     /// Delivery attempts of one event before it is given up (it stays replayable).
     #[arg(long, env = "CONFAB_WEBHOOK_MAX_ATTEMPTS", default_value_t = 12)]
     pub webhook_max_attempts: u32,
@@ -447,6 +450,7 @@ impl From<&ServeArgs> for Config {
                 webhook: a.host.webhook_url.as_ref().zip(a.host.webhook_secret.as_ref()).map(|(url, secret)| {
                     WebhookConfig {
                         max_attempts: a.host.webhook_max_attempts.max(1),
+                        first_retry: Duration::from_secs(a.host.webhook_first_retry.max(1)),
                         ..WebhookConfig::new(url, secret.clone())
                     }
                 }),

@@ -81,6 +81,14 @@ impl Chat {
     }
 
     async fn provision(&self, user: ExternalUser, username_is_required: bool) -> Result<(User, bool)> {
+        let provisioned = self.upsert_with_fallback(user, username_is_required).await?;
+        if !provisioned.1 {
+            self.members.forget_user(provisioned.0.id);
+        }
+        Ok(provisioned)
+    }
+
+    async fn upsert_with_fallback(&self, user: ExternalUser, username_is_required: bool) -> Result<(User, bool)> {
         let fallback = ExternalUser { username: None, ..user.clone() };
         match self.store().upsert_external_user(user).await {
             Err(StoreError::Conflict(_)) if username_is_required => {

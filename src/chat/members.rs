@@ -52,6 +52,12 @@ impl Members {
         members
     }
 
+    /// Drops the threads of a user whose name or role changed (the host updated
+    /// them), so the next send renders them as they are now. Rare, so a scan.
+    pub(super) fn forget_user(&self, user: UserId) {
+        self.by_thread.lock().unwrap_or_else(PoisonError::into_inner).retain(|_, m| !m.contains(user));
+    }
+
     pub(super) fn direct(&self, a: UserId, b: UserId) -> Option<ThreadId> {
         self.direct.lock().unwrap_or_else(PoisonError::into_inner).get(&pair(a, b)).copied()
     }

@@ -68,6 +68,10 @@ impl WebhookMetrics {
             lag_seconds: IntGauge::new("webhook_lag_seconds", "Age of the oldest event not yet delivered")?,
             leader: IntGauge::new("webhook_leader", "1 while this node holds the delivery lease")?,
         };
+        // Every outcome is shown from the start, at 0.
+        for outcome in ["delivered", "failed", "gave_up"] {
+            m.attempts.with_label_values(&[outcome]);
+        }
         registry.register(Box::new(m.attempts.clone()))?;
         registry.register(Box::new(m.seconds.clone()))?;
         registry.register(Box::new(m.pending.clone()))?;
@@ -87,7 +91,9 @@ struct Dispatcher {
     metrics: WebhookMetrics,
 }
 
-/// Starts delivering; the task ends (and gives the lease up) when `stop` fires.
+/// Starts delivering as `holder` (a name that stays the same across restarts of
+/// one node, so a node restarted after a crash takes its own lease back at once);
+/// the task ends (and gives the lease up) when `stop` fires.
 ///
 /// # Errors
 /// A metric or the HTTP client that cannot be made.
@@ -95,6 +101,7 @@ pub fn spawn(
     chat: Chat,
     config: WebhookConfig,
     retention: Duration,
+    holder: String,
     registry: &Registry,
     stop: CancellationToken,
 ) -> anyhow::Result<JoinHandle<()>> {
@@ -103,7 +110,6 @@ pub fn spawn(
         .user_agent(concat!("confab-webhooks/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
-    let holder = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
     let metrics = WebhookMetrics::new(registry)?;
     let dispatcher = Dispatcher { chat, config, retention, client, holder, metrics };
     Ok(tokio::spawn(async move { dispatcher.run(stop).await }))
@@ -113,7 +119,13 @@ impl Dispatcher {
     async fn run(self, stop: CancellationToken) {
         let mut pruned = Instant::now().checked_sub(PRUNE_EVERY).unwrap_or_else(Instant::now);
         while !stop.is_cancelled() {
-            let pause = match self.round(&mut pruned).await {
+            // A round cut short by the stop may leave a POST unrecorded: that event
+            // is sent again (at least once).
+            let round = tokio::select! {
+                () = stop.cancelled() => break,
+                round = self.round(&mut pruned) => round,
+            };
+            let pause = match round {
                 Ok(Some(0)) => IDLE_POLL,
                 Ok(Some(_)) => Duration::ZERO,
                 Ok(None) => STANDBY_POLL,

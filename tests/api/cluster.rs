@@ -32,12 +32,21 @@ impl Cluster {
     /// One node per Redis address (all reaching the same server, some perhaps
     /// through a [`LaggyLink`]); the first address is also the test's own.
     pub(crate) async fn start_each(redis_urls: Vec<String>) -> Self {
+        Self::start_with(redis_urls, |_| {}).await
+    }
+
+    /// `count` nodes on the test's Redis, each also configured by `configure`.
+    pub(crate) async fn start_configured(count: usize, configure: impl Fn(&mut confab::config::Config)) -> Self {
+        Self::start_with(vec![redis_url(); count], configure).await
+    }
+
+    async fn start_with(redis_urls: Vec<String>, configure: impl Fn(&mut confab::config::Config)) -> Self {
         let schema = Schema::create().await;
         let prefix = format!("confab-test-{}", uuid::Uuid::new_v4().simple());
         let redis = redis_urls.first().cloned().unwrap_or_else(redis_url);
         let mut nodes = Vec::new();
         for node_redis in redis_urls {
-            let (db, r, p) = (schema.url(), node_redis, prefix.clone());
+            let (db, r, p, configure) = (schema.url(), node_redis, prefix.clone(), &configure);
             nodes.push(
                 TestApp::spawn_with(move |c| {
                     c.database_url = Secret::new(db);
@@ -45,6 +54,7 @@ impl Cluster {
                     c.redis_prefix = p;
                     c.limits.messages_per_second = 1000;
                     c.limits.message_burst = 1000;
+                    configure(c);
                 })
                 .await,
             );

@@ -17,17 +17,17 @@ const BIN: &str = env!("CARGO_BIN_EXE_confab");
 const WINDOW: usize = 8;
 
 /// The server binary, serving on a free port of its own.
-struct Server {
-    child: Child,
-    base: String,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) base: String,
 }
 
 impl Server {
-    fn start(dir: &std::path::Path) -> Self {
+    pub(crate) fn start(dir: &std::path::Path) -> Self {
         Self::start_with(dir, &[])
     }
 
-    fn start_with(dir: &std::path::Path, args: &[String]) -> Self {
+    pub(crate) fn start_with(dir: &std::path::Path, args: &[String]) -> Self {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
@@ -54,13 +54,13 @@ impl Server {
         Self { child, base: format!("http://{addr}") }
     }
 
-    fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let sent = Command::new("kill").args([signal, &self.child.id().to_string()]).status().expect("kill runs");
         assert!(sent.success(), "kill {signal}");
     }
 
     /// Waits for the process to end; its exit status, or a panic past `limit`.
-    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+    pub(crate) fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {

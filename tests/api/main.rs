@@ -6,6 +6,7 @@ mod accounts;
 mod cluster;
 mod crash;
 mod faults;
+mod host;
 mod ledger;
 mod link;
 mod load_balancer;
@@ -15,6 +16,7 @@ mod multi_node;
 mod ops;
 #[path = "../common/pg_schema.rs"]
 mod pg_schema;
+mod receiver;
 mod support;
 mod web;
 mod websocket;
