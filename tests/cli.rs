@@ -102,6 +102,51 @@ fn bad_configuration_fails_at_start_with_a_clear_message() {
 }
 
 #[test]
+fn bad_host_integration_settings_fail_at_start_and_name_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&[&str], &str); 5] = [
+        (&["--host-jwt-secret", "short"], "CONFAB_HOST_JWT_SECRET must be at least 32"),
+        (&["--server-api-key", "short"], "CONFAB_SERVER_API_KEY must be at least 32"),
+        (
+            &["--webhook-url", "http://127.0.0.1:9/h", "--webhook-secret", "short"],
+            "CONFAB_WEBHOOK_SECRET must be at least 32",
+        ),
+        (&["--webhook-url", "ftp://x", "--webhook-secret", &"s".repeat(32)], "must be an http:// or https:// URL"),
+        (&["--host-jwt-public-key", "/nonexistent.pem"], "reading the host token key /nonexistent.pem"),
+    ];
+    for (args, expected) in cases {
+        let out = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("CONFAB_DATA_DIR", dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    let out = Command::new(BIN).args(["serve", "--webhook-url", "http://x"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--webhook-secret"), "a URL needs its secret");
+}
+
+/// The documented demo of the host integration runs as written: users and a job over
+/// the server API, host tokens, a hire, and every event verified by the example receiver.
+#[test]
+fn the_host_integration_demo_runs_end_to_end() {
+    let out = Command::new("bash")
+        .arg("examples/integration/demo.sh")
+        .env("CONFAB_BIN", BIN)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for seen in ["1 thread.created", "2 message.created", "4 thread.read", "Offer accepted", "external_id"] {
+        assert!(stdout.contains(seen), "{seen:?} missing from\n{stdout}");
+    }
+}
+
+#[test]
 fn an_unreachable_database_or_redis_is_named_without_its_password_and_exits_non_zero() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)

@@ -88,7 +88,8 @@ pub struct Job {
     pub status: JobStatus,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
-    /// The host marketplace's id for a job it put here (server API); `null` otherwise.
+    /// The host marketplace's id for a job it put here (server API); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub external_id: Option<String>,
 }
 

@@ -39,8 +39,9 @@ pub struct User {
     pub full_name: String,
     pub role: Role,
     /// The host marketplace's id for a user it provisioned (host tokens, the server
-    /// API); `null` for someone who signed up on Confab.
-    #[serde(default)]
+    /// API). Absent (null) for someone who signed up on Confab, so a node without the
+    /// integration answers exactly as before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_id: Option<String>,
 }
 

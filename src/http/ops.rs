@@ -61,6 +61,14 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<impl IntoRe
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
 }
 
-pub(crate) async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+/// The OpenAPI document; the server API is in it only where it exists (its key is set).
+pub(crate) async fn openapi(State(state): State<AppState>) -> Json<utoipa::openapi::OpenApi> {
+    let mut doc = ApiDoc::openapi();
+    if state.config.host.server_api_key.is_none() {
+        doc.paths.paths.retain(|path, _| !path.starts_with("/api/server/"));
+        if let Some(components) = doc.components.as_mut() {
+            components.security_schemes.remove("server_key");
+        }
+    }
+    Json(doc)
 }
