@@ -62,14 +62,13 @@ impl Chat {
             HostUser { external_id: claims.sub, full_name: claims.name, role: claims.role, username: claims.username }
                 .validate()
                 .map_err(|e| Error::rejected(ErrorCode::Unauthorized, format!("the host token's claims: {e}")))?;
-        if let Some(user) = self.store().user_by_external_id(&wanted.external_id).await?
-            && user.full_name == wanted.full_name
-            && user.role == wanted.role
-        {
-            return Ok(user);
+        match self.store().user_by_external_id(&wanted.external_id).await? {
+            Some(user) if user.full_name == wanted.full_name && user.role == wanted.role => Ok(user),
+            // A token updates name and role; its username counts only at creation.
+            Some(_) => Ok(self.provision(ExternalUser { username: None, ..wanted }, false).await?.0),
+            // A token's username is a wish: if someone else has it, the user still gets in.
+            None => Ok(self.provision(wanted, false).await?.0),
         }
-        // A token's username is a wish: if someone else has it, the user still gets in.
-        Ok(self.provision(wanted, false).await?.0)
     }
 
     /// `PUT /api/server/users/{external_id}/`: creates or updates the host's user.

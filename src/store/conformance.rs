@@ -711,13 +711,13 @@ pub async fn events_are_recorded_with_what_they_describe_in_one_gapless_order(st
     let now = Timestamp::now();
     let later = Timestamp::from_millis(now.millis() + 60_000);
     assert_eq!(store.due_events(now, 100).await.unwrap().len(), 7);
-    store.record_delivery(1, Delivery::Delivered).await.unwrap();
-    store.record_delivery(2, Delivery::Retry { at: later, error: "503".into() }).await.unwrap();
+    let outcomes = [(1, Delivery::Delivered), (2, Delivery::Retry { at: later, error: "503".into() })];
+    store.record_deliveries(&outcomes).await.unwrap();
     let due: Vec<i64> = store.due_events(now, 100).await.unwrap().iter().map(|e| e.seq).collect();
     assert_eq!(due, vec![6, 7], "thread.created of the other thread and its message");
     let retried = store.due_events(later, 100).await.unwrap();
     assert_eq!(retried.iter().map(|e| (e.seq, e.attempts)).collect::<Vec<_>>()[..2], [(2, 1), (3, 0)]);
-    store.record_delivery(2, Delivery::GaveUp { error: "410".into() }).await.unwrap();
+    store.record_deliveries(&[(2, Delivery::GaveUp { error: "410".into() })]).await.unwrap();
     assert_eq!(store.due_events(now, 1).await.unwrap()[0].seq, 3, "a given-up event no longer holds its thread");
     let backlog = store.event_backlog().await.unwrap();
     assert_eq!(backlog.pending, 5);

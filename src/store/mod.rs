@@ -375,7 +375,8 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `limit` events that may be sent at `now`, oldest first; an event waits
     /// while an earlier one of its thread waits for a retry.
     async fn due_events(&self, now: Timestamp, limit: u32) -> Result<Vec<StoredEvent>>;
-    async fn record_delivery(&self, seq: i64, outcome: Delivery) -> Result<()>;
+    /// Records a round's outcomes in one transaction (one commit, not one per event).
+    async fn record_deliveries(&self, outcomes: &[(i64, Delivery)]) -> Result<()>;
     /// Takes or renews the delivery lease for `holder` until `until`; false while
     /// another holder's lease runs.
     async fn take_event_lease(&self, holder: &str, now: Timestamp, until: Timestamp) -> Result<bool>;

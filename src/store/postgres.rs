@@ -916,9 +916,17 @@ impl Store for PostgresStore {
         rows.into_iter().map(StoredEvent::try_from).collect()
     }
 
-    async fn record_delivery(&self, seq: i64, outcome: Delivery) -> Result<()> {
-        let (sql, at, error) = events::delivery_update(&outcome, Timestamp::now());
-        sqlx::query(sql).bind(seq).bind(at).bind(error).execute(&self.pool).await?;
+    async fn record_deliveries(&self, outcomes: &[(i64, Delivery)]) -> Result<()> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let now = Timestamp::now();
+        let mut tx = self.pool.begin().await?;
+        for (seq, outcome) in outcomes {
+            let (sql, at, error) = events::delivery_update(outcome, now);
+            sqlx::query(sql).bind(seq).bind(at).bind(error).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

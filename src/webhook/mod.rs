@@ -181,33 +181,32 @@ impl Dispatcher {
             threads[slot].push(event);
         }
         let deadline = Instant::now() + LEASE / 2;
-        let results: Vec<Result<(), crate::store::StoreError>> = futures::stream::iter(threads)
+        let outcomes: Vec<Vec<(i64, Delivery)>> = futures::stream::iter(threads)
             .map(|events| self.deliver_in_order(events, deadline))
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
-        results.into_iter().collect::<Result<Vec<()>, _>>()?;
+        // One commit for the round: a commit per event (an fsync on SQLite) was
+        // what limited delivery. A crash before it sends the round again.
+        store.record_deliveries(&outcomes.concat()).await?;
         Ok(Some(attempted))
     }
 
     /// A thread's events, stopping at the first that fails (the rest wait for it).
-    async fn deliver_in_order(
-        &self,
-        events: Vec<StoredEvent>,
-        deadline: Instant,
-    ) -> Result<(), crate::store::StoreError> {
+    async fn deliver_in_order(&self, events: Vec<StoredEvent>, deadline: Instant) -> Vec<(i64, Delivery)> {
+        let mut outcomes = Vec::with_capacity(events.len());
         for event in events {
             if Instant::now() >= deadline {
                 break;
             }
             let outcome = self.attempt(&event).await;
             let delivered = outcome == Delivery::Delivered;
-            self.chat.store().record_delivery(event.seq, outcome).await?;
+            outcomes.push((event.seq, outcome));
             if !delivered {
                 break;
             }
         }
-        Ok(())
+        outcomes
     }
 
     /// One POST of one event, and what to do next.
