@@ -69,6 +69,22 @@ ensure_nginx() {
     fi
 }
 
+# The host-integration tests make key pairs with openssl, and run the documented demo
+# (examples/integration: python3 and curl).
+ensure_cli_tools() {
+    local missing=()
+    for tool in openssl python3 curl; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+    [ "${#missing[@]}" = 0 ] && return 0
+    if ! command -v apt-get >/dev/null; then
+        echo "error: the tests need ${missing[*]}; install them" >&2
+        return 1
+    fi
+    echo "== installing ${missing[*]} (Debian's packages) for the host-integration tests"
+    (apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 ||
+        { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }) ||
+        { echo "error: installing ${missing[*]} failed; install them by hand" >&2; return 1; }
+}
+
 # The browser tests drive Debian's Chromium with the npm package playwright-core
 # (whose own browser download cannot work here), and need Node.js with npm.
 ensure_browser_tools() {
@@ -89,5 +105,6 @@ ensure_browser_tools() {
 ensure_postgres
 ensure_redis
 ensure_nginx
+ensure_cli_tools
 ensure_browser_tools
-echo "== services: PostgreSQL and Redis answer; nginx, Node.js and Chromium are installed"
+echo "== services: PostgreSQL and Redis answer; nginx, openssl, python3, curl, Node.js and Chromium are installed"

@@ -32,11 +32,15 @@ const LEASE: Duration = Duration::from_secs(30);
 const STANDBY_POLL: Duration = Duration::from_secs(1);
 /// How often the holder looks for new events when there were none.
 const IDLE_POLL: Duration = Duration::from_millis(100);
-/// Events taken per round.
-const ROUND: u32 = 256;
+/// Events taken per round: a round costs a lease renewal, a read and one commit
+/// of its outcomes whatever its size, so larger rounds deliver more per second.
+const ROUND: u32 = 1024;
+/// How often the backlog (a count over the waiting events) is measured.
+const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 /// Threads whose events are POSTed at once.
 const CONCURRENCY: usize = 16;
-/// How often sent events past the retention window are deleted.
+/// How often sent events past the retention window are deleted (more often when
+/// the window itself is shorter).
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// What an operator watches: deliveries by outcome, how long they take, how many
@@ -81,6 +85,13 @@ impl WebhookMetrics {
     }
 }
 
+/// When the periodic chores of the delivering node last ran.
+struct Clock {
+    pruned: Instant,
+    measured: Instant,
+    prune_every: Duration,
+}
+
 struct Dispatcher {
     chat: Chat,
     config: WebhookConfig,
@@ -117,13 +128,15 @@ pub fn spawn(
 
 impl Dispatcher {
     async fn run(self, stop: CancellationToken) {
-        let mut pruned = Instant::now().checked_sub(PRUNE_EVERY).unwrap_or_else(Instant::now);
+        let prune_every = PRUNE_EVERY.min(self.retention);
+        let long_ago = Instant::now().checked_sub(prune_every.max(BACKLOG_EVERY)).unwrap_or_else(Instant::now);
+        let mut clock = Clock { pruned: long_ago, measured: long_ago, prune_every };
         while !stop.is_cancelled() {
             // A round cut short by the stop may leave a POST unrecorded: that event
             // is sent again (at least once).
             let round = tokio::select! {
                 () = stop.cancelled() => break,
-                round = self.round(&mut pruned) => round,
+                round = self.round(&mut clock) => round,
             };
             let pause = match round {
                 Ok(Some(0)) => IDLE_POLL,
@@ -148,7 +161,7 @@ impl Dispatcher {
 
     /// One round: the lease, then the due events. `None` without the lease, else
     /// how many events were attempted.
-    async fn round(&self, pruned: &mut Instant) -> Result<Option<usize>, crate::store::StoreError> {
+    async fn round(&self, clock: &mut Clock) -> Result<Option<usize>, crate::store::StoreError> {
         let store = self.chat.store();
         let now = Timestamp::now();
         let until = Timestamp::from_millis(now.millis() + millis(LEASE));
@@ -157,18 +170,23 @@ impl Dispatcher {
             return Ok(None);
         }
         self.metrics.leader.set(1);
-        if pruned.elapsed() >= PRUNE_EVERY {
-            *pruned = Instant::now();
+        if clock.pruned.elapsed() >= clock.prune_every {
+            clock.pruned = Instant::now();
             let before = Timestamp::from_millis(now.millis() - millis(self.retention));
             let removed = store.prune_events(before).await?;
             if removed > 0 {
                 tracing::info!(removed, "forgot webhook events past the retention window");
             }
         }
-        let backlog = store.event_backlog().await?;
-        self.metrics.pending.set(backlog.pending);
-        self.metrics.lag_seconds.set(backlog.oldest.map_or(0, |t| (now.millis() - t.millis()).max(0) / 1000));
         let due = store.due_events(now, ROUND).await?;
+        // Counting a large backlog takes a while: once a second, and whenever there
+        // is nothing to send (so the gauge reaches 0 as soon as it is true).
+        if due.is_empty() || clock.measured.elapsed() >= BACKLOG_EVERY {
+            clock.measured = Instant::now();
+            let backlog = store.event_backlog().await?;
+            self.metrics.pending.set(backlog.pending);
+            self.metrics.lag_seconds.set(backlog.oldest.map_or(0, |t| (now.millis() - t.millis()).max(0) / 1000));
+        }
         let attempted = due.len();
         // Each thread's events in order, one after another; threads side by side.
         let mut threads: Vec<Vec<StoredEvent>> = Vec::new();
