@@ -49,6 +49,23 @@ async function signIn(username) {
   return res.json();
 }
 
+/** The market's page (`page`) in a browser context of its own, with its page errors. */
+async function openMarket() {
+  const context = await browser.newContext();
+  const market = await context.newPage();
+  const errors = [];
+  market.on("pageerror", (e) => errors.push(e.message));
+  await market.goto(`${hostOrigin}/`);
+  return { context, market, errors };
+}
+
+/** Sends `text` from the widget's chat window and waits until it is stored. */
+async function send(dialog, text) {
+  await dialog.getByRole("textbox", { name: "Message" }).fill(text);
+  await dialog.getByRole("textbox", { name: "Message" }).press("Enter");
+  await dialog.getByText("Sent", { exact: true }).waitFor();
+}
+
 test("a page on another origin embeds the chat button with two lines and chats through it", async () => {
   const client = await signIn("testclient");
   const fred = (await signIn("testfreelancer")).user;
@@ -59,16 +76,10 @@ test("a page on another origin embeds the chat button with two lines and chats t
 </head><body><h1>Acme market</h1><p>Fred builds bakeries' websites.</p>
 <confab-chat-button user-id="${fred.id}" username="${fred.username}" full-name="${fred.full_name}" button-text="Chat with Fred" variant="success" size="large"></confab-chat-button>
 </body></html>`;
-  const context = await browser.newContext();
-  const market = await context.newPage();
-  const errors = [];
-  market.on("pageerror", (e) => errors.push(e.message));
-  await market.goto(`${hostOrigin}/`);
+  const { context, market, errors } = await openMarket();
   await market.getByRole("button", { name: "Chat with Fred Test Freelancer" }).click();
   const dialog = market.getByRole("dialog", { name: "Chat with Test Freelancer" });
-  await dialog.getByRole("textbox", { name: "Message" }).fill("Hello from the market's own page");
-  await dialog.getByRole("textbox", { name: "Message" }).press("Enter");
-  await dialog.getByText("Sent", { exact: true }).waitFor();
+  await send(dialog, "Hello from the market's own page");
   assert.equal(await market.getByRole("heading", { name: "Acme market" }).isVisible(), true, "the host page keeps its own look");
 
   const other = await signedIn(browser, server.base, "testfreelancer");
@@ -110,16 +121,10 @@ test("a marketplace's own users chat through the widget with tokens its backend 
 </head><body><h1>Acme market</h1>
 <confab-chat-button user-id="${seller.id}" username="sam" full-name="Sam Seller" button-text="Ask Sam"></confab-chat-button>
 </body></html>`;
-  const context = await browser.newContext();
-  const market = await context.newPage();
-  const errors = [];
-  market.on("pageerror", (e) => errors.push(e.message));
-  await market.goto(`${hostOrigin}/`);
+  const { context, market, errors } = await openMarket();
   await market.getByRole("button", { name: "Ask Sam Sam Seller" }).click();
   const dialog = market.getByRole("dialog", { name: "Chat with Sam Seller" });
-  await dialog.getByRole("textbox", { name: "Message" }).fill("Is the bike still for sale?");
-  await dialog.getByRole("textbox", { name: "Message" }).press("Enter");
-  await dialog.getByText("Sent", { exact: true }).waitFor();
+  await send(dialog, "Is the bike still for sale?");
   // The seller, signed in by the marketplace too, sees it and answers over REST.
   const sam = { authorization: `Bearer ${hostToken("acme-8", "Sam Seller", "freelancer")}`, "content-type": "application/json" };
   const inbox = await (await fetch(`${server.base}/api/chat/threads/`, { headers: sam })).json();
