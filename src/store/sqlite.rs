@@ -747,12 +747,13 @@ impl Store for SqliteStore {
     }
 
     async fn due_events(&self, now: Timestamp, limit: u32) -> Result<Vec<StoredEvent>> {
-        // Through the writer: a reader's snapshot may lag the commit that
-        // recorded a delivery, and the event would be sent twice.
+        // On a reader: each read starts a WAL snapshot that holds every commit made
+        // before it, the last round's delivery records included, and keeps the
+        // single writer free for the writes that wait on it.
         let rows: Vec<EventRow> = sqlx::query_as(&events::select_due())
             .bind(now.millis())
             .bind(i64::from(limit))
-            .fetch_all(&self.writer)
+            .fetch_all(&self.reader)
             .await?;
         rows.into_iter().map(StoredEvent::try_from).collect()
     }

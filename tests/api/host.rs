@@ -129,9 +129,10 @@ async fn refused_everywhere(app: &TestApp, token: &str, why: &str) {
     }
 }
 
-#[tokio::test]
-async fn tampered_expired_wrong_issuer_wrong_algorithm_and_bad_claims_host_tokens_are_refused() {
-    let app = spawn(None, None).await;
+async fn tampered_expired_wrong_issuer_wrong_algorithm_and_bad_claims_host_tokens_are_refused(
+    postgres: Option<&Schema>,
+) {
+    let app = spawn(None, postgres).await;
     let good = claims("u-1", "Una", "client");
     let token = host_token(&good);
     let (head, rest) = token.split_once('.').unwrap();
@@ -171,6 +172,17 @@ async fn tampered_expired_wrong_issuer_wrong_algorithm_and_bad_claims_host_token
     // None of those made a user; the good token still works.
     let (status, _) = app.get("/api/auth/me/", &token).await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn tampered_expired_wrong_issuer_wrong_algorithm_and_bad_claims_host_tokens_are_refused_on_sqlite() {
+    tampered_expired_wrong_issuer_wrong_algorithm_and_bad_claims_host_tokens_are_refused(None).await;
+}
+
+#[tokio::test]
+async fn tampered_expired_wrong_issuer_wrong_algorithm_and_bad_claims_host_tokens_are_refused_on_postgres() {
+    tampered_expired_wrong_issuer_wrong_algorithm_and_bad_claims_host_tokens_are_refused(Some(&Schema::create().await))
+        .await;
 }
 
 fn base64_url(bytes: &[u8]) -> String {
@@ -226,9 +238,8 @@ async fn rs256_and_es256_host_tokens_verify_with_the_public_key_and_nothing_else
     }
 }
 
-#[tokio::test]
-async fn the_server_api_takes_only_its_key_and_user_routes_refuse_it() {
-    let app = spawn(None, None).await;
+async fn the_server_api_takes_only_its_key_and_user_routes_refuse_it(postgres: Option<&Schema>) {
+    let app = spawn(None, postgres).await;
     let local = app.signup("local", "client").await;
     let host = host_user(&app, "h-1", "Hal", "client").await;
     let body = json!({"full_name": "Pat", "role": "freelancer"});
@@ -252,6 +263,16 @@ async fn the_server_api_takes_only_its_key_and_user_routes_refuse_it() {
     let ok =
         app.send(reqwest::Method::PUT, "/api/server/users/p-1/", Some(SERVER_KEY), Some(body.to_string().into())).await;
     assert_eq!(ok.0, 201, "{}", ok.1);
+}
+
+#[tokio::test]
+async fn the_server_api_takes_only_its_key_and_user_routes_refuse_it_on_sqlite() {
+    the_server_api_takes_only_its_key_and_user_routes_refuse_it(None).await;
+}
+
+#[tokio::test]
+async fn the_server_api_takes_only_its_key_and_user_routes_refuse_it_on_postgres() {
+    the_server_api_takes_only_its_key_and_user_routes_refuse_it(Some(&Schema::create().await)).await;
 }
 
 /// Not a credential of any kind: the user JWT signing key.
