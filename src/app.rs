@@ -79,7 +79,7 @@ impl App {
                 webhook::spawn(chat.clone(), webhook.clone(), retention, holder, metrics.registry(), webhooks.clone())
                     .context("starting webhook delivery")?;
             dispatcher = Some(task);
-            tracing::info!(url = %webhook.url, "delivering events to the webhook");
+            tracing::info!(url = %store::redact_url(&webhook.url), "delivering events to the webhook");
         }
         let state = AppState {
             chat,

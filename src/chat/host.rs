@@ -188,37 +188,64 @@ impl Chat {
     /// # Errors
     /// A store that fails, or an event whose thread or message is gone.
     pub async fn render_event(&self, event: &StoredEvent) -> Result<Value> {
+        let mut rendered = self.render_thread_events(std::slice::from_ref(event)).await?;
+        rendered.pop().ok_or_else(|| missing(event))
+    }
+
+    /// Renders events of one thread with two reads whatever their number: its
+    /// participants, and the messages the events name (one page from the lowest
+    /// seq to the highest). Rendering each on its own took two reads per event,
+    /// which bounded how fast webhooks went out.
+    ///
+    /// # Errors
+    /// As [`Chat::render_event`]; also events of more than one thread.
+    pub async fn render_thread_events(&self, events: &[StoredEvent]) -> Result<Vec<Value>> {
+        let Some(first) = events.first() else { return Ok(Vec::new()) };
+        let thread = first.thread_id;
+        if events.iter().any(|e| e.thread_id != thread) {
+            return Err(Error::Internal("events of several threads rendered together".into()));
+        }
         let store = self.store();
-        let participants = store.participants(event.thread_id).await?;
-        let data = match event.kind {
-            EventKind::MessageCreated => {
-                let seq = event.thread_seq.unwrap_or_default();
-                let page = store.messages(event.thread_id, Cursor::Between(Seq(seq.0 - 1), Seq(seq.0 + 1)), 1).await?;
-                let record = page.results.into_iter().next().ok_or_else(|| missing(event))?;
-                json!({ "message": Message::view(record, &participants) })
-            }
-            EventKind::ThreadCreated => {
-                let viewer = participants.first().ok_or_else(|| missing(event))?.user.id;
-                let mut record = store.thread(event.thread_id, viewer).await?.ok_or_else(|| missing(event))?;
-                // The thread as it was made: its first message, nobody's unread count.
-                let first = store.messages(event.thread_id, Cursor::After(Seq(0)), 1).await?;
-                record.last_message = first.results.into_iter().next();
-                record.unread_count = 0;
-                json!({ "thread": Thread::from(record) })
-            }
-            EventKind::ThreadRead => json!({
-                "thread_id": event.thread_id,
-                "user_id": event.user_id,
-                "up_to_seq": event.thread_seq,
-            }),
-        };
-        Ok(json!({
-            "id": event.id,
-            "seq": event.seq,
-            "type": event.kind.as_str(),
-            "created_at": event.created_at,
-            "data": data,
-        }))
+        let participants = store.participants(thread).await?;
+        let seqs = events.iter().filter(|e| e.kind == EventKind::MessageCreated).filter_map(|e| e.thread_seq);
+        let (low, high) = seqs.fold((i64::MAX, i64::MIN), |(lo, hi), s| (lo.min(s.0), hi.max(s.0)));
+        let mut messages = std::collections::HashMap::new();
+        if low <= high {
+            let span = u32::try_from(high - low + 1).unwrap_or(u32::MAX);
+            let page = store.messages(thread, Cursor::Between(Seq(low - 1), Seq(high + 1)), span).await?;
+            messages.extend(page.results.into_iter().map(|m| (m.seq, m)));
+        }
+        let mut rendered = Vec::with_capacity(events.len());
+        for event in events {
+            let data = match event.kind {
+                EventKind::MessageCreated => {
+                    let record = event.thread_seq.and_then(|s| messages.get(&s)).ok_or_else(|| missing(event))?;
+                    json!({ "message": Message::view(record.clone(), &participants) })
+                }
+                EventKind::ThreadCreated => {
+                    let viewer = participants.first().ok_or_else(|| missing(event))?.user.id;
+                    let mut record = store.thread(thread, viewer).await?.ok_or_else(|| missing(event))?;
+                    // The thread as it was made: its first message, nobody's unread count.
+                    let first = store.messages(thread, Cursor::After(Seq(0)), 1).await?;
+                    record.last_message = first.results.into_iter().next();
+                    record.unread_count = 0;
+                    json!({ "thread": Thread::from(record) })
+                }
+                EventKind::ThreadRead => json!({
+                    "thread_id": event.thread_id,
+                    "user_id": event.user_id,
+                    "up_to_seq": event.thread_seq,
+                }),
+            };
+            rendered.push(json!({
+                "id": event.id,
+                "seq": event.seq,
+                "type": event.kind.as_str(),
+                "created_at": event.created_at,
+                "data": data,
+            }));
+        }
+        Ok(rendered)
     }
 }
 

@@ -213,11 +213,15 @@ impl Dispatcher {
     /// A thread's events, stopping at the first that fails (the rest wait for it).
     async fn deliver_in_order(&self, events: Vec<StoredEvent>, deadline: Instant) -> Vec<(i64, Delivery)> {
         let mut outcomes = Vec::with_capacity(events.len());
+        // Rendered together (two reads for the thread); should that fail, each is
+        // rendered on its own, so the failure lands on the event that caused it.
+        let mut bodies = self.chat.render_thread_events(&events).await.ok().map(Vec::into_iter);
         for event in events {
             if Instant::now() >= deadline {
                 break;
             }
-            let outcome = self.attempt(&event).await;
+            let body = bodies.as_mut().and_then(Iterator::next);
+            let outcome = self.attempt(&event, body).await;
             let delivered = outcome == Delivery::Delivered;
             outcomes.push((event.seq, outcome));
             if !delivered {
@@ -227,10 +231,10 @@ impl Dispatcher {
         outcomes
     }
 
-    /// One POST of one event, and what to do next.
-    async fn attempt(&self, event: &StoredEvent) -> Delivery {
+    /// One POST of one event (rendered already, or now), and what to do next.
+    async fn attempt(&self, event: &StoredEvent, body: Option<serde_json::Value>) -> Delivery {
         let started = Instant::now();
-        let sent = self.post(event).await;
+        let sent = self.post(event, body).await;
         self.metrics.seconds.observe(started.elapsed().as_secs_f64());
         let error = match sent {
             Ok(()) => {
@@ -262,8 +266,11 @@ impl Dispatcher {
         Delivery::Retry { at: Timestamp::from_millis(Timestamp::now().millis() + millis(delay)), error }
     }
 
-    async fn post(&self, event: &StoredEvent) -> Result<(), String> {
-        let body = self.chat.render_event(event).await.map_err(|e| format!("rendering the event: {}", e.detail()))?;
+    async fn post(&self, event: &StoredEvent, body: Option<serde_json::Value>) -> Result<(), String> {
+        let body = match body {
+            Some(body) => body,
+            None => self.chat.render_event(event).await.map_err(|e| format!("rendering the event: {}", e.detail()))?,
+        };
         let body = serde_json::to_vec(&body).map_err(|e| format!("serializing the event: {e}"))?;
         let t = Timestamp::now().millis() / 1000;
         let signature = sign::signature(self.config.secret.expose().as_bytes(), t, &body);
@@ -276,8 +283,10 @@ impl Dispatcher {
             .body(body)
             .send()
             .await
-            .map_err(|e| format!("no answer: {e}"))?;
+            .map_err(|e| format!("no answer: {}", crate::chat::error_chain(&e.without_url())))?;
         let status = answer.status();
+        // Read what the receiver answered, so its connection can carry the next POST.
+        let _ = answer.bytes().await;
         if status.is_success() { Ok(()) } else { Err(format!("the receiver answered {status}")) }
     }
 }
