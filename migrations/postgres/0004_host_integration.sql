@@ -28,7 +28,8 @@ CREATE TABLE events (
     last_error      TEXT
 );
 CREATE INDEX events_pending ON events (seq) WHERE delivered_at IS NULL AND failed_at IS NULL;
-CREATE INDEX events_pending_thread ON events (thread_id, seq) WHERE delivered_at IS NULL AND failed_at IS NULL;
+-- The events waiting for a retry: few, and they hold back the rest of their thread.
+CREATE INDEX events_waiting ON events (next_attempt_at) WHERE delivered_at IS NULL AND failed_at IS NULL;
 CREATE INDEX events_created ON events (created_at);
 CREATE TABLE event_counter (id BIGINT PRIMARY KEY CHECK (id = 1), last BIGINT NOT NULL);
 INSERT INTO event_counter (id, last) VALUES (1, 0);
