@@ -715,12 +715,19 @@ pub async fn events_are_recorded_with_what_they_describe_in_one_gapless_order(st
     store.record_deliveries(&outcomes).await.unwrap();
     let due: Vec<i64> = store.due_events(now, 100).await.unwrap().iter().map(|e| e.seq).collect();
     assert_eq!(due, vec![6, 7], "thread.created of the other thread and its message");
+    // An event recorded after `now` is not due yet, and holds nothing back.
+    let before = Timestamp::from_millis(now.millis() - 60_000);
+    assert!(store.due_events(before, 100).await.unwrap().is_empty());
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    send(&*store, other, &c, "newer", None).await;
+    let due: Vec<i64> = store.due_events(now, 100).await.unwrap().iter().map(|e| e.seq).collect();
+    assert_eq!(due, vec![6, 7], "the newer message waits its turn, its thread goes on");
     let retried = store.due_events(later, 100).await.unwrap();
     assert_eq!(retried.iter().map(|e| (e.seq, e.attempts)).collect::<Vec<_>>()[..2], [(2, 1), (3, 0)]);
     store.record_deliveries(&[(2, Delivery::GaveUp { error: "410".into() })]).await.unwrap();
     assert_eq!(store.due_events(now, 1).await.unwrap()[0].seq, 3, "a given-up event no longer holds its thread");
     let backlog = store.event_backlog().await.unwrap();
-    assert_eq!(backlog.pending, 5);
+    assert_eq!(backlog.pending, 6);
     assert!(backlog.oldest.is_some());
     // Sent and given-up events are pruned once past retention; waiting ones stay.
     assert_eq!(store.prune_events(Timestamp::from_millis(now.millis() + 1000)).await.unwrap(), 2);

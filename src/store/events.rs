@@ -130,15 +130,17 @@ pub(super) fn select_after() -> String {
 /// The oldest events that may be sent now: due, and not of a thread that has an
 /// event waiting for a retry (events of a thread go in order). A thread's waiting
 /// event is always its oldest pending one: the events after it are not tried
-/// while it waits. The waiting threads are a small set found by their index, so
-/// the query costs the same however large the backlog; a correlated `NOT EXISTS`
-/// per candidate made PostgreSQL scan the backlog once per row.
+/// while it waits. Only a tried event waits: one recorded a moment after this
+/// round's `now` is not yet due, but must not hold its thread back (a busy thread
+/// would never be sent). The waiting threads are a small set found by their
+/// index, so the query costs the same however large the backlog; a correlated
+/// `NOT EXISTS` per candidate made PostgreSQL scan the backlog once per row.
 pub(super) fn select_due() -> String {
     format!(
         "SELECT {EVENT_COLUMNS} FROM events e \
          WHERE e.delivered_at IS NULL AND e.failed_at IS NULL AND e.next_attempt_at <= $1 \
          AND e.thread_id NOT IN (SELECT b.thread_id FROM events b \
-             WHERE b.delivered_at IS NULL AND b.failed_at IS NULL AND b.next_attempt_at > $1) \
+             WHERE b.delivered_at IS NULL AND b.failed_at IS NULL AND b.next_attempt_at > $1 AND b.attempts > 0) \
          ORDER BY e.seq LIMIT $2"
     )
 }
