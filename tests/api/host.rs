@@ -500,11 +500,10 @@ async fn every_event_reaches_the_receiver_once_signed_and_in_order_on_postgres()
     every_event_reaches_the_receiver_once_signed_and_in_order(Some(&Schema::create().await)).await;
 }
 
-#[tokio::test]
-async fn a_receiver_that_answers_503_for_a_while_gets_every_event_afterwards_in_order() {
+async fn a_receiver_that_answers_503_for_a_while_gets_every_event_afterwards_in_order(postgres: Option<&Schema>) {
     let receiver = Receiver::start().await;
     receiver.answer(503);
-    let app = spawn(Some(&receiver), None).await;
+    let app = spawn(Some(&receiver), postgres).await;
     let carl = host_user(&app, "c-1", "Carl", "client").await;
     let fran = host_user(&app, "f-1", "Fran", "freelancer").await;
     let olga = host_user(&app, "f-2", "Olga", "freelancer").await;
@@ -529,6 +528,16 @@ async fn a_receiver_that_answers_503_for_a_while_gets_every_event_afterwards_in_
     }
     receiver.answer(200);
     receiver::check(&receiver.wait_for((n1 + n2) as usize).await, n1 + n2, false);
+}
+
+#[tokio::test]
+async fn a_receiver_that_answers_503_for_a_while_gets_every_event_afterwards_in_order_on_sqlite() {
+    a_receiver_that_answers_503_for_a_while_gets_every_event_afterwards_in_order(None).await;
+}
+
+#[tokio::test]
+async fn a_receiver_that_answers_503_for_a_while_gets_every_event_afterwards_in_order_on_postgres() {
+    a_receiver_that_answers_503_for_a_while_gets_every_event_afterwards_in_order(Some(&Schema::create().await)).await;
 }
 
 #[tokio::test]
@@ -583,12 +592,11 @@ async fn sent_events_are_forgotten_after_the_retention_window_and_seqs_go_on() {
     assert_eq!(page["results"][0]["seq"], 3);
 }
 
-#[tokio::test]
-async fn events_pending_when_the_server_is_killed_are_delivered_after_its_restart() {
+async fn events_pending_when_the_server_is_killed_are_delivered_after_its_restart(postgres: Option<&Schema>) {
     let receiver = Receiver::start().await;
     receiver.answer(503);
     let dir = tempfile::tempdir().unwrap();
-    let args: Vec<String> = [
+    let mut args: Vec<String> = [
         "--host-jwt-secret",
         HOST_SECRET,
         "--host-jwt-issuer",
@@ -605,6 +613,9 @@ async fn events_pending_when_the_server_is_killed_are_delivered_after_its_restar
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
+    if let Some(schema) = postgres {
+        args.extend(["--database-url".to_owned(), schema.url()]);
+    }
     let mut server = crate::crash::Server::start_with(dir.path(), &args);
     let front = TestApp::front(&server.base);
     let carl = host_user(&front, "c-1", "Carl", "client").await;
@@ -620,6 +631,16 @@ async fn events_pending_when_the_server_is_killed_are_delivered_after_its_restar
     receiver.answer(200);
     let _restarted = crate::crash::Server::start_with(dir.path(), &args);
     receiver::check(&receiver.wait_for(n as usize).await, n, false);
+}
+
+#[tokio::test]
+async fn events_pending_when_the_server_is_killed_are_delivered_after_its_restart_on_sqlite() {
+    events_pending_when_the_server_is_killed_are_delivered_after_its_restart(None).await;
+}
+
+#[tokio::test]
+async fn events_pending_when_the_server_is_killed_are_delivered_after_its_restart_on_postgres() {
+    events_pending_when_the_server_is_killed_are_delivered_after_its_restart(Some(&Schema::create().await)).await;
 }
 
 #[tokio::test]
