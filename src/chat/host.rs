@@ -176,8 +176,9 @@ impl Chat {
     pub async fn events_after(&self, after: i64, limit: u32) -> Result<Page<Value>> {
         let page = self.store().events_after(after, limit).await?;
         let mut results = Vec::with_capacity(page.results.len());
-        for event in page.results {
-            results.push(self.render_event(&event).await?);
+        // A run of one thread's events is rendered with two reads, as the webhooks do.
+        for run in page.results.chunk_by(|a, b| a.thread_id == b.thread_id) {
+            results.extend(self.render_thread_events(run).await?);
         }
         Ok(Page { results, has_more: page.has_more })
     }

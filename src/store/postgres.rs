@@ -16,7 +16,7 @@ use super::events::{self, EventRow, TAKE_EVENT_SEQS, opened_events};
 use super::refresh;
 use super::rows::{
     CredentialsRow, FREELANCER_COLUMNS, FreelancerRow, INSERT_MESSAGE, JOB_COLUMNS, JobRow, MESSAGE_COLUMNS,
-    MessageRow, ParticipantRow, THREAD_COLUMNS, ThreadRow, USER_COLUMNS, UserRow, group_participants,
+    MOVE_MARKER, MessageRow, ParticipantRow, THREAD_COLUMNS, ThreadRow, USER_COLUMNS, UserRow, group_participants,
     select_system_by_key,
 };
 use super::{
@@ -206,6 +206,11 @@ async fn record_events(tx: &mut Transaction<'_, Postgres>, events: &[NewEvent]) 
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Moves a read marker forward to `target`; `None` when it stood there or past it.
+async fn move_marker<'e>(e: impl sqlx::PgExecutor<'e>, id: ThreadId, user: UserId, target: i64) -> Result<Option<i64>> {
+    Ok(sqlx::query_scalar(MOVE_MARKER).bind(id.0).bind(user.0).bind(target).fetch_optional(e).await?)
 }
 
 /// What a message of a batch turns out to be.
@@ -717,24 +722,20 @@ impl Store for PostgresStore {
         let target = up_to.map_or(last, |s| s.0.min(last));
         let mut marker = (current, false);
         if target > current {
-            // One short transaction: the row lock lasts only as long as the update
-            // (and its event), and a marker that would not move is not touched.
-            let mut tx = self.pool.begin().await?;
-            let updated: Option<i64> = sqlx::query_scalar(
-                "UPDATE thread_participants SET last_read_seq = $3 \
-                 WHERE thread_id = $1 AND user_id = $2 AND last_read_seq < $3 RETURNING last_read_seq",
-            )
-            .bind(id.0)
-            .bind(user.0)
-            .bind(target)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(m) = updated
-                && self.events
-            {
-                record_events(&mut tx, &[NewEvent::read(id, user, Seq(m))]).await?;
-            }
-            tx.commit().await?;
+            // One statement, or one short transaction when the move records an
+            // event: the row lock lasts only as long as the update, and a marker
+            // that would not move is not touched.
+            let updated = if self.events {
+                let mut tx = self.pool.begin().await?;
+                let updated = move_marker(&mut *tx, id, user, target).await?;
+                if let Some(m) = updated {
+                    record_events(&mut tx, &[NewEvent::read(id, user, Seq(m))]).await?;
+                }
+                tx.commit().await?;
+                updated
+            } else {
+                move_marker(&self.pool, id, user, target).await?
+            };
             marker = match updated {
                 Some(m) => (m, true),
                 None => (self.read_position(id, user).await?.map_or(target, |(m, _)| m), false),

@@ -23,6 +23,10 @@ pub(super) const MESSAGE_COLUMNS: &str =
 pub(super) const INSERT_MESSAGE: &str = "INSERT INTO messages (id, thread_id, seq, kind, sender_id, actor_id, text, metadata, client_msg_id, created_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
+/// Moves a read marker forward (never back), answering where it now stands.
+pub(super) const MOVE_MARKER: &str = "UPDATE thread_participants SET last_read_seq = $3 \
+     WHERE thread_id = $1 AND user_id = $2 AND last_read_seq < $3 RETURNING last_read_seq";
+
 /// The system message the host stored in a thread under a key.
 pub(super) fn select_system_by_key() -> String {
     format!(

@@ -15,7 +15,7 @@ use super::events::{self, EventRow, INSERT_EVENT, TAKE_EVENT_SEQS, opened_events
 use super::refresh;
 use super::rows::{
     CredentialsRow, FREELANCER_COLUMNS, FreelancerRow, INSERT_MESSAGE, JOB_COLUMNS, JobRow, MESSAGE_COLUMNS,
-    MessageRow, ParticipantRow, THREAD_COLUMNS, ThreadRow, USER_COLUMNS, UserRow, group_participants,
+    MOVE_MARKER, MessageRow, ParticipantRow, THREAD_COLUMNS, ThreadRow, USER_COLUMNS, UserRow, group_participants,
     select_system_by_key,
 };
 use super::sqlite_writer::MessageWriter;
@@ -229,6 +229,16 @@ async fn open_thread_in(tx: &mut Transaction<'_, Sqlite>, open: OpenThread) -> R
         None => None,
     };
     Ok(Opened { thread_id: id, created: true, first_message })
+}
+
+/// Moves a read marker forward to `target`; `None` when it stood there or past it.
+async fn move_marker<'e>(
+    e: impl sqlx::SqliteExecutor<'e>,
+    id: ThreadId,
+    user: UserId,
+    target: i64,
+) -> Result<Option<i64>> {
+    Ok(sqlx::query_scalar(MOVE_MARKER).bind(id.0).bind(user.0).bind(target).fetch_optional(e).await?)
 }
 
 /// The unread count of `$viewer` in thread `t`, for a participant row `p` of theirs.
@@ -534,22 +544,19 @@ impl Store for SqliteStore {
         let target = up_to.map_or(last, |s| s.0.min(last));
         let mut marker = (current, false);
         if target > current {
-            let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
-            let updated: Option<i64> = sqlx::query_scalar(
-                "UPDATE thread_participants SET last_read_seq = $3 \
-                 WHERE thread_id = $1 AND user_id = $2 AND last_read_seq < $3 RETURNING last_read_seq",
-            )
-            .bind(id.0)
-            .bind(user.0)
-            .bind(target)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(m) = updated
-                && self.events
-            {
-                record_events(&mut tx, &[NewEvent::read(id, user, Seq(m))]).await?;
-            }
-            tx.commit().await?;
+            // A transaction only when the move records an event with it: a read
+            // receipt is otherwise one statement, as before the outbox.
+            let updated = if self.events {
+                let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+                let updated = move_marker(&mut *tx, id, user, target).await?;
+                if let Some(m) = updated {
+                    record_events(&mut tx, &[NewEvent::read(id, user, Seq(m))]).await?;
+                }
+                tx.commit().await?;
+                updated
+            } else {
+                move_marker(&self.writer, id, user, target).await?
+            };
             marker = match updated {
                 Some(m) => (m, true),
                 // Another read moved it further meanwhile.
