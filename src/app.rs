@@ -92,6 +92,17 @@ impl App {
             closing: CancellationToken::new(),
             sessions: TaskTracker::new(),
         };
+        let store = state.chat.store().clone();
+        let release = move || {
+            let store = store.clone();
+            async move {
+                if let Err(e) = store.release_memory().await {
+                    tracing::warn!(error = %crate::chat::error_chain(&e), "freeing the store's caches failed");
+                }
+            }
+        };
+        crate::memory::spawn_trimmer(release, state.metrics.registry(), state.shutdown.clone())
+            .context("starting the memory trimmer")?;
         let listener =
             TcpListener::bind(state.config.listen).await.with_context(|| format!("binding {}", state.config.listen))?;
         let metrics_listener = match state.config.metrics_listen {

@@ -78,6 +78,12 @@ pub async fn serve<S>(
                 }
             },
         };
+        // Each frame is written when it is ready (the writer batches what is queued
+        // into one write): Nagle's algorithm would hold a small write back until the
+        // previous one is acknowledged, up to the peer's delayed-ACK timer.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY could not be set");
+        }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             if let Ok(refusal) = refusing.clone().try_acquire_owned() {
                 tokio::spawn(async move {

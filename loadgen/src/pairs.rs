@@ -96,7 +96,9 @@ pub async fn run(bases: &[String], users: &[SignedIn], options: &Options) -> any
     for (i, user) in users[..paired].iter().enumerate() {
         let ws_base = bases[i % bases.len()].replacen("http", "ws", 1);
         let url = format!("{ws_base}/ws/chat/?token={}", user.token);
-        let (socket, _) = tokio_tungstenite::connect_async(url).await.context("opening a WebSocket")?;
+        // `true`: TCP_NODELAY, so a send is not held back waiting for an ACK.
+        let (socket, _) =
+            tokio_tungstenite::connect_async_with_config(url, None, true).await.context("opening a WebSocket")?;
         sockets.push(socket);
     }
     let start = epoch + Duration::from_millis(50);

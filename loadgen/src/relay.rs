@@ -43,6 +43,10 @@ pub async fn serve(listener: tokio::net::TcpListener, drop_every: Option<u64>) -
         .route("/api/auth/token/", post(sign_in))
         .route("/ws/chat/", get(connect))
         .with_state(relay);
+    // As Confab's server does: small frames go out at once, not after an ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
 }
 

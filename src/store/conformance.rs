@@ -257,6 +257,22 @@ pub async fn text_is_stored_verbatim(store: Arc<dyn Store>) {
     assert_eq!(stored.results[0].text, text);
 }
 
+pub async fn releasing_memory_loses_nothing_and_the_store_goes_on(store: Arc<dyn Store>) {
+    let a = user(&*store, "a", Role::Client).await;
+    let b = user(&*store, "b", Role::Freelancer).await;
+    let thread = direct(&*store, &a, &b).await;
+    let first = send(&*store, thread, &a, "before", None).await;
+    // While other work runs, too: a busy connection is skipped, never waited for.
+    let (released, page) = tokio::join!(store.release_memory(), store.messages(thread, Cursor::Latest, 10));
+    released.unwrap();
+    assert_eq!(page.unwrap().results, vec![first.message.clone()]);
+    store.release_memory().await.unwrap();
+    let second = send(&*store, thread, &b, "after", None).await;
+    assert_eq!(second.message.seq, Seq(2));
+    let stored = store.messages(thread, Cursor::Latest, 10).await.unwrap();
+    assert_eq!(stored.results, vec![first.message, second.message]);
+}
+
 pub async fn message_pages_follow_their_cursor_in_seq_order(store: Arc<dyn Store>) {
     let a = user(&*store, "a", Role::Client).await;
     let b = user(&*store, "b", Role::Freelancer).await;
@@ -764,6 +780,7 @@ macro_rules! store_conformance_tests {
             a_batch_commits_together_and_refuses_only_its_bad_messages,
             appending_to_an_unknown_thread_is_not_found,
             text_is_stored_verbatim,
+            releasing_memory_loses_nothing_and_the_store_goes_on,
             message_pages_follow_their_cursor_in_seq_order,
             read_markers_move_forward_only_and_drive_unread_counts,
             a_thread_is_invisible_to_outsiders,

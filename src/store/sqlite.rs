@@ -18,7 +18,7 @@ use super::rows::{
     MOVE_MARKER, MessageRow, ParticipantRow, THREAD_COLUMNS, ThreadRow, USER_COLUMNS, UserRow, group_participants,
     select_system_by_key,
 };
-use super::sqlite_writer::MessageWriter;
+use super::sqlite_writer::{MessageWriter, SHRINK_MEMORY};
 use super::{
     Appended, Backlog, Cursor, Delivery, ExternalJob, ExternalUser, InboxFrom, NewEvent, NewJob, NewMessage,
     NewProposal, NewSystemMessage, NewUser, OpenThread, Opened, ReadMarker, RefreshToken, Result, Rotation, Store,
@@ -458,6 +458,22 @@ impl Store for SqliteStore {
 
     async fn append_messages(&self, batch: Vec<NewMessage>) -> Result<Vec<Result<Appended>>> {
         self.messages.append(batch, self.events).await
+    }
+
+    async fn release_memory(&self) -> Result<()> {
+        self.messages.shrink().await?;
+        // Only the connections no one is using: a busy one is not waited for, it
+        // is shrunk the next time.
+        for pool in [&self.writer, &self.reader] {
+            let mut idle = Vec::new();
+            while let Some(conn) = pool.try_acquire() {
+                idle.push(conn);
+            }
+            for conn in &mut idle {
+                sqlx::query(SHRINK_MEMORY).execute(&mut **conn).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn thread(&self, id: ThreadId, viewer: UserId) -> Result<Option<ThreadRecord>> {

@@ -27,20 +27,30 @@ use crate::domain::{ClientMsgId, MessageRecord, Seq};
 /// The writer's page cache: the hot ends of the messages table and its indexes.
 const CACHE_KIB: u32 = 32 * 1024;
 
+/// Frees a connection's page cache; the pages are read back from the file (most
+/// likely the OS's cache of it) as they are needed again.
+pub(super) const SHRINK_MEMORY: &str = "PRAGMA shrink_memory";
+
 /// The outcome of one batch: the outer error aborts all of it (nothing written).
 type BatchResult = Result<Vec<Result<Appended>>>;
 
-struct Batch {
-    messages: Vec<NewMessage>,
-    /// Record a `message.created` event for each new message.
-    events: bool,
-    reply: oneshot::Sender<BatchResult>,
+/// What the writing thread is asked to do.
+enum Job {
+    /// Store these messages in one transaction.
+    Batch {
+        messages: Vec<NewMessage>,
+        /// Record a `message.created` event for each new message.
+        events: bool,
+        reply: oneshot::Sender<BatchResult>,
+    },
+    /// Free the connection's page cache (see `Store::release_memory`).
+    Shrink(oneshot::Sender<Result<()>>),
 }
 
 /// The handle of the writing thread; the thread ends when the last handle drops.
 #[derive(Debug, Clone)]
 pub(super) struct MessageWriter {
-    batches: mpsc::Sender<Batch>,
+    jobs: mpsc::Sender<Job>,
 }
 
 impl MessageWriter {
@@ -57,24 +67,38 @@ impl MessageWriter {
              PRAGMA cache_size = -{CACHE_KIB};"
         ))
         .map_err(from_sqlite)?;
-        let (batches, queue) = mpsc::channel::<Batch>();
+        let (jobs, queue) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("sqlite-writer".to_owned())
             .spawn(move || {
                 let mut conn = conn;
                 let by_key = select_by_key();
-                while let Ok(batch) = queue.recv() {
-                    let _ = batch.reply.send(append_batch(&mut conn, &by_key, batch.messages, batch.events));
+                while let Ok(job) = queue.recv() {
+                    match job {
+                        Job::Batch { messages, events, reply } => {
+                            let _ = reply.send(append_batch(&mut conn, &by_key, messages, events));
+                        }
+                        Job::Shrink(reply) => {
+                            let _ = reply.send(conn.execute_batch(SHRINK_MEMORY).map_err(from_sqlite));
+                        }
+                    }
                 }
             })
             .map_err(|e| StoreError::Other(Box::new(e)))?;
-        Ok(Self { batches })
+        Ok(Self { jobs })
     }
 
     /// Stores a batch in one transaction (one fsync), answering each message.
     pub(super) async fn append(&self, messages: Vec<NewMessage>, events: bool) -> BatchResult {
         let (reply, answer) = oneshot::channel();
-        self.batches.send(Batch { messages, events, reply }).map_err(|_| stopped())?;
+        self.jobs.send(Job::Batch { messages, events, reply }).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Frees the writer's page cache, between two batches.
+    pub(super) async fn shrink(&self) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs.send(Job::Shrink(reply)).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }

@@ -9,12 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::order::{Delivery, MessageItem, Outgoing};
 use super::protocol;
-use super::queue::QueueTx;
+use super::queue::{QueueTx, Refused};
 use crate::bus::{Bus, Sink};
 use crate::domain::{ConnectionId, Event, UserId};
 
@@ -85,6 +84,7 @@ struct HubMetrics {
 pub(crate) struct WriterMetrics {
     pub(crate) queue_depth: Histogram,
     pub(crate) write_timeouts: IntCounter,
+    pub(crate) gap_fills: IntCounter,
 }
 
 /// This node's connections.
@@ -128,6 +128,10 @@ impl Hub {
                     "ws_write_timeout_closes_total",
                     "Connections closed with 1013 because a write did not complete in time (a client not reading)",
                 )?,
+                gap_fills: IntCounter::new(
+                    "ws_gap_fills_total",
+                    "Gaps in a thread's messages read from the store after a hold ran out (the bus was late or lost them)",
+                )?,
             },
         };
         registry.register(Box::new(metrics.connections.clone()))?;
@@ -135,6 +139,7 @@ impl Hub {
         registry.register(Box::new(metrics.frames.clone()))?;
         registry.register(Box::new(metrics.writers.queue_depth.clone()))?;
         registry.register(Box::new(metrics.writers.write_timeouts.clone()))?;
+        registry.register(Box::new(metrics.writers.gap_fills.clone()))?;
         Ok(Self {
             users: RwLock::default(),
             node: rand::random::<u64>() << 32,
@@ -200,13 +205,13 @@ impl Hub {
     fn push(&self, conn: &Conn, item: Outgoing) {
         match conn.queue.try_send(item) {
             Ok(()) => self.metrics.frames.inc(),
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Refused::Full) => {
                 if !conn.closer.token.is_cancelled() {
                     self.metrics.slow_closes.inc();
                     conn.closer.close(CLOSE_TRY_AGAIN, "too slow to keep up; reconnect and sync");
                 }
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(Refused::Closed) => {}
         }
     }
 

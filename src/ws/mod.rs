@@ -12,6 +12,8 @@ mod session;
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures::FutureExt;
+use futures::future::Either;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
@@ -117,16 +119,26 @@ pub(crate) async fn connect_ws(
         .max_frame_size(Some(fragment::PIECE as usize))
         .max_write_buffer_size(MAX_WRITE_BUFFER);
     let sessions = state.sessions.clone();
-    sessions.spawn(async move {
-        let _held = (address_slot, connection_slot);
+    let held = (address_slot, connection_slot);
+    // Boxed: connecting is over once the connection is live, and its futures would
+    // otherwise size the task for all of the connection's life (see `session::connect`).
+    let connecting = Box::pin(async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
-            Err(e) => return tracing::debug!(error = %e, "websocket upgrade failed"),
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket upgrade failed");
+                return None;
+            }
         };
         let io = fragment::Refragment::new(TokioIo::new(upgraded));
         let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-        session::run(socket, state, user).await;
+        session::connect(socket, state, user, held).await
     });
+    let task = connecting.then(|live| match live {
+        Some(live) => Either::Left(live.serve()),
+        None => Either::Right(std::future::ready(())),
+    });
+    sessions.spawn(task);
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let answer = response.headers_mut();
     answer.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

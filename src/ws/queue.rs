@@ -1,14 +1,20 @@
-//! A connection's outgoing queue, bounded twice: by frames (tokio's bounded mpsc)
-//! and by the bytes of those frames. The frame bound alone let a client that stops
-//! reading hold 1,024 frames of 15,000-character messages, ~15 MiB, before it was
-//! closed; with the byte bound a connection holds at most `max_bytes` of frames
-//! waiting, plus the one batch its writer is writing.
+//! A connection's outgoing queue, bounded twice: by frames and by the bytes of
+//! those frames. The frame bound alone let a client that stops reading hold 1,024
+//! frames of 15,000-character messages, ~15 MiB, before it was closed; with the
+//! byte bound a connection holds at most `max_bytes` of frames waiting, plus the
+//! one batch its writer is writing.
+//!
+//! Written here rather than taken from tokio or flume because of memory: tokio's
+//! bounded mpsc allocates a block of 32 slots when it is made (2.3 KiB, a fifth of
+//! an idle connection), and flume's queue keeps whatever it grew to in a burst. This
+//! one holds a `VecDeque` that is empty until something is queued and is given back
+//! when the writer has drained it ([`QueueRx::shrink`]). One mutex guards it: the
+//! hub pushes and the writer takes, rarely at the same instant.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::{SendError, TryRecvError, TrySendError};
+use tokio::sync::Notify;
 
 use super::order::Outgoing;
 
@@ -27,115 +33,227 @@ fn weight(item: &Outgoing) -> usize {
         }
 }
 
+/// Why [`QueueTx::try_send`] did not queue an item.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// A bound is reached: the connection is too slow and is closed.
+    Full,
+    /// The connection's writer is gone.
+    Closed,
+}
+
+struct State {
+    items: VecDeque<Outgoing>,
+    /// The bytes of the items queued and of those taken but not yet written.
+    bytes: usize,
+    senders: usize,
+    receiver: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    frames: usize,
+    max_bytes: usize,
+    /// Wakes the writer: an item was queued, or the last sender went.
+    ready: Notify,
+    /// Wakes a sender waiting for room: the writer took items, or went.
+    room: Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// Makes the two ends of a queue of `frames` items and `max_bytes` bytes.
 pub(crate) fn queue(frames: usize, max_bytes: usize) -> (QueueTx, QueueRx) {
-    let (tx, rx) = mpsc::channel(frames);
-    let bytes = Arc::new(AtomicUsize::new(0));
-    (QueueTx { tx, bytes: bytes.clone(), max_bytes }, QueueRx { rx, bytes, taken: 0 })
+    let state = State { items: VecDeque::new(), bytes: 0, senders: 1, receiver: true };
+    let shared = Arc::new(Shared {
+        state: Mutex::new(state),
+        frames: frames.max(1),
+        max_bytes,
+        ready: Notify::new(),
+        room: Notify::new(),
+    });
+    (QueueTx { shared: shared.clone() }, QueueRx { shared, taken: 0 })
 }
 
 /// The sending end, cloned for the hub and the session.
-#[derive(Debug, Clone)]
 pub(crate) struct QueueTx {
-    tx: mpsc::Sender<Outgoing>,
-    bytes: Arc<AtomicUsize>,
-    max_bytes: usize,
+    shared: Arc<Shared>,
+}
+
+impl Clone for QueueTx {
+    fn clone(&self) -> Self {
+        self.shared.lock().senders += 1;
+        Self { shared: self.shared.clone() }
+    }
+}
+
+impl Drop for QueueTx {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.senders -= 1;
+        if state.senders == 0 {
+            drop(state);
+            self.shared.ready.notify_one();
+        }
+    }
+}
+
+impl std::fmt::Debug for QueueTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.shared.lock();
+        f.debug_struct("QueueTx").field("items", &state.items.len()).field("bytes", &state.bytes).finish()
+    }
 }
 
 impl QueueTx {
     /// Queues `item` unless either bound is reached (`Full`: the caller closes).
-    pub(crate) fn try_send(&self, item: Outgoing) -> Result<(), TrySendError<Outgoing>> {
+    pub(crate) fn try_send(&self, item: Outgoing) -> Result<(), Refused> {
         let size = weight(&item);
-        if self.bytes.fetch_add(size, Ordering::AcqRel) + size > self.max_bytes {
-            self.bytes.fetch_sub(size, Ordering::AcqRel);
-            return Err(TrySendError::Full(item));
+        let mut state = self.shared.lock();
+        if !state.receiver {
+            return Err(Refused::Closed);
         }
-        self.tx.try_send(item).inspect_err(|_| {
-            self.bytes.fetch_sub(size, Ordering::AcqRel);
-        })
+        if state.items.len() >= self.shared.frames || state.bytes + size > self.shared.max_bytes {
+            return Err(Refused::Full);
+        }
+        state.bytes += size;
+        state.items.push_back(item);
+        drop(state);
+        self.shared.ready.notify_one();
+        Ok(())
     }
 
-    /// Queues `item`, waiting for a free slot; its bytes count, but never refuse it
-    /// (a replay waits on [`QueueTx::has_room`] before it sends).
-    pub(crate) async fn send(&self, item: Outgoing) -> Result<(), SendError<Outgoing>> {
-        let size = weight(&item);
-        self.bytes.fetch_add(size, Ordering::AcqRel);
-        self.tx.send(item).await.inspect_err(|_| {
-            self.bytes.fetch_sub(size, Ordering::AcqRel);
-        })
+    /// Queues `items` together once there are slots for all of them; their bytes
+    /// count, but never refuse them (a replay waits on [`QueueTx::has_room`] before
+    /// it sends). False when the writer is gone.
+    pub(crate) async fn send_all(&self, items: Vec<Outgoing>) -> bool {
+        loop {
+            // Registered before the check, so a wakeup between the two is kept.
+            let room = self.shared.room.notified();
+            {
+                let mut state = self.shared.lock();
+                if !state.receiver {
+                    return false;
+                }
+                if state.items.len() + items.len() <= self.shared.frames.max(items.len()) {
+                    state.bytes += items.iter().map(weight).sum::<usize>();
+                    state.items.extend(items);
+                    drop(state);
+                    self.shared.ready.notify_one();
+                    return true;
+                }
+            }
+            room.await;
+        }
+    }
+
+    /// Queues `item`, waiting for a free slot (see [`QueueTx::send_all`]).
+    pub(crate) async fn send(&self, item: Outgoing) -> bool {
+        self.send_all(vec![item]).await
     }
 
     /// Whether `items` more frames fit while `frames` slots and half the bytes stay
     /// free for live events.
     pub(crate) fn has_room(&self, items: usize, frames: usize) -> bool {
-        self.tx.capacity() >= items + frames && self.bytes.load(Ordering::Acquire) <= self.max_bytes / 2
+        let state = self.shared.lock();
+        self.shared.frames.saturating_sub(state.items.len()) >= items + frames
+            && state.bytes <= self.shared.max_bytes / 2
     }
 
     pub(crate) fn max_capacity(&self) -> usize {
-        self.tx.max_capacity()
-    }
-
-    /// Reserves `n` slots at once, for a replay's chunk.
-    pub(crate) async fn reserve_many(&self, n: usize) -> Result<Permits<'_>, SendError<()>> {
-        let permits = self.tx.reserve_many(n).await?;
-        Ok(Permits { permits, bytes: &self.bytes })
-    }
-}
-
-/// Reserved slots; each item sent through them counts its bytes.
-pub(crate) struct Permits<'a> {
-    permits: mpsc::PermitIterator<'a, Outgoing>,
-    bytes: &'a AtomicUsize,
-}
-
-impl Permits<'_> {
-    /// Sends into the next reserved slot; `false` when none is left.
-    pub(crate) fn send(&mut self, item: Outgoing) -> bool {
-        let Some(permit) = self.permits.next() else { return false };
-        self.bytes.fetch_add(weight(&item), Ordering::AcqRel);
-        permit.send(item);
-        true
+        self.shared.frames
     }
 }
 
 /// The writer's end. What it takes keeps counting until [`QueueRx::written`]: the
 /// batch being written holds its frames until the write completes.
-#[derive(Debug)]
 pub(crate) struct QueueRx {
-    rx: mpsc::Receiver<Outgoing>,
-    bytes: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
     taken: usize,
 }
 
+impl std::fmt::Debug for QueueRx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueRx").field("taken", &self.taken).finish_non_exhaustive()
+    }
+}
+
+impl Drop for QueueRx {
+    fn drop(&mut self) {
+        let items = {
+            let mut state = self.shared.lock();
+            state.receiver = false;
+            std::mem::take(&mut state.items)
+        };
+        // Dropped outside the lock: an item may hold the last reference to a message.
+        drop(items);
+        self.shared.room.notify_one();
+    }
+}
+
 impl QueueRx {
+    /// The next item; `None` once every sender is gone and nothing is left.
     pub(crate) async fn recv(&mut self) -> Option<Outgoing> {
-        let item = self.rx.recv().await?;
-        self.taken += weight(&item);
-        Some(item)
+        loop {
+            let ready = self.shared.ready.notified();
+            {
+                let mut state = self.shared.lock();
+                if let Some(item) = state.items.pop_front() {
+                    drop(state);
+                    self.taken += weight(&item);
+                    self.shared.room.notify_one();
+                    return Some(item);
+                }
+                if state.senders == 0 {
+                    return None;
+                }
+            }
+            ready.await;
+        }
     }
 
-    pub(crate) fn try_recv(&mut self) -> Result<Outgoing, TryRecvError> {
-        let item = self.rx.try_recv()?;
+    /// The next item if one is queued.
+    pub(crate) fn try_recv(&mut self) -> Option<Outgoing> {
+        let item = self.shared.lock().items.pop_front()?;
         self.taken += weight(&item);
-        Ok(item)
+        self.shared.room.notify_one();
+        Some(item)
     }
 
     /// What was taken since the last call has been written (or dropped).
     pub(crate) fn written(&mut self) {
-        self.bytes.fetch_sub(std::mem::take(&mut self.taken), Ordering::AcqRel);
+        let taken = std::mem::take(&mut self.taken);
+        if taken > 0 {
+            let mut state = self.shared.lock();
+            state.bytes = state.bytes.saturating_sub(taken);
+        }
+    }
+
+    /// Gives the queue's memory back if it is empty: an idle connection holds none.
+    pub(crate) fn shrink(&mut self) {
+        let mut state = self.shared.lock();
+        if state.items.is_empty() && state.items.capacity() > 0 {
+            state.items = VecDeque::new();
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.rx.len()
+        self.shared.lock().items.len()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.rx.is_empty()
+        self.shared.lock().items.is_empty()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use tokio_tungstenite::tungstenite::Utf8Bytes;
 
     use super::*;
@@ -150,11 +268,11 @@ mod tests {
         for _ in 0..4 {
             assert!(tx.try_send(frame(2_000)).is_ok());
         }
-        assert!(matches!(tx.try_send(frame(2_000)), Err(TrySendError::Full(_))), "over 10,000 bytes");
+        assert_eq!(tx.try_send(frame(2_000)), Err(Refused::Full), "over 10,000 bytes");
         assert!(tx.try_send(frame(100)).is_ok(), "a small frame still fits");
         // Taken but not yet written: still counted.
         assert!(rx.recv().await.is_some());
-        assert!(matches!(tx.try_send(frame(2_000)), Err(TrySendError::Full(_))), "the batch is being written");
+        assert_eq!(tx.try_send(frame(2_000)), Err(Refused::Full), "the batch is being written");
         rx.written();
         assert!(tx.try_send(frame(2_000)).is_ok(), "room once the write completed");
         assert!(!tx.has_room(1, 0), "a replay waits while over half the bytes are queued");
@@ -164,10 +282,67 @@ mod tests {
     async fn a_refused_send_leaves_no_bytes_counted() {
         let (tx, mut rx) = queue(1, 10_000);
         assert!(tx.try_send(frame(10)).is_ok());
-        assert!(tx.try_send(frame(10)).is_err(), "the frame bound");
+        assert_eq!(tx.try_send(frame(10)), Err(Refused::Full), "the frame bound");
         let _ = rx.recv().await;
         rx.written();
         assert!(tx.has_room(1, 0));
         assert!(tx.try_send(frame(9_900)).is_ok(), "all the bytes are free again");
+    }
+
+    #[tokio::test]
+    async fn an_idle_queue_holds_no_slots() {
+        let (tx, mut rx) = queue(1_024, 1 << 20);
+        assert_eq!(tx.shared.lock().items.capacity(), 0, "nothing allocated until something is queued");
+        for _ in 0..100 {
+            assert!(tx.try_send(frame(10)).is_ok());
+        }
+        while rx.try_recv().is_some() {}
+        rx.written();
+        rx.shrink();
+        assert_eq!(tx.shared.lock().items.capacity(), 0, "given back once drained");
+        assert!(tx.try_send(frame(10)).is_ok());
+        rx.shrink();
+        assert_eq!(rx.len(), 1, "a queue that holds items is not shrunk");
+    }
+
+    #[tokio::test]
+    async fn the_writer_sees_the_end_when_the_last_sender_goes_and_senders_see_the_writer_go() {
+        let (tx, mut rx) = queue(4, 10_000);
+        let other = tx.clone();
+        assert!(tx.try_send(frame(1)).is_ok());
+        drop(tx);
+        assert!(rx.recv().await.is_some(), "what was queued is still taken");
+        let waiting = tokio::spawn(async move { rx.recv().await.is_none() });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(other);
+        assert!(waiting.await.is_ok_and(|ended| ended), "recv returns None once no sender is left");
+
+        let (tx, rx) = queue(4, 10_000);
+        drop(rx);
+        assert_eq!(tx.try_send(frame(1)), Err(Refused::Closed));
+        assert!(!tx.send(frame(1)).await);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_send_goes_in_once_the_writer_makes_room_for_all_of_it() {
+        let (tx, mut rx) = queue(4, 1 << 20);
+        for _ in 0..3 {
+            assert!(tx.try_send(frame(1)).is_ok());
+        }
+        let tx = Arc::new(tx);
+        let sender = tx.clone();
+        let send = tokio::spawn(async move { sender.send_all(vec![frame(1), frame(1)]).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!send.is_finished(), "two items do not fit in one free slot");
+        assert!(rx.recv().await.is_some());
+        assert!(send.await.is_ok_and(|sent| sent));
+        assert_eq!(rx.len(), 4);
+
+        // A writer that goes wakes a waiting sender, which fails.
+        let sender = tx.clone();
+        let send = tokio::spawn(async move { sender.send(frame(1)).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(rx);
+        assert!(send.await.is_ok_and(|sent| !sent));
     }
 }

@@ -9,21 +9,20 @@ use std::time::Duration;
 
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Message as WsMessage, Utf8Bytes};
 
 use super::Socket;
-use super::hub::{Closer, WriterMetrics};
+use super::hub::{AddressSlot, Closer, Registration, WriterMetrics};
 use super::order::{Delivery, Gap, MessageItem, Outgoing, Sequencer};
 use super::protocol::{self, FrameError, RawFrame};
 use super::queue::{self, QueueRx, QueueTx};
 use crate::auth::jwt::CLOCK_LEEWAY;
 use crate::chat::{self, SendTarget};
-use crate::config::WsLimits;
 use crate::domain::{ConnectionId, ErrorCode, Seq, ThreadId, Timestamp, User, UserId};
 use crate::http::AppState;
+use crate::server::ConnectionSlot;
 use crate::store::Cursor;
 
 /// Close code for a missing, expired or forged token (the contract's 4401).
@@ -48,12 +47,37 @@ const MAX_TYPING_THREADS: usize = 64;
 /// A sync replays in pages of this many messages.
 const SYNC_PAGE: u32 = 200;
 
-/// Serves one upgraded socket until it closes or its token expires. `user` (with
-/// when its token expires) is `None` when the client will authenticate with a
-/// first `auth` frame.
-pub(crate) async fn run(socket: Socket, state: AppState, user: Option<(User, Timestamp)>) {
+/// What the connection holds once it is upgraded, authenticated and registered:
+/// all that lives as long as it does.
+pub(crate) struct Live {
+    sink: SplitSink<Socket, WsMessage>,
+    stream: SplitStream<Socket>,
+    state: AppState,
+    user: User,
+    expires: Timestamp,
+    queue: QueueTx,
+    rx: QueueRx,
+    closer: Closer,
+    registration: Registration,
+    /// The connection's places on its address and on the server, freed with it.
+    held: (AddressSlot, Option<ConnectionSlot>),
+}
+
+/// Authenticates and registers an upgraded socket; `None` when it was refused (and
+/// told why). `user` (with when its token expires) is `None` when the client will
+/// authenticate with a first `auth` frame.
+///
+/// Separate from `Live::serve` so the caller can box it: a task keeps room for the
+/// largest state it can be in for all its life, and an idle connection should not
+/// pay for waits that ended when it started.
+pub(crate) async fn connect(
+    socket: Socket,
+    state: AppState,
+    user: Option<(User, Timestamp)>,
+    held: (AddressSlot, Option<ConnectionSlot>),
+) -> Option<Live> {
     let (mut sink, mut stream) = socket.split();
-    let limits = state.config.ws;
+    let limits = &state.config.ws;
     let (user, expires) = match user {
         Some(user) => user,
         None => match timeout(limits.auth_timeout, first_frame_auth(&mut stream, &state)).await {
@@ -75,43 +99,67 @@ pub(crate) async fn run(socket: Socket, state: AppState, user: Option<(User, Tim
         tracing::warn!(user = %user.id, "the bus did not confirm the subscription in time; the client may need to sync");
     }
     tracing::debug!(user = %user.id, connection = registration.id().0, "websocket connected");
-    let filler = Filler { chat: state.chat.clone(), user: user.clone() };
-    let writer = tokio::spawn(write_loop(sink, rx, closer.clone(), limits, filler, state.hub.writer_metrics()));
-    let mut session = Session {
-        state: &state,
-        user: &user,
-        connection: registration.id(),
-        queue,
-        closer,
-        expires: expiry_deadline(expires),
-        last_sync: None,
-        typing_sent: HashMap::new(),
-    };
-    let client_closed = session.read_loop(&mut stream, &state.shutdown, limits.idle_timeout).await;
-    if client_closed {
-        session.closer.close(1000, "");
-    }
-    // On shutdown the writer is closed later, once every queued send has been stored
-    // and acked (see `App::run_until_stopped`).
-    let writer_done = writer.await;
-    drop(registration);
-    if let Err(e) = writer_done {
-        tracing::error!(error = %e, "websocket writer failed");
-    }
-    // (A client that does not read gets no closing handshake: see `write_loop`.)
-    if !client_closed && session.closer.reason().1 != NOT_READING {
-        // The closing handshake: let the client read our close frame and answer it
-        // before the socket goes, or it may see a reset instead of the close code.
-        let _ = timeout(CLOSE_TIMEOUT, async {
-            while let Some(Ok(frame)) = stream.next().await {
-                if matches!(frame, WsMessage::Close(_)) {
-                    break;
-                }
+    Some(Live { sink, stream, state, user, expires, queue, rx, closer, registration, held })
+}
+
+impl Live {
+    /// Serves the connection until it closes or its token expires.
+    ///
+    /// Not an `async fn`, and it moves out of `self` rather than binding its
+    /// fields: an argument moved into a local is held twice by the task.
+    #[expect(clippy::manual_async_fn, reason = "an async fn would hold `self` twice")]
+    pub(crate) fn serve(self) -> impl Future<Output = ()> + Send {
+        async move {
+            let limits = &self.state.config.ws;
+            let writer = tokio::spawn(write_loop(
+                self.sink,
+                self.rx,
+                self.closer.clone(),
+                (limits.ping_interval, limits.write_timeout),
+                Filler { chat: self.state.chat.clone(), user: self.user.clone() },
+                self.state.hub.writer_metrics(),
+            ));
+            let mut stream = self.stream;
+            let mut session = Session {
+                state: &self.state,
+                user: &self.user,
+                connection: self.registration.id(),
+                queue: self.queue,
+                closer: self.closer,
+                expires: expiry_deadline(self.expires),
+                last_sync: None,
+                typing_sent: HashMap::new(),
+            };
+            let client_closed = session.read_loop(&mut stream, &self.state.shutdown, limits.idle_timeout).await;
+            if client_closed {
+                session.closer.close(1000, "");
             }
-        })
-        .await;
+            // On shutdown the writer is closed later, once every queued send has been
+            // stored and acked (see `App::run_until_stopped`).
+            let writer_done = writer.await;
+            drop(self.registration);
+            if let Err(e) = writer_done {
+                tracing::error!(error = %e, "websocket writer failed");
+            }
+            // (A client that does not read gets no closing handshake: see `write_loop`.)
+            if !client_closed && session.closer.reason().1 != NOT_READING {
+                // The closing handshake: let the client read our close frame and answer
+                // it before the socket goes, or it may see a reset instead of the code.
+                let _ = timeout(CLOSE_TIMEOUT, async {
+                    while let Some(Ok(frame)) = stream.next().await {
+                        if matches!(frame, WsMessage::Close(_)) {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
+            tracing::debug!(user = %self.user.id, "websocket closed");
+            // Named so the block holds them (it captures only the fields it uses):
+            // the places are given back only now.
+            drop(self.held);
+        }
     }
-    tracing::debug!(user = %user.id, "websocket closed");
 }
 
 /// The close code for a failed read: 1009 for a frame over the size limit.
@@ -122,9 +170,11 @@ fn read_error_close(e: &tungstenite::Error) -> (u16, &'static str) {
     }
 }
 
-async fn close_now(sink: &mut SplitSink<Socket, WsMessage>, code: u16, reason: &'static str) {
+/// Refuses a connection that is not live yet (so it has no `Live`).
+async fn close_now(sink: &mut SplitSink<Socket, WsMessage>, code: u16, reason: &'static str) -> Option<Live> {
     let frame = CloseFrame { code: code.into(), reason: Utf8Bytes::from_static(reason) };
     let _ = timeout(CLOSE_TIMEOUT, sink.send(WsMessage::Close(Some(frame)))).await;
+    None
 }
 
 /// When a token that expires at `exp` stops its connection: with the leeway every
@@ -179,16 +229,18 @@ impl Session<'_> {
     ) -> bool {
         let mut deadline = Instant::now() + idle_timeout;
         loop {
+            // One timer for both ends of the connection's life (idle and expiry): a
+            // timer is a large part of what an idle connection holds.
             let frame = tokio::select! {
                 biased;
                 () = self.closer.closed() => return false,
                 () = shutdown.cancelled() => return false,
-                () = sleep_until(deadline) => {
-                    self.closer.close(1001, "idle timeout");
-                    return false;
-                }
-                () = sleep_until(self.expires) => {
-                    self.closer.close(CLOSE_UNAUTHORIZED, "the access token has expired; send auth with a fresh one before it does");
+                () = sleep_until(deadline.min(self.expires)) => {
+                    if self.expires <= deadline {
+                        self.closer.close(CLOSE_UNAUTHORIZED, "the access token has expired; send auth with a fresh one before it does");
+                    } else {
+                        self.closer.close(1001, "idle timeout");
+                    }
                     return false;
                 }
                 frame = stream.next() => frame,
@@ -196,7 +248,9 @@ impl Session<'_> {
             match frame {
                 // The client is silent from the end of the work it asked for: a `sync`
                 // slower than the idle timeout does not make it look idle.
-                Some(Ok(WsMessage::Text(text))) => self.handle(text.as_str()).await,
+                // Boxed (one allocation per frame): handling a frame is most of this
+                // future's size, and an idle connection is not handling one.
+                Some(Ok(WsMessage::Text(text))) => Box::pin(self.handle(text.as_str())).await,
                 Some(Ok(WsMessage::Binary(_))) => self.error(
                     ErrorCode::ValidationFailed,
                     "binary frames are not supported; send JSON text frames",
@@ -238,7 +292,7 @@ impl Session<'_> {
 
     /// Queues a frame for this connection; a full queue closes it (it will sync).
     fn push(&self, item: Outgoing) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.queue.try_send(item) {
+        if let Err(queue::Refused::Full) = self.queue.try_send(item) {
             self.closer.close(super::hub::CLOSE_TRY_AGAIN, "too slow to keep up; reconnect and sync");
         }
     }
@@ -248,7 +302,7 @@ impl Session<'_> {
         tokio::select! {
             biased;
             () = self.closer.closed() => false,
-            sent = self.queue.send(item) => sent.is_ok(),
+            sent = self.queue.send(item) => sent,
         }
     }
 
@@ -409,19 +463,22 @@ impl Session<'_> {
                             () = tokio::time::sleep(Duration::from_millis(5)) => {}
                         }
                     }
-                    let permits = tokio::select! {
+                    let items = part.iter().map(|message| {
+                        let frame = protocol::new_message(message);
+                        Outgoing::Message(MessageItem::new(Arc::new(message.clone()), frame, Delivery::Replay))
+                    });
+                    let items: Vec<_> = items.collect();
+                    let sent = tokio::select! {
                         biased;
                         () = self.closer.closed() => return Ok(None),
-                        permits = self.queue.reserve_many(part.len()) => permits,
+                        sent = self.queue.send_all(items) => sent,
                     };
-                    let Ok(mut permits) = permits else { return Ok(None) };
-                    for message in part {
-                        after = message.seq;
-                        let frame = protocol::new_message(message);
-                        let item = MessageItem::new(Arc::new(message.clone()), frame, Delivery::Replay);
-                        permits.send(Outgoing::Message(item));
+                    if !sent {
+                        return Ok(None);
                     }
-                    // Dropping the rest of the permits gives the headroom back at once.
+                    if let Some(last) = part.last() {
+                        after = last.seq;
+                    }
                 }
                 if !page.has_more {
                     break;
@@ -472,7 +529,7 @@ async fn starting_order(filler: &Filler, rx: &mut QueueRx) -> (Sequencer, Vec<Ou
         }
     };
     let mut early = Vec::new();
-    while let Ok(item) = rx.try_recv() {
+    while let Some(item) = rx.try_recv() {
         early.push(item);
     }
     let mut order = Sequencer::starting_at(filler.user.id, heads);
@@ -535,98 +592,103 @@ async fn write_all(
     }
 }
 
-async fn write_loop(
+/// Not an `async fn`, for the reason `Live::serve` is not.
+#[expect(clippy::manual_async_fn, reason = "an async fn would hold its arguments twice")]
+fn write_loop(
     mut sink: SplitSink<Socket, WsMessage>,
     mut rx: QueueRx,
     closer: Closer,
-    limits: WsLimits,
+    (ping_interval, write_timeout): (Duration, Duration),
     filler: Filler,
     metrics: WriterMetrics,
-) {
-    let too_slow = "too slow to keep up; reconnect and sync";
-    let (ping_interval, write_timeout) = (limits.ping_interval, limits.write_timeout);
-    let (mut order, early) = starting_order(&filler, &mut rx).await;
-    let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
-    // Grown on demand and given back when the queue runs dry: an idle connection
-    // keeps no batch buffers (they were most of its memory).
-    let mut frames = Vec::new();
-    let mut out = Vec::new();
-    let now = Instant::now();
-    for item in early {
-        if order.accept(item, now, &mut frames).is_err() {
-            closer.close(super::hub::CLOSE_TRY_AGAIN, too_slow);
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let too_slow = "too slow to keep up; reconnect and sync";
+        let (mut order, early) = starting_order(&filler, &mut rx).await;
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+        // Grown on demand and given back when the queue runs dry: an idle connection
+        // keeps no batch buffers (they were most of its memory).
+        let mut frames = Vec::new();
+        let mut out = Vec::new();
+        let now = Instant::now();
+        for item in early {
+            if order.accept(item, now, &mut frames).is_err() {
+                closer.close(super::hub::CLOSE_TRY_AGAIN, too_slow);
+            }
         }
-    }
-    if !frames.is_empty() {
-        write_all(&mut sink, frames.drain(..).map(WsMessage::Text), write_timeout).await.closes(&closer, &metrics);
-    }
-    'run: loop {
-        tokio::select! {
-            biased;
-            () = closer.closed() => break,
-            _ = ping.tick() => out.push(WsMessage::Ping(Bytes::new())),
-            () = hold_expiry(order.next_deadline()) => {
-                let now = Instant::now();
-                for gap in order.due(now) {
-                    match filler.read(gap).await {
-                        Ok(items) => order.filled(gap, items, now, &mut frames),
-                        Err(e) => {
-                            tracing::warn!(error = %chat::error_chain(&e), "filling a gap in a thread failed");
-                            closer.close(super::hub::CLOSE_TRY_AGAIN, "missed messages could not be read; reconnect and sync");
-                            break 'run;
+        if !frames.is_empty() {
+            write_all(&mut sink, frames.drain(..).map(WsMessage::Text), write_timeout).await.closes(&closer, &metrics);
+        }
+        'run: loop {
+            tokio::select! {
+                biased;
+                () = closer.closed() => break,
+                _ = ping.tick() => out.push(WsMessage::Ping(Bytes::new())),
+                () = hold_expiry(order.next_deadline()) => {
+                    let now = Instant::now();
+                    for gap in order.due(now) {
+                        metrics.gap_fills.inc();
+                        match Box::pin(filler.read(gap)).await {
+                            Ok(items) => order.filled(gap, items, now, &mut frames),
+                            Err(e) => {
+                                tracing::warn!(error = %chat::error_chain(&e), "filling a gap in a thread failed");
+                                closer.close(super::hub::CLOSE_TRY_AGAIN, "missed messages could not be read; reconnect and sync");
+                                break 'run;
+                            }
                         }
                     }
                 }
-            }
-            item = rx.recv() => {
-                let Some(item) = item else { break };
-                metrics.queue_depth.observe((rx.len() + 1) as f64);
-                let now = Instant::now();
-                let mut accepted = order.accept(item, now, &mut frames);
-                while accepted.is_ok() && frames.len() < WRITE_BATCH {
-                    match rx.try_recv() {
-                        Ok(item) => accepted = order.accept(item, now, &mut frames),
-                        Err(_) => break,
+                item = rx.recv() => {
+                    let Some(item) = item else { break };
+                    metrics.queue_depth.observe((rx.len() + 1) as f64);
+                    let now = Instant::now();
+                    let mut accepted = order.accept(item, now, &mut frames);
+                    while accepted.is_ok() && frames.len() < WRITE_BATCH {
+                        match rx.try_recv() {
+                            Some(item) => accepted = order.accept(item, now, &mut frames),
+                            None => break,
+                        }
+                    }
+                    if accepted.is_err() {
+                        closer.close(super::hub::CLOSE_TRY_AGAIN, too_slow);
+                        break;
                     }
                 }
-                if accepted.is_err() {
-                    closer.close(super::hub::CLOSE_TRY_AGAIN, too_slow);
-                    break;
-                }
+            }
+            out.extend(frames.drain(..).map(WsMessage::Text));
+            if out.is_empty() {
+                rx.written();
+                continue;
+            }
+            let stalled = write_all(&mut sink, out.drain(..), write_timeout).await.closes(&closer, &metrics);
+            rx.written();
+            if stalled {
+                break;
+            }
+            if rx.is_empty() {
+                frames.shrink_to(0);
+                out.shrink_to(0);
+                rx.shrink();
             }
         }
-        out.extend(frames.drain(..).map(WsMessage::Text));
-        if out.is_empty() {
-            rx.written();
-            continue;
+        let (code, reason) = closer.reason();
+        if code == 1001 {
+            // Shutting down: what is queued (the acks of the last stored messages) goes
+            // first, held or not.
+            let now = Instant::now();
+            while let Some(item) = rx.try_recv() {
+                let _ = order.accept(item, now, &mut frames);
+            }
+            order.flush(&mut frames);
+            let mut feed = futures::stream::iter(frames.drain(..).map(|f| Ok(WsMessage::Text(f))));
+            let _ = timeout(CLOSE_TIMEOUT, sink.send_all(&mut feed)).await;
         }
-        let stalled = write_all(&mut sink, out.drain(..), write_timeout).await.closes(&closer, &metrics);
-        rx.written();
-        if stalled {
-            break;
+        if reason == NOT_READING {
+            // Its writes do not complete: a close frame would not either. Drop it now,
+            // so its memory goes at once.
+            return;
         }
-        if rx.is_empty() {
-            frames.shrink_to(0);
-            out.shrink_to(0);
-        }
+        let frame = CloseFrame { code: code.into(), reason: Utf8Bytes::from_static(reason) };
+        let _ = timeout(CLOSE_TIMEOUT, sink.send(WsMessage::Close(Some(frame)))).await;
     }
-    let (code, reason) = closer.reason();
-    if code == 1001 {
-        // Shutting down: what is queued (the acks of the last stored messages) goes
-        // first, held or not.
-        let now = Instant::now();
-        while let Ok(item) = rx.try_recv() {
-            let _ = order.accept(item, now, &mut frames);
-        }
-        order.flush(&mut frames);
-        let mut feed = futures::stream::iter(frames.drain(..).map(|f| Ok(WsMessage::Text(f))));
-        let _ = timeout(CLOSE_TIMEOUT, sink.send_all(&mut feed)).await;
-    }
-    if reason == NOT_READING {
-        // Its writes do not complete: a close frame would not either. Drop it now,
-        // so its memory goes at once.
-        return;
-    }
-    let frame = CloseFrame { code: code.into(), reason: Utf8Bytes::from_static(reason) };
-    let _ = timeout(CLOSE_TIMEOUT, sink.send(WsMessage::Close(Some(frame)))).await;
 }

@@ -130,3 +130,42 @@ async fn metrics_show_the_committer_and_the_connection_queues() {
     assert_eq!(metric(&text, "confab_ws_connections"), 2.0);
     assert!(text.contains("confab_password_hash_wait_seconds_count"));
 }
+
+#[tokio::test]
+async fn memory_is_given_back_once_load_ends() {
+    let app =
+        TestApp::spawn_with(|c| (c.limits.messages_per_second, c.limits.message_burst) = (100_000, 100_000)).await;
+    let trims = |text: &str| metric(text, "confab_memory_trims_total");
+    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(trims(&text), 0.0, "an idle node has nothing to give back");
+    let alice = app.signup("alice", "client").await;
+    let bob = app.signup("bob", "freelancer").await;
+    let thread = app.hire(&alice, &bob).await;
+    let mut b = app.ws(&bob).await;
+    // Load: sends over REST, each delivered to bob's socket.
+    for n in 0..300 {
+        let path = format!("/api/chat/threads/{thread}/messages/");
+        assert_eq!(app.post(&path, &alice.token, json!({"text": format!("m{n}")})).await.0, 201);
+        assert_eq!(b.next().await["type"], "new_message");
+    }
+    // The trimmer looks every 5 s; the first quiet look after the load trims.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(40);
+    loop {
+        let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        if trims(&text) >= 1.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no trim after the load ended: {text}");
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    // Nothing was lost, and the node goes on.
+    let path = format!("/api/chat/threads/{thread}/messages/?limit=200");
+    let (status, page) = app.get(&path, &alice.token).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["results"].as_array().map(Vec::len), Some(200), "{page}");
+    assert_eq!(
+        app.post(&format!("/api/chat/threads/{thread}/messages/"), &alice.token, json!({"text": "after"})).await.0,
+        201
+    );
+    assert_eq!(b.next().await["message"]["text"], "after");
+}
