@@ -18,7 +18,7 @@ use super::rows::{
     MOVE_MARKER, MessageRow, ParticipantRow, THREAD_COLUMNS, ThreadRow, USER_COLUMNS, UserRow, group_participants,
     select_system_by_key,
 };
-use super::sqlite_writer::{MessageWriter, SHRINK_MEMORY};
+use super::sqlite_writer::{MessageWriter, SHRINK_MEMORY, WAL_CHECKPOINT_PAGES};
 use super::{
     Appended, Backlog, Cursor, Delivery, ExternalJob, ExternalUser, InboxFrom, NewEvent, NewJob, NewMessage,
     NewProposal, NewSystemMessage, NewUser, OpenThread, Opened, ReadMarker, RefreshToken, Result, Rotation, Store,
@@ -61,7 +61,9 @@ impl SqliteStore {
             // FULL: a commit is on disk before the message is acknowledged.
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(BUSY_TIMEOUT)
+            // As the message writer's: a commit here must not checkpoint the WAL it fills.
+            .pragma("wal_autocheckpoint", WAL_CHECKPOINT_PAGES.to_string());
         if let Some(dir) = options.get_filename().parent()
             && !dir.as_os_str().is_empty()
         {

@@ -31,6 +31,16 @@ const CACHE_KIB: u32 = 32 * 1024;
 /// likely the OS's cache of it) as they are needed again.
 pub(super) const SHRINK_MEMORY: &str = "PRAGMA shrink_memory";
 
+/// The WAL's length, in pages, past which a commit copies it into the database
+/// (SQLite's default is 1,000). Every batch dirties the same hot pages (the tail of
+/// each busy thread in the `(thread_id, seq)` and key indexes): with 1,000 users a
+/// batch outgrew the default, so nearly every commit also checkpointed, copying
+/// those pages again and syncing the database file while every sender waited.
+/// At 16,384 pages (64 MiB at 4 KiB a page) a page is copied once per many batches;
+/// the WAL file stays up to about that size on disk. Open loop at 16,500 msg/s:
+/// delivery p50 88 → 15 ms (`docs/benchmarks.md`, 2026-12-04).
+pub(super) const WAL_CHECKPOINT_PAGES: u32 = 16_384;
+
 /// The outcome of one batch: the outer error aborts all of it (nothing written).
 type BatchResult = Result<Vec<Result<Appended>>>;
 
@@ -64,7 +74,7 @@ impl MessageWriter {
         // its index pages back from the file and spill dirty pages mid-transaction.
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
-             PRAGMA cache_size = -{CACHE_KIB};"
+             PRAGMA cache_size = -{CACHE_KIB}; PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES};"
         ))
         .map_err(from_sqlite)?;
         let (jobs, queue) = mpsc::channel::<Job>();
