@@ -40,10 +40,13 @@ pub(crate) struct WsQuery {
 /// connection closes: a few hundred of the largest event frames.
 const MAX_WRITE_BUFFER: usize = 16 * 1024 * 1024;
 
-/// Bytes tungstenite reads per call and starts its read buffer with: a burst of
-/// chat frames per read, while a connection keeps little (a frame grows the buffer
-/// by at most one `fragment::PIECE`).
-const READ_BUFFER: usize = 1024;
+/// Bytes tungstenite reads per call and starts its read buffer with, which every
+/// idle connection keeps: about one chat frame. Its reads come from
+/// `fragment::Refragment`'s read-ahead, not from the socket, so a small one costs
+/// copies, not syscalls (256 against 1,024: 4.4 against 6.0 KiB per idle
+/// connection, the same messages/s; `docs/benchmarks.md`, 2026-12-04). A frame
+/// grows the buffer by at most one `fragment::PIECE`.
+const READ_BUFFER: usize = 256;
 
 /// Subprotocol names a browser client may offer beside its token
 /// (`new WebSocket(url, ["bearer", token])`); the server echoes the name back.
