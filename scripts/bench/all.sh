@@ -4,7 +4,8 @@
 #   2. pairs, open loop at half of Confab's closed-loop rate (latency under load);
 #   3. idle: 19,000 authenticated connections held (accept rate, RSS per connection);
 #   4. sign-ups and sign-ins (RSS under Argon2);
-#   5. history: sends and history pages with [preload] messages stored.
+#   5. history: sends and history pages with [preload] messages stored;
+#   6. memory after load: RSS at rest, after a pairs load, and a minute later.
 # Each run gets a fresh server and data directory. About eight minutes.
 #   bash scripts/bench/all.sh [users] [window] [seconds] [idle connections] [preload]
 set -euo pipefail
@@ -68,6 +69,8 @@ history_line=$("$bin/confab-loadgen" history --base "$base" --server-pid "$serve
     --seconds "$seconds" --preload "$preload" --prefix bench-history --json 2>/dev/null)
 echo "confab-history $history_line"
 stop "$server"
+
+echo "confab-after-load $(bash scripts/bench/after_load.sh "$bin" $((port + 1)) | tr '\n' ';')"
 
 python3 - "$relay_line" "$closed" "$open" "$idle_line" "$history_line" <<'PY'
 import json, sys
