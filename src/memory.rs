@@ -8,7 +8,7 @@
 //!   thread's arena, whose top `malloc_trim` never shrinks.
 //! - [`give_back`] (`malloc_trim`) returns the free pages of every arena at the end
 //!   of a burst, never on a hot path: after a wave of sign-ins (see `auth::password`),
-//!   and once the node goes quiet after any load ([`trim_when_quiet`]), with the
+//!   and once the node goes quiet after any load ([`spawn_trimmer`]), with the
 //!   store's caches first.
 
 use std::future::Future;

@@ -38,7 +38,7 @@ pub(super) const SHRINK_MEMORY: &str = "PRAGMA shrink_memory";
 /// those pages again and syncing the database file while every sender waited.
 /// At 16,384 pages (64 MiB at 4 KiB a page) a page is copied once per many batches;
 /// the WAL file stays up to about that size on disk. Open loop at 16,500 msg/s:
-/// delivery p50 88 → 15 ms (`docs/benchmarks.md`, 2026-12-04).
+/// delivery p50 108 → 19 ms, p99 190 → 87 ms (`docs/benchmarks.md`, 2026-12-04).
 pub(super) const WAL_CHECKPOINT_PAGES: u32 = 16_384;
 
 /// The outcome of one batch: the outer error aborts all of it (nothing written).
