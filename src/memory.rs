@@ -51,7 +51,7 @@ pub fn give_back() {
 
 /// Tells, from the runtime's busy time, when a burst of load has just ended.
 #[derive(Debug, Default)]
-pub struct QuietWatch {
+struct QuietWatch {
     last: Option<Duration>,
     worked: bool,
 }
@@ -60,7 +60,7 @@ impl QuietWatch {
     /// `busy` is the workers' busy time so far, read every `interval`: true once
     /// for a quiet interval that follows a busy one, so each burst is trimmed once
     /// and an idle node is never trimmed again and again.
-    pub fn quiet_after_work(&mut self, busy: Duration, interval: Duration) -> bool {
+    fn quiet_after_work(&mut self, busy: Duration, interval: Duration) -> bool {
         let spent = busy.saturating_sub(self.last.replace(busy).unwrap_or(busy));
         if spent.as_secs_f64() > interval.as_secs_f64() * BUSY_SHARE {
             self.worked = true;

@@ -463,11 +463,13 @@ impl Session<'_> {
                             () = tokio::time::sleep(Duration::from_millis(5)) => {}
                         }
                     }
-                    let items = part.iter().map(|message| {
-                        let frame = protocol::new_message(message);
-                        Outgoing::Message(MessageItem::new(Arc::new(message.clone()), frame, Delivery::Replay))
-                    });
-                    let items: Vec<_> = items.collect();
+                    let items = part
+                        .iter()
+                        .map(|message| {
+                            let frame = protocol::new_message(message);
+                            Outgoing::Message(MessageItem::new(Arc::new(message.clone()), frame, Delivery::Replay))
+                        })
+                        .collect();
                     let sent = tokio::select! {
                         biased;
                         () = self.closer.closed() => return Ok(None),

@@ -135,9 +135,8 @@ async fn metrics_show_the_committer_and_the_connection_queues() {
 async fn memory_is_given_back_once_load_ends() {
     let app =
         TestApp::spawn_with(|c| (c.limits.messages_per_second, c.limits.message_burst) = (100_000, 100_000)).await;
-    let trims = |text: &str| metric(text, "confab_memory_trims_total");
-    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert_eq!(trims(&text), 0.0, "an idle node has nothing to give back");
+    const TRIMS: &str = "confab_memory_trims_total";
+    assert_eq!(app.metric(TRIMS).await, 0.0, "an idle node has nothing to give back");
     let alice = app.signup("alice", "client").await;
     let bob = app.signup("bob", "freelancer").await;
     let thread = app.hire(&alice, &bob).await;
@@ -151,11 +150,10 @@ async fn memory_is_given_back_once_load_ends() {
     // The trimmer looks every 5 s; the first quiet look after the load trims.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(40);
     loop {
-        let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-        if trims(&text) >= 1.0 {
+        if app.metric(TRIMS).await >= 1.0 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no trim after the load ended: {text}");
+        assert!(tokio::time::Instant::now() < deadline, "no trim after the load ended");
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
     // Nothing was lost, and the node goes on.
