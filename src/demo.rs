@@ -2,8 +2,10 @@
 //! `testfreelancer`, password `testpass123`), more freelancers with profiles, and
 //! open jobs. Loading adds only what is missing, so it is safe to run again.
 
+use std::collections::HashSet;
+
 use crate::chat::{Chat, Error, Registration};
-use crate::domain::{ErrorCode, Profile, User};
+use crate::domain::{ErrorCode, PageRequest, Profile, User, UserId};
 use crate::store::NewJob;
 
 /// The password of every demo account.
@@ -121,15 +123,31 @@ pub async fn load(chat: &Chat) -> Result<Loaded, Error> {
             Err(e) => return Err(e),
         }
     }
+    let existing = existing_jobs(chat).await?;
     for (client, title, description) in JOBS {
         let client = user(chat, client).await?;
-        if chat.store().job_by_title(client.id, title).await?.is_none() {
+        if !existing.contains(&(client.id, (*title).to_owned())) {
             let new = NewJob { client: client.id, title: (*title).to_owned(), description: (*description).to_owned() };
             chat.store().create_job(new).await?;
             loaded.jobs += 1;
         }
     }
     Ok(loaded)
+}
+
+/// The (client, title) of every job, so loading the demo twice adds nothing. A
+/// walk over all jobs: the demo runs on a database of demo size.
+async fn existing_jobs(chat: &Chat) -> Result<HashSet<(UserId, String)>, Error> {
+    let mut seen = HashSet::new();
+    let mut page = PageRequest { limit: PageRequest::MAX_LIMIT, offset: 0 };
+    loop {
+        let jobs = chat.store().jobs(page).await?;
+        seen.extend(jobs.results.into_iter().map(|j| (j.client.id, j.title)));
+        if !jobs.has_more {
+            return Ok(seen);
+        }
+        page.offset += u64::from(page.limit);
+    }
 }
 
 async fn user(chat: &Chat, username: &str) -> Result<User, Error> {

@@ -1,8 +1,11 @@
-//! The store conformance suite (`confab::store::conformance`) on every backend,
+//! The store conformance suite (`store/conformance.rs`) on every backend,
 //! each test on a fresh database: a temporary SQLite file, or a schema of its own
 //! in PostgreSQL (see `common/pg_schema.rs`; `scripts/test.sh` starts the server).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
+#[macro_use]
+#[path = "store/conformance.rs"]
+mod conformance;
 #[path = "common/pg_schema.rs"]
 mod pg_schema;
 
@@ -40,13 +43,13 @@ async fn postgres_repeatable_read() -> (Arc<dyn Store>, Schema) {
 }
 
 mod sqlite {
-    confab::store_conformance_tests!(super::sqlite());
+    conformance_tests!(super::sqlite());
 }
 
 mod postgres {
-    confab::store_conformance_tests!(super::postgres());
+    conformance_tests!(super::postgres());
 }
 
 mod postgres_repeatable_read {
-    confab::store_conformance_tests!(super::postgres_repeatable_read());
+    conformance_tests!(super::postgres_repeatable_read());
 }

@@ -1,12 +1,13 @@
-//! Durable state behind one trait of atomic domain operations. Each implementation
-//! keeps its own transactions and migrations; `conformance` holds the behaviours
-//! every implementation must pass. Knows nothing of HTTP.
+//! Durable state behind one trait of atomic domain operations, implemented once in
+//! SQL (`sql.rs`) over two backends, SQLite and PostgreSQL, each with its own
+//! migrations. `tests/store/conformance.rs` holds the behaviours both must pass.
+//! Knows nothing of HTTP.
 
-pub mod conformance;
 mod events;
 mod postgres;
 mod refresh;
 mod rows;
+mod sql;
 mod sqlite;
 mod sqlite_writer;
 
@@ -21,8 +22,9 @@ use crate::domain::{
 };
 
 pub use events::{Backlog, Delivery, EventKind, NewEvent, StoredEvent};
-pub use postgres::PostgresStore;
-pub use sqlite::SqliteStore;
+pub use postgres::{PostgresBackend, PostgresStore};
+pub use sql::{Backend, BatchResult, SqlStore};
+pub use sqlite::{SqliteBackend, SqliteStore};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -309,8 +311,6 @@ pub trait Store: Send + Sync + 'static {
     async fn create_job(&self, new: NewJob) -> Result<Job>;
     async fn jobs(&self, page: PageRequest) -> Result<Page<Job>>;
     async fn job(&self, id: JobId) -> Result<Option<Job>>;
-    /// The job with this client and title, so loading demo data twice adds nothing.
-    async fn job_by_title(&self, client: UserId, title: &str) -> Result<Option<Job>>;
 
     /// Finds or creates the thread of `open.key`. Exactly once under any concurrency:
     /// insert-if-absent on a unique index, the first message in the same transaction.

@@ -20,7 +20,9 @@ use tokio::sync::oneshot;
 use super::events::{INSERT_EVENT, NewEvent, TAKE_EVENT_SEQS};
 use super::rows::INSERT_MESSAGE;
 use super::rows::{MessageRow, sqlite_message_row};
-use super::sqlite::{BUMP_THREAD, select_by_key};
+use super::sql::BatchResult;
+use super::sql::{bump_thread, select_by_key};
+use super::sqlite::SqliteBackend;
 use super::{Appended, NewMessage, Result, StoreError, repeated};
 use crate::domain::{ClientMsgId, MessageRecord, Seq};
 
@@ -41,8 +43,11 @@ pub(super) const SHRINK_MEMORY: &str = "PRAGMA shrink_memory";
 /// delivery p50 108 → 19 ms, p99 190 → 87 ms (`docs/benchmarks.md`, 2026-12-04).
 pub(super) const WAL_CHECKPOINT_PAGES: u32 = 16_384;
 
-/// The outcome of one batch: the outer error aborts all of it (nothing written).
-type BatchResult = Result<Vec<Result<Appended>>>;
+/// The shared SQL the writer runs (`sql.rs`), built once for the thread's life.
+struct Statements {
+    by_key: String,
+    bump_thread: String,
+}
 
 /// What the writing thread is asked to do.
 enum Job {
@@ -82,11 +87,11 @@ impl MessageWriter {
             .name("sqlite-writer".to_owned())
             .spawn(move || {
                 let mut conn = conn;
-                let by_key = select_by_key();
+                let statements = Statements { by_key: select_by_key(), bump_thread: bump_thread::<SqliteBackend>() };
                 while let Ok(job) = queue.recv() {
                     match job {
                         Job::Batch { messages, events, reply } => {
-                            let _ = reply.send(append_batch(&mut conn, &by_key, messages, events));
+                            let _ = reply.send(append_batch(&mut conn, &statements, messages, events));
                         }
                         Job::Shrink(reply) => {
                             let _ = reply.send(conn.execute_batch(SHRINK_MEMORY).map_err(from_sqlite));
@@ -117,11 +122,16 @@ fn stopped() -> StoreError {
     StoreError::Other("the SQLite writer thread has stopped".into())
 }
 
-fn append_batch(conn: &mut Connection, by_key: &str, messages: Vec<NewMessage>, events: bool) -> BatchResult {
+fn append_batch(
+    conn: &mut Connection,
+    statements: &Statements,
+    messages: Vec<NewMessage>,
+    events: bool,
+) -> BatchResult {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(from_sqlite)?;
     let mut results = Vec::with_capacity(messages.len());
     for new in messages {
-        results.push(append_one(&tx, by_key, new)?);
+        results.push(append_one(&tx, statements, new)?);
     }
     if events {
         let created: Vec<NewEvent> = results
@@ -165,10 +175,10 @@ fn record_events(tx: &rusqlite::Transaction<'_>, events: &[NewEvent]) -> Result<
 }
 
 /// One message inside the batch's transaction; the inner `Err` refuses only it.
-fn append_one(tx: &rusqlite::Transaction<'_>, by_key: &str, new: NewMessage) -> Result<Result<Appended>> {
+fn append_one(tx: &rusqlite::Transaction<'_>, statements: &Statements, new: NewMessage) -> Result<Result<Appended>> {
     if let Some(key) = &new.client_msg_id {
         let existing: Option<MessageRow> = tx
-            .prepare_cached(by_key)
+            .prepare_cached(&statements.by_key)
             .and_then(|mut s| {
                 s.query_row(params![new.sender.0, new.thread_id.0, key.as_str()], sqlite_message_row).optional()
             })
@@ -178,7 +188,7 @@ fn append_one(tx: &rusqlite::Transaction<'_>, by_key: &str, new: NewMessage) -> 
         }
     }
     let seq: Option<i64> = tx
-        .prepare_cached(BUMP_THREAD)
+        .prepare_cached(&statements.bump_thread)
         .and_then(|mut s| s.query_row(params![new.thread_id.0], |r| r.get(0)).optional())
         .map_err(from_sqlite)?;
     let Some(seq) = seq else { return Ok(Err(StoreError::NotFound("thread"))) };

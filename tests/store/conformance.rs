@@ -1,7 +1,6 @@
 //! Behaviours every [`Store`] must show, one `async fn` each, run by
 //! `tests/store.rs` against every implementation on a fresh database. They panic
 //! on failure like any test.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -9,13 +8,13 @@ use std::sync::Arc;
 use futures::future::join_all;
 use serde_json::json;
 
-use super::{
-    Cursor, Delivery, EventKind, ExternalJob, ExternalUser, InboxFrom, NewJob, NewMessage, NewProposal,
-    NewSystemMessage, NewUser, OpenThread, RefreshToken, Rotation, Store, StoreError, ThreadKey,
-};
-use crate::domain::{
+use confab::domain::{
     ClientMsgId, JobId, JobStatus, MessageKind, Money, PageRequest, Profile, Role, Seq, SystemMessage, ThreadId,
     Timestamp, User, UserId,
+};
+use confab::store::{
+    Cursor, Delivery, EventKind, ExternalJob, ExternalUser, InboxFrom, NewJob, NewMessage, NewProposal,
+    NewSystemMessage, NewUser, OpenThread, RefreshToken, Rotation, Store, StoreError, ThreadKey,
 };
 
 async fn user(store: &dyn Store, name: &str, role: Role) -> User {
@@ -40,7 +39,13 @@ async fn direct(store: &dyn Store, a: &User, b: &User) -> ThreadId {
     store.open_thread(open).await.unwrap().thread_id
 }
 
-async fn send(store: &dyn Store, thread: ThreadId, from: &User, text: &str, key: Option<&str>) -> super::Appended {
+async fn send(
+    store: &dyn Store,
+    thread: ThreadId,
+    from: &User,
+    text: &str,
+    key: Option<&str>,
+) -> confab::store::Appended {
     let new = NewMessage {
         thread_id: thread,
         sender: from.id,
@@ -50,7 +55,7 @@ async fn send(store: &dyn Store, thread: ThreadId, from: &User, text: &str, key:
     store.append_message(new).await.unwrap()
 }
 
-pub async fn a_taken_username_is_a_conflict(store: Arc<dyn Store>) {
+pub(crate) async fn a_taken_username_is_a_conflict(store: Arc<dyn Store>) {
     let alice = user(&*store, "alice", Role::Client).await;
     let again = store
         .create_user(NewUser {
@@ -68,7 +73,7 @@ pub async fn a_taken_username_is_a_conflict(store: Arc<dyn Store>) {
     assert!(store.credentials("nobody").await.unwrap().is_none());
 }
 
-pub async fn profiles_and_jobs_round_trip_and_page(store: Arc<dyn Store>) {
+pub(crate) async fn profiles_and_jobs_round_trip_and_page(store: Arc<dyn Store>) {
     let client = user(&*store, "client", Role::Client).await;
     let mut freelancers = Vec::new();
     for i in 0..3 {
@@ -98,12 +103,11 @@ pub async fn profiles_and_jobs_round_trip_and_page(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(job.client, client);
     assert_eq!(store.job(job.id).await.unwrap(), Some(job.clone()));
-    assert_eq!(store.job_by_title(client.id, "T").await.unwrap(), Some(job.clone()));
     assert!(store.job(JobId(job.id.0 + 100)).await.unwrap().is_none());
     assert_eq!(store.jobs(PageRequest::default()).await.unwrap().results, vec![job]);
 }
 
-pub async fn concurrent_opens_of_one_pair_make_one_thread_and_one_system_message(store: Arc<dyn Store>) {
+pub(crate) async fn concurrent_opens_of_one_pair_make_one_thread_and_one_system_message(store: Arc<dyn Store>) {
     let client = user(&*store, "client", Role::Client).await;
     let freelancer = user(&*store, "freelancer", Role::Freelancer).await;
     let opens = (0..50).map(|_| {
@@ -130,7 +134,7 @@ pub async fn concurrent_opens_of_one_pair_make_one_thread_and_one_system_message
     assert_eq!(store.direct_thread(freelancer.id, client.id).await.unwrap(), Some(thread));
 }
 
-pub async fn a_job_thread_and_the_direct_thread_of_a_pair_are_different(store: Arc<dyn Store>) {
+pub(crate) async fn a_job_thread_and_the_direct_thread_of_a_pair_are_different(store: Arc<dyn Store>) {
     let client = user(&*store, "client", Role::Client).await;
     let freelancer = user(&*store, "freelancer", Role::Freelancer).await;
     let job = store.create_job(NewJob { client: client.id, title: "J".into(), description: "D".into() }).await.unwrap();
@@ -153,7 +157,7 @@ pub async fn a_job_thread_and_the_direct_thread_of_a_pair_are_different(store: A
     assert_eq!(record.job.map(|j| j.title), Some("J".to_owned()));
 }
 
-pub async fn concurrent_appends_take_seqs_without_gaps_or_repeats(store: Arc<dyn Store>) {
+pub(crate) async fn concurrent_appends_take_seqs_without_gaps_or_repeats(store: Arc<dyn Store>) {
     let a = user(&*store, "a", Role::Client).await;
     let b = user(&*store, "b", Role::Freelancer).await;
     let thread = direct(&*store, &a, &b).await;
@@ -176,7 +180,7 @@ pub async fn concurrent_appends_take_seqs_without_gaps_or_repeats(store: Arc<dyn
     assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
 }
 
-pub async fn a_repeated_client_msg_id_returns_the_first_message(store: Arc<dyn Store>) {
+pub(crate) async fn a_repeated_client_msg_id_returns_the_first_message(store: Arc<dyn Store>) {
     let a = user(&*store, "a", Role::Client).await;
     let b = user(&*store, "b", Role::Freelancer).await;
     let thread = direct(&*store, &a, &b).await;
@@ -207,7 +211,7 @@ pub async fn a_repeated_client_msg_id_returns_the_first_message(store: Arc<dyn S
     assert_eq!(seqs, vec![1, 2, 3], "no seq was burnt by a duplicate");
 }
 
-pub async fn a_batch_commits_together_and_refuses_only_its_bad_messages(store: Arc<dyn Store>) {
+pub(crate) async fn a_batch_commits_together_and_refuses_only_its_bad_messages(store: Arc<dyn Store>) {
     let a = user(&*store, "a", Role::Client).await;
     let b = user(&*store, "b", Role::Freelancer).await;
     let thread = direct(&*store, &a, &b).await;
@@ -240,13 +244,13 @@ pub async fn a_batch_commits_together_and_refuses_only_its_bad_messages(store: A
     assert_eq!(store.thread_heads(b.id).await.unwrap(), vec![(thread, Seq(2))]);
 }
 
-pub async fn appending_to_an_unknown_thread_is_not_found(store: Arc<dyn Store>) {
+pub(crate) async fn appending_to_an_unknown_thread_is_not_found(store: Arc<dyn Store>) {
     let a = user(&*store, "a", Role::Client).await;
     let new = NewMessage { thread_id: ThreadId::generate(), sender: a.id, text: "x".into(), client_msg_id: None };
     assert!(matches!(store.append_message(new).await, Err(StoreError::NotFound(_))));
 }
 
-pub async fn text_is_stored_verbatim(store: Arc<dyn Store>) {
+pub(crate) async fn text_is_stored_verbatim(store: Arc<dyn Store>) {
     let a = user(&*store, "a", Role::Client).await;
     let b = user(&*store, "b", Role::Freelancer).await;
     let thread = direct(&*store, &a, &b).await;
@@ -257,7 +261,7 @@ pub async fn text_is_stored_verbatim(store: Arc<dyn Store>) {
     assert_eq!(stored.results[0].text, text);
 }
 
-pub async fn releasing_memory_loses_nothing_and_the_store_goes_on(store: Arc<dyn Store>) {
+pub(crate) async fn releasing_memory_loses_nothing_and_the_store_goes_on(store: Arc<dyn Store>) {
     let a = user(&*store, "a", Role::Client).await;
     let b = user(&*store, "b", Role::Freelancer).await;
     let thread = direct(&*store, &a, &b).await;
@@ -273,7 +277,7 @@ pub async fn releasing_memory_loses_nothing_and_the_store_goes_on(store: Arc<dyn
     assert_eq!(stored.results, vec![first.message, second.message]);
 }
 
-pub async fn message_pages_follow_their_cursor_in_seq_order(store: Arc<dyn Store>) {
+pub(crate) async fn message_pages_follow_their_cursor_in_seq_order(store: Arc<dyn Store>) {
     let a = user(&*store, "a", Role::Client).await;
     let b = user(&*store, "b", Role::Freelancer).await;
     let thread = direct(&*store, &a, &b).await;
@@ -281,7 +285,7 @@ pub async fn message_pages_follow_their_cursor_in_seq_order(store: Arc<dyn Store
         send(&*store, thread, &a, &format!("m{i}"), None).await;
     }
     let seqs =
-        |p: &crate::domain::Page<crate::domain::MessageRecord>| p.results.iter().map(|m| m.seq.0).collect::<Vec<_>>();
+        |p: &confab::domain::Page<confab::domain::MessageRecord>| p.results.iter().map(|m| m.seq.0).collect::<Vec<_>>();
     let latest = store.messages(thread, Cursor::Latest, 3).await.unwrap();
     assert_eq!((seqs(&latest), latest.has_more), (vec![8, 9, 10], true));
     let before = store.messages(thread, Cursor::Before(Seq(8)), 3).await.unwrap();
@@ -305,7 +309,7 @@ pub async fn message_pages_follow_their_cursor_in_seq_order(store: Arc<dyn Store
     assert_eq!(seqs(&reversed), Vec::<i64>::new());
 }
 
-pub async fn read_markers_move_forward_only_and_drive_unread_counts(store: Arc<dyn Store>) {
+pub(crate) async fn read_markers_move_forward_only_and_drive_unread_counts(store: Arc<dyn Store>) {
     let a = user(&*store, "a", Role::Client).await;
     let b = user(&*store, "b", Role::Freelancer).await;
     let outsider = user(&*store, "c", Role::Client).await;
@@ -339,7 +343,7 @@ pub async fn read_markers_move_forward_only_and_drive_unread_counts(store: Arc<d
     assert_eq!(markers, vec![(a.id, Seq(6)), (b.id, Seq(6))]);
 }
 
-pub async fn a_thread_is_invisible_to_outsiders(store: Arc<dyn Store>) {
+pub(crate) async fn a_thread_is_invisible_to_outsiders(store: Arc<dyn Store>) {
     let a = user(&*store, "a", Role::Client).await;
     let b = user(&*store, "b", Role::Freelancer).await;
     let c = user(&*store, "c", Role::Client).await;
@@ -352,7 +356,7 @@ pub async fn a_thread_is_invisible_to_outsiders(store: Arc<dyn Store>) {
     assert!(store.participants(ThreadId::generate()).await.unwrap().is_empty());
 }
 
-pub async fn the_inbox_lists_threads_by_latest_activity(store: Arc<dyn Store>) {
+pub(crate) async fn the_inbox_lists_threads_by_latest_activity(store: Arc<dyn Store>) {
     let me = user(&*store, "me", Role::Client).await;
     let mut threads = Vec::new();
     for i in 0..3 {
@@ -372,7 +376,7 @@ pub async fn the_inbox_lists_threads_by_latest_activity(store: Arc<dyn Store>) {
     assert!(!rest.has_more);
 }
 
-pub async fn a_proposal_and_its_thread_are_written_together_or_not_at_all(store: Arc<dyn Store>) {
+pub(crate) async fn a_proposal_and_its_thread_are_written_together_or_not_at_all(store: Arc<dyn Store>) {
     let client = user(&*store, "client", Role::Client).await;
     let freelancer = user(&*store, "freelancer", Role::Freelancer).await;
     let job = store.create_job(NewJob { client: client.id, title: "J".into(), description: "D".into() }).await.unwrap();
@@ -415,7 +419,7 @@ pub async fn a_proposal_and_its_thread_are_written_together_or_not_at_all(store:
     assert_eq!(store.inbox(client.id, InboxFrom::Start, 50).await.unwrap().results.len(), before);
 }
 
-pub async fn a_client_msg_id_is_scoped_to_its_sender_and_thread(store: Arc<dyn Store>) {
+pub(crate) async fn a_client_msg_id_is_scoped_to_its_sender_and_thread(store: Arc<dyn Store>) {
     let a = user(&*store, "a", Role::Client).await;
     let b = user(&*store, "b", Role::Freelancer).await;
     let c = user(&*store, "c", Role::Freelancer).await;
@@ -445,7 +449,7 @@ pub async fn a_client_msg_id_is_scoped_to_its_sender_and_thread(store: Arc<dyn S
     assert_eq!(retry.message, hello_b.message);
 }
 
-pub async fn concurrent_reuses_of_a_key_store_one_message_and_refuse_other_texts(store: Arc<dyn Store>) {
+pub(crate) async fn concurrent_reuses_of_a_key_store_one_message_and_refuse_other_texts(store: Arc<dyn Store>) {
     let a = user(&*store, "a", Role::Client).await;
     let b = user(&*store, "b", Role::Freelancer).await;
     let thread = direct(&*store, &a, &b).await;
@@ -475,7 +479,7 @@ pub async fn concurrent_reuses_of_a_key_store_one_message_and_refuse_other_texts
     }
 }
 
-pub async fn an_inbox_walk_by_cursor_repeats_nothing_and_skips_only_what_moved(store: Arc<dyn Store>) {
+pub(crate) async fn an_inbox_walk_by_cursor_repeats_nothing_and_skips_only_what_moved(store: Arc<dyn Store>) {
     let me = user(&*store, "me", Role::Client).await;
     let mut threads = Vec::new();
     for i in 0..7 {
@@ -484,7 +488,8 @@ pub async fn an_inbox_walk_by_cursor_repeats_nothing_and_skips_only_what_moved(s
     }
     // Inbox order now: 6, 5, 4, 3, 2, 1, 0.
     let first = store.inbox(me.id, InboxFrom::Start, 3).await.unwrap();
-    let ids = |p: &crate::domain::Page<crate::domain::ThreadRecord>| p.results.iter().map(|t| t.id).collect::<Vec<_>>();
+    let ids =
+        |p: &confab::domain::Page<confab::domain::ThreadRecord>| p.results.iter().map(|t| t.id).collect::<Vec<_>>();
     assert_eq!((ids(&first), first.has_more), (vec![threads[6], threads[5], threads[4]], true));
     // Live activity during the walk: a seen thread and an unseen one move to the top.
     send(&*store, threads[5], &me, "seen, moved", None).await;
@@ -510,7 +515,7 @@ fn refresh(id: &str, family: &str, user: &User, ttl_ms: i64) -> RefreshToken {
     }
 }
 
-pub async fn a_refresh_token_rotates_once_and_a_reuse_spends_its_family(store: Arc<dyn Store>) {
+pub(crate) async fn a_refresh_token_rotates_once_and_a_reuse_spends_its_family(store: Arc<dyn Store>) {
     let alice = user(&*store, "alice", Role::Client).await;
     let day = 86_400_000;
     store.add_refresh_token(refresh("t1", "f1", &alice, day)).await.unwrap();
@@ -529,7 +534,7 @@ pub async fn a_refresh_token_rotates_once_and_a_reuse_spends_its_family(store: A
     assert_eq!(store.rotate_refresh_token("o2", refresh("o3", "f2", &alice, day)).await.unwrap(), Rotation::Rotated);
 }
 
-pub async fn concurrent_rotations_of_one_refresh_token_rotate_it_once(store: Arc<dyn Store>) {
+pub(crate) async fn concurrent_rotations_of_one_refresh_token_rotate_it_once(store: Arc<dyn Store>) {
     let alice = user(&*store, "alice", Role::Client).await;
     store.add_refresh_token(refresh("t1", "f1", &alice, 86_400_000)).await.unwrap();
     let rotations = join_all((0..8).map(|n| {
@@ -547,7 +552,7 @@ pub async fn concurrent_rotations_of_one_refresh_token_rotate_it_once(store: Arc
     }
 }
 
-pub async fn expired_refresh_tokens_are_not_rotated_and_are_forgotten(store: Arc<dyn Store>) {
+pub(crate) async fn expired_refresh_tokens_are_not_rotated_and_are_forgotten(store: Arc<dyn Store>) {
     let alice = user(&*store, "alice", Role::Client).await;
     store.add_refresh_token(refresh("old", "f1", &alice, -1000)).await.unwrap();
     // Expired but not spent: not a copy (the JWT's leeway lets it through for a few
@@ -563,7 +568,7 @@ pub async fn expired_refresh_tokens_are_not_rotated_and_are_forgotten(store: Arc
     );
 }
 
-pub async fn concurrent_proposals_of_one_freelancer_store_one_and_one_thread(store: Arc<dyn Store>) {
+pub(crate) async fn concurrent_proposals_of_one_freelancer_store_one_and_one_thread(store: Arc<dyn Store>) {
     let client = user(&*store, "client", Role::Client).await;
     let freelancer = user(&*store, "freelancer", Role::Freelancer).await;
     let job = store.create_job(NewJob { client: client.id, title: "J".into(), description: "D".into() }).await.unwrap();
@@ -598,7 +603,7 @@ fn external(id: &str, name: &str, role: Role, username: Option<&str>) -> Externa
     ExternalUser { external_id: id.to_owned(), username: username.map(str::to_owned), full_name: name.to_owned(), role }
 }
 
-pub async fn host_users_are_provisioned_once_by_external_id_and_updated(store: Arc<dyn Store>) {
+pub(crate) async fn host_users_are_provisioned_once_by_external_id_and_updated(store: Arc<dyn Store>) {
     let confab_user = user(&*store, "local", Role::Client).await;
     assert_eq!(confab_user.external_id, None);
     let (ann, created) = store.upsert_external_user(external("h-1", "Ann", Role::Client, Some("ann"))).await.unwrap();
@@ -632,7 +637,7 @@ pub async fn host_users_are_provisioned_once_by_external_id_and_updated(store: A
     assert_eq!(results.iter().filter(|r| matches!(r, Ok((_, true)))).count(), 1, "created once");
 }
 
-pub async fn host_jobs_are_upserted_by_external_id(store: Arc<dyn Store>) {
+pub(crate) async fn host_jobs_are_upserted_by_external_id(store: Arc<dyn Store>) {
     let (client, _) = store.upsert_external_user(external("c-1", "Cat", Role::Client, None)).await.unwrap();
     let job = |title: &str, status| ExternalJob {
         external_id: "j-1".to_owned(),
@@ -653,7 +658,7 @@ pub async fn host_jobs_are_upserted_by_external_id(store: Arc<dyn Store>) {
     assert_eq!(local.unwrap().external_id, None);
 }
 
-pub async fn a_host_system_message_is_idempotent_by_key_and_unread_for_everyone(store: Arc<dyn Store>) {
+pub(crate) async fn a_host_system_message_is_idempotent_by_key_and_unread_for_everyone(store: Arc<dyn Store>) {
     let a = user(&*store, "a", Role::Client).await;
     let b = user(&*store, "b", Role::Freelancer).await;
     let thread = direct(&*store, &a, &b).await;
@@ -685,7 +690,7 @@ pub async fn a_host_system_message_is_idempotent_by_key_and_unread_for_everyone(
     assert!(matches!(store.append_system_message(unknown).await, Err(StoreError::NotFound(_))));
 }
 
-pub async fn events_are_recorded_with_what_they_describe_in_one_gapless_order(store: Arc<dyn Store>) {
+pub(crate) async fn events_are_recorded_with_what_they_describe_in_one_gapless_order(store: Arc<dyn Store>) {
     let a = user(&*store, "a", Role::Client).await;
     let b = user(&*store, "b", Role::Freelancer).await;
     let open = OpenThread { key: ThreadKey::Direct { a: a.id, b: b.id }, first_message: system(&a, "hi") };
@@ -750,7 +755,7 @@ pub async fn events_are_recorded_with_what_they_describe_in_one_gapless_order(st
     assert_eq!(store.events_after(0, 100).await.unwrap().results.first().map(|e| e.seq), Some(3));
 }
 
-pub async fn one_holder_has_the_event_lease_until_it_lapses(store: Arc<dyn Store>) {
+pub(crate) async fn one_holder_has_the_event_lease_until_it_lapses(store: Arc<dyn Store>) {
     let now = Timestamp::now();
     let until = Timestamp::from_millis(now.millis() + 30_000);
     assert!(store.take_event_lease("a", now, until).await.unwrap());
@@ -763,10 +768,9 @@ pub async fn one_holder_has_the_event_lease_until_it_lapses(store: Arc<dyn Store
 
 /// Every behaviour by name, so a backend's test file can list them all and a
 /// missing one fails to compile.
-#[macro_export]
-macro_rules! store_conformance_tests {
+macro_rules! conformance_tests {
     ($make:expr) => {
-        $crate::store_conformance_tests!(@each $make;
+        conformance_tests!(@each $make;
             a_taken_username_is_a_conflict,
             profiles_and_jobs_round_trip_and_page,
             concurrent_opens_of_one_pair_make_one_thread_and_one_system_message,
@@ -801,7 +805,7 @@ macro_rules! store_conformance_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
                 let (store, _guard) = $make.await;
-                $crate::store::conformance::$name(store).await;
+                crate::conformance::$name(store).await;
             }
         )+
     };
