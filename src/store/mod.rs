@@ -9,6 +9,7 @@ mod refresh;
 mod rows;
 mod sql;
 mod sqlite;
+mod sqlite_checkpoint;
 mod sqlite_writer;
 
 use std::sync::Arc;

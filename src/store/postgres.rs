@@ -102,7 +102,8 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(POOL)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            // The savepoint retry of a racing `client_msg_id` must see the row the
+            // A retry after a racing write (a batch's `client_msg_id`, a host
+            // system message's key, an external user or job) must see the row the
             // other transaction committed, which a REPEATABLE READ snapshot hides:
             // set the level ourselves instead of trusting the server's default.
             .after_connect(|conn, _| {

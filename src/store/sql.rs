@@ -120,10 +120,12 @@ const ON_NEW_EXTERNAL_ID: &str = "ON CONFLICT (external_id) WHERE external_id IS
 
 type Row<B> = <<B as Backend>::Db as Database>::Row;
 
-// The bounds say what the shared code asks of a database: sqlx states them per
-// type, so they are written out here and on the `Store` impl below. The row types
-// named in them are the store's own, which is why the bounds are more private
-// than the (public) store.
+// The bounds say what the shared code asks of a database. sqlx states them per
+// type and Rust does not carry a where clause from one impl to another, so the
+// same list stands here and on the `Store` impl below: a deliberate repeat (the
+// alternative, a macro stamping the whole store out per database, hides the code
+// from rustfmt and the reader). The row types named in them are the store's
+// own, which is why the bounds are more private than the (public) store.
 #[expect(private_bounds, reason = "the row types are private to the store")]
 impl<B: Backend> SqlStore<B>
 where

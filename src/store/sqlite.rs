@@ -1,7 +1,8 @@
 //! The embedded default store: one SQLite file in WAL mode. All writes go through a
 //! single connection, so they are serialized without `SQLITE_BUSY` retries, while
 //! reads use a pool of read-only connections that never block the writer. Sent
-//! messages are written by their own thread (`sqlite_writer.rs`).
+//! messages are written by their own thread (`sqlite_writer.rs`), and the WAL is
+//! checkpointed by another (`sqlite_checkpoint.rs`).
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -14,6 +15,7 @@ use uuid::Uuid;
 
 use super::rows::group_participants;
 use super::sql::{Backend, BatchResult, SqlStore, participants_sql};
+use super::sqlite_checkpoint::{CHECKPOINT_EVERY, Checkpointer};
 use super::sqlite_writer::{MessageWriter, SHRINK_MEMORY, WAL_CHECKPOINT_PAGES};
 use super::{NewMessage, Result, StoreError};
 use crate::domain::Participant;
@@ -33,6 +35,8 @@ pub struct SqliteBackend {
     writer: SqlitePool,
     reader: SqlitePool,
     messages: MessageWriter,
+    /// Held so that the checkpointing thread lives as long as the store.
+    _checkpoints: Checkpointer,
 }
 
 impl Backend for SqliteBackend {
@@ -113,8 +117,9 @@ impl SqliteStore {
         }
         let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
         let messages = MessageWriter::start(options.get_filename(), BUSY_TIMEOUT)?;
+        let checkpoints = Checkpointer::start(options.get_filename(), BUSY_TIMEOUT, CHECKPOINT_EVERY)?;
         let reader = SqlitePoolOptions::new().max_connections(READERS).connect_with(options.read_only(true)).await?;
-        Ok(Self::new(SqliteBackend { writer, reader, messages }))
+        Ok(Self::new(SqliteBackend { writer, reader, messages, _checkpoints: checkpoints }))
     }
 
     /// Takes the one-node lock of the database file a `sqlite://` URL names (none
