@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{HostKeys, JwtKeys};
 use crate::bus::{Bus, LocalBus, RedisBus};
 use crate::chat::Chat;
-use crate::config::{Config, HostConfig, Secret};
+use crate::config::{Config, HostConfig, Secret, redact_url};
 use crate::http::{self, AppState, Metrics};
 use crate::ws::Hub;
 use crate::{server, store, webhook};
@@ -79,7 +79,7 @@ impl App {
                 webhook::spawn(chat.clone(), webhook.clone(), retention, holder, metrics.registry(), webhooks.clone())
                     .context("starting webhook delivery")?;
             dispatcher = Some(task);
-            tracing::info!(url = %store::redact_url(&webhook.url), "delivering events to the webhook");
+            tracing::info!(url = %redact_url(&webhook.url), "delivering events to the webhook");
         }
         let state = AppState {
             chat,
@@ -97,7 +97,7 @@ impl App {
             let store = store.clone();
             async move {
                 if let Err(e) = store.release_memory().await {
-                    tracing::warn!(error = %crate::chat::error_chain(&e), "freeing the store's caches failed");
+                    tracing::warn!(error = %crate::domain::error_chain(&e), "freeing the store's caches failed");
                 }
             }
         };

@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Bus, Sink};
+use crate::config::redact_url;
 use crate::domain::{Event, UserId};
 
 /// Events waiting to be published; past this they are dropped (and counted), as a
@@ -94,7 +95,7 @@ impl RedisBus {
     /// # Errors
     /// A malformed URL, or a Redis that does not answer a PING.
     pub async fn connect(url: &str, prefix: &str, sink: Arc<dyn Sink>) -> anyhow::Result<Self> {
-        let shown = crate::store::redact_url(url);
+        let shown = redact_url(url);
         let client =
             redis::Client::open(url).map_err(|e| anyhow::anyhow!("the Redis URL {shown} is malformed: {e}"))?;
         let mut con = tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection())

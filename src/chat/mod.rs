@@ -161,18 +161,6 @@ impl Chat {
     }
 }
 
-/// An error and its causes on one line, for logs.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// Where a Hire Me or proposal sends the browser.
 pub fn redirect_url(thread: &Thread) -> String {
     format!("/dashboard/inbox/{}", thread.id)

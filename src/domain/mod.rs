@@ -12,8 +12,8 @@ mod thread;
 mod time;
 mod user;
 
-pub use cursor::InboxCursor;
-pub use error::ErrorCode;
+pub use cursor::{Cursor, InboxCursor};
+pub use error::{ErrorCode, error_chain};
 pub use event::{Ack, ConnectionId, Event};
 pub use ids::{ClientMsgId, JobId, MessageId, Seq, ThreadId, UserId};
 pub use marketplace::{Freelancer, Job, JobRef, JobStatus, Money, Profile, Proposal};

@@ -38,7 +38,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let database = match tokio::time::timeout(CHECK_TIMEOUT, state.chat.store().ping()).await {
         Ok(Ok(())) => state.chat.is_healthy(),
         Ok(Err(e)) => {
-            tracing::warn!(error = %crate::chat::error_chain(&e), "readiness check failed: database");
+            tracing::warn!(error = %crate::domain::error_chain(&e), "readiness check failed: database");
             false
         }
         Err(_) => {

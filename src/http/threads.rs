@@ -8,8 +8,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::extract::{AuthUser, Json, Query, ThreadPath, flexible_id};
 use super::{ApiError, AppState, ErrorBody, PageQuery};
 use crate::chat::{Opening, SendTarget, redirect_url};
-use crate::domain::{InboxCursor, JobId, Message, Page, PageRequest, Seq, Thread, UserId, ValidationError};
-use crate::store::{Cursor, InboxFrom};
+use crate::domain::{Cursor, InboxCursor, JobId, Message, Page, PageRequest, Seq, Thread, UserId, ValidationError};
+use crate::store::InboxFrom;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -20,12 +20,12 @@ use super::rows::{
     select_system_by_key,
 };
 use super::{
-    Appended, Backlog, Cursor, Delivery, ExternalJob, ExternalUser, InboxFrom, NewEvent, NewJob, NewMessage,
-    NewProposal, NewSystemMessage, NewUser, OpenThread, Opened, ReadMarker, RefreshToken, Result, Rotation, Store,
-    StoreError, StoreOptions, StoredEvent, ThreadKey, host_message, repeated,
+    Appended, Backlog, Delivery, ExternalJob, ExternalUser, InboxFrom, NewEvent, NewJob, NewMessage, NewProposal,
+    NewSystemMessage, NewUser, OpenThread, Opened, ReadMarker, RefreshToken, Result, Rotation, Store, StoreError,
+    StoreOptions, StoredEvent, ThreadKey, host_message, repeated,
 };
 use crate::domain::{
-    ClientMsgId, Freelancer, Job, JobId, MessageRecord, Page, PageRequest, Participant, Profile, Proposal, Seq,
+    ClientMsgId, Cursor, Freelancer, Job, JobId, MessageRecord, Page, PageRequest, Participant, Profile, Proposal, Seq,
     SystemMessage, ThreadId, ThreadKind, ThreadRecord, Timestamp, User, UserId,
 };
 

@@ -20,13 +20,13 @@ use super::rows::{
 };
 use super::sqlite_writer::{MessageWriter, SHRINK_MEMORY, WAL_CHECKPOINT_PAGES};
 use super::{
-    Appended, Backlog, Cursor, Delivery, ExternalJob, ExternalUser, InboxFrom, NewEvent, NewJob, NewMessage,
-    NewProposal, NewSystemMessage, NewUser, OpenThread, Opened, ReadMarker, RefreshToken, Result, Rotation, Store,
-    StoreError, StoreOptions, StoredEvent, ThreadKey, host_message, repeated,
+    Appended, Backlog, Delivery, ExternalJob, ExternalUser, InboxFrom, NewEvent, NewJob, NewMessage, NewProposal,
+    NewSystemMessage, NewUser, OpenThread, Opened, ReadMarker, RefreshToken, Result, Rotation, Store, StoreError,
+    StoreOptions, StoredEvent, ThreadKey, host_message, repeated,
 };
 use crate::domain::{
-    Freelancer, Job, JobId, MessageRecord, Page, PageRequest, Participant, Profile, Proposal, Seq, SystemMessage,
-    ThreadId, ThreadKind, ThreadRecord, Timestamp, User, UserId,
+    Cursor, Freelancer, Job, JobId, MessageRecord, Page, PageRequest, Participant, Profile, Proposal, Seq,
+    SystemMessage, ThreadId, ThreadKind, ThreadRecord, Timestamp, User, UserId,
 };
 
 /// Readers beyond two cores only queue on the file; a few cover concurrent requests.

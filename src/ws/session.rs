@@ -20,10 +20,9 @@ use super::protocol::{self, FrameError, RawFrame};
 use super::queue::{self, QueueRx, QueueTx};
 use crate::auth::jwt::CLOCK_LEEWAY;
 use crate::chat::{self, SendTarget};
-use crate::domain::{ConnectionId, ErrorCode, Seq, ThreadId, Timestamp, User, UserId};
+use crate::domain::{ConnectionId, Cursor, ErrorCode, Seq, ThreadId, Timestamp, User, UserId, error_chain};
 use crate::http::AppState;
 use crate::server::ConnectionSlot;
-use crate::store::Cursor;
 
 /// Close code for a missing, expired or forged token (the contract's 4401).
 const CLOSE_UNAUTHORIZED: u16 = 4401;
@@ -526,7 +525,7 @@ async fn starting_order(filler: &Filler, rx: &mut QueueRx) -> (Sequencer, Vec<Ou
     let heads = match filler.chat.thread_heads(&filler.user).await {
         Ok(heads) => Some(heads),
         Err(e) => {
-            tracing::warn!(user = %filler.user.id, error = %chat::error_chain(&e), "reading thread positions failed");
+            tracing::warn!(user = %filler.user.id, error = %error_chain(&e), "reading thread positions failed");
             None
         }
     };
@@ -633,7 +632,7 @@ fn write_loop(
                         match Box::pin(filler.read(gap)).await {
                             Ok(items) => order.filled(gap, items, now, &mut frames),
                             Err(e) => {
-                                tracing::warn!(error = %chat::error_chain(&e), "filling a gap in a thread failed");
+                                tracing::warn!(error = %error_chain(&e), "filling a gap in a thread failed");
                                 closer.close(super::hub::CLOSE_TRY_AGAIN, "missed messages could not be read; reconnect and sync");
                                 break 'run;
                             }
