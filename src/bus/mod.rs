@@ -2,12 +2,14 @@
 //! design: the store is the truth, and a client that missed an event recovers it
 //! with `sync`. Knows nothing of WebSockets: it hands events to a [`Sink`].
 
+mod event;
 mod redis;
 
 use std::sync::Arc;
 
-use crate::domain::{Event, UserId};
+use crate::domain::UserId;
 
+pub use event::{Ack, ConnectionId, Event};
 pub use redis::RedisBus;
 
 /// Where a node's bus delivers events: this node's hub of live connections.

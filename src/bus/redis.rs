@@ -27,9 +27,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Bus, Sink};
+use super::{Bus, Event, Sink};
 use crate::config::redact_url;
-use crate::domain::{Event, UserId};
+use crate::domain::UserId;
 
 /// Events waiting to be published; past this they are dropped (and counted), as a
 /// doorbell may be: clients recover with `sync`.

@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::members::ThreadMembers;
 use super::{Error, Sent};
-use crate::bus::Bus;
-use crate::domain::{Ack, ErrorCode, Event, Message, Proposal, User, UserId, error_chain};
+use crate::bus::{Ack, Bus, Event};
+use crate::domain::{ErrorCode, Message, Proposal, User, UserId, error_chain};
 use crate::store::{Appended, NewMessage, NewProposal, NewSystemMessage, OpenThread, Opened, Store, StoreError};
 
 /// A batch takes everything queued up to this. Larger batches amortize the

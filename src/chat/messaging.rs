@@ -8,9 +8,9 @@ use tokio::sync::oneshot;
 use super::committer::{Job, Reply, SendJob};
 use super::members::ThreadMembers;
 use super::{Chat, Error, Result};
+use crate::bus::{Ack, ConnectionId, Event};
 use crate::domain::{
-    Ack, ClientMsgId, ConnectionId, Cursor, ErrorCode, Event, InboxCursor, Message, MessageText, Page, Seq, Thread,
-    ThreadId, User, UserId,
+    ClientMsgId, Cursor, ErrorCode, InboxCursor, Message, MessageText, Page, Seq, Thread, ThreadId, User, UserId,
 };
 use crate::store::{InboxFrom, NewMessage, OpenThread, ReadMarker, ThreadKey};
 

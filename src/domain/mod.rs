@@ -3,7 +3,6 @@
 
 mod cursor;
 mod error;
-mod event;
 mod ids;
 mod marketplace;
 mod message;
@@ -14,7 +13,6 @@ mod user;
 
 pub use cursor::{Cursor, InboxCursor};
 pub use error::{ErrorCode, error_chain};
-pub use event::{Ack, ConnectionId, Event};
 pub use ids::{ClientMsgId, JobId, MessageId, Seq, ThreadId, UserId};
 pub use marketplace::{Freelancer, Job, JobRef, JobStatus, Money, Profile, Proposal};
 pub use message::{Message, MessageKind, MessageRecord, SystemMessage};

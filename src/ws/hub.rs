@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use super::order::{Delivery, MessageItem, Outgoing};
 use super::protocol;
 use super::queue::{QueueTx, Refused};
-use crate::bus::{Bus, Sink};
-use crate::domain::{ConnectionId, Event, UserId};
+use crate::bus::{Bus, ConnectionId, Event, Sink};
+use crate::domain::UserId;
 
 /// Close code for a client that cannot keep up (RFC 6455 "try again later").
 pub(crate) const CLOSE_TRY_AGAIN: u16 = 1013;

@@ -19,8 +19,9 @@ use super::order::{Delivery, Gap, MessageItem, Outgoing, Sequencer};
 use super::protocol::{self, FrameError, RawFrame};
 use super::queue::{self, QueueRx, QueueTx};
 use crate::auth::jwt::CLOCK_LEEWAY;
+use crate::bus::ConnectionId;
 use crate::chat::{self, SendTarget};
-use crate::domain::{ConnectionId, Cursor, ErrorCode, Seq, ThreadId, Timestamp, User, UserId, error_chain};
+use crate::domain::{Cursor, ErrorCode, Seq, ThreadId, Timestamp, User, UserId, error_chain};
 use crate::http::AppState;
 use crate::server::ConnectionSlot;
 
