@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Hasher;
 use crate::bus::Bus;
-use crate::domain::{ErrorCode, Thread, ValidationError};
+use crate::domain::{ErrorCode, ValidationError};
 use crate::store::{Store, StoreError};
 
 pub use accounts::Registration;
@@ -159,11 +159,6 @@ impl Chat {
             tracing::error!(error = %e, "the message committer failed");
         }
     }
-}
-
-/// Where a Hire Me or proposal sends the browser.
-pub fn redirect_url(thread: &Thread) -> String {
-    format!("/dashboard/inbox/{}", thread.id)
 }
 
 /// Why a use-case failed: a refusal with the contract's code, or a fault of ours.

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::extract::{AuthUser, IdPath, Json, Query, flexible_amount};
+use super::web::redirect_url;
 use super::{ApiError, AppState, ErrorBody, PageQuery};
-use crate::chat::redirect_url;
 use crate::domain::{Freelancer, Job, JobId, Page, Proposal, Thread, UserId};
 
 #[utoipa::path(get, path = "/api/freelancers/", tag = "marketplace", security(("bearer" = [])), params(PageQuery),

@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{AuthUser, Json, Query, ThreadPath, flexible_id};
+use super::web::redirect_url;
 use super::{ApiError, AppState, ErrorBody, PageQuery};
-use crate::chat::{Opening, SendTarget, redirect_url};
+use crate::chat::{Opening, SendTarget};
 use crate::domain::{Cursor, InboxCursor, JobId, Message, Page, PageRequest, Seq, Thread, UserId, ValidationError};
 use crate::store::InboxFrom;
 
