@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::order::{Delivery, MessageItem, Outgoing};
 use super::protocol;
 use super::queue::{QueueTx, Refused};
-use crate::bus::{Bus, ConnectionId, Event, Sink};
+use crate::bus::{Bus, ConnectionId, Event, Subscriber};
 use crate::domain::UserId;
 
 /// Close code for a client that cannot keep up (RFC 6455 "try again later").
@@ -188,7 +188,7 @@ impl Hub {
         user: UserId,
         queue: QueueTx,
         closer: Closer,
-    ) -> Result<(Registration, Option<tokio::sync::oneshot::Receiver<()>>), TooManyConnections> {
+    ) -> Result<(HubSlot, Option<tokio::sync::oneshot::Receiver<()>>), TooManyConnections> {
         let id = ConnectionId(self.node | (self.next.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff));
         let mut users = self.users.write().unwrap_or_else(PoisonError::into_inner);
         let conns = users.entry(user).or_default();
@@ -199,7 +199,7 @@ impl Hub {
         let subscribed = self.bus().and_then(|bus| bus.watch(user));
         conns.push(Conn { id, queue, closer });
         self.metrics.connections.inc();
-        Ok((Registration { hub: self.clone(), user, id }, subscribed))
+        Ok((HubSlot { hub: self.clone(), user, id }, subscribed))
     }
 
     fn push(&self, conn: &Conn, item: Outgoing) {
@@ -241,7 +241,7 @@ impl Hub {
     }
 }
 
-impl Sink for Hub {
+impl Subscriber for Hub {
     fn local_users(&self) -> Vec<UserId> {
         self.users.read().unwrap_or_else(PoisonError::into_inner).keys().copied().collect()
     }
@@ -327,19 +327,19 @@ impl Drop for AddressSlot {
 
 /// A connection's place in the hub; dropping it removes the connection.
 #[derive(Debug)]
-pub(crate) struct Registration {
+pub(crate) struct HubSlot {
     hub: Arc<Hub>,
     user: UserId,
     id: ConnectionId,
 }
 
-impl Registration {
+impl HubSlot {
     pub(crate) fn id(&self) -> ConnectionId {
         self.id
     }
 }
 
-impl Drop for Registration {
+impl Drop for HubSlot {
     fn drop(&mut self) {
         let mut users = self.hub.users.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(conns) = users.get_mut(&self.user) {

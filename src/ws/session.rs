@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Message as WsMessage, Utf8Bytes};
 
 use super::Socket;
-use super::hub::{AddressSlot, Closer, Registration, WriterMetrics};
+use super::hub::{AddressSlot, Closer, HubSlot, WriterMetrics};
 use super::order::{Delivery, Gap, MessageItem, Outgoing, Sequencer};
 use super::protocol::{self, FrameError, RawFrame};
 use super::queue::{self, QueueRx, QueueTx};
@@ -58,7 +58,7 @@ pub(crate) struct Live {
     queue: QueueTx,
     rx: QueueRx,
     closer: Closer,
-    registration: Registration,
+    hub_slot: HubSlot,
     /// The connection's places on its address and on the server, freed with it.
     held: (AddressSlot, Option<ConnectionSlot>),
 }
@@ -88,7 +88,7 @@ pub(crate) async fn connect(
     };
     let (queue, rx) = queue::queue(limits.queue, limits.queue_bytes);
     let closer = Closer::new(&state.closing);
-    let Ok((registration, subscribed)) = state.hub.register(user.id, queue.clone(), closer.clone()) else {
+    let Ok((hub_slot, subscribed)) = state.hub.register(user.id, queue.clone(), closer.clone()) else {
         return close_now(&mut sink, CLOSE_POLICY, "too many connections for this user").await;
     };
     // Read no frame before other nodes' events for this user can reach this node, so
@@ -98,8 +98,8 @@ pub(crate) async fn connect(
     {
         tracing::warn!(user = %user.id, "the bus did not confirm the subscription in time; the client may need to sync");
     }
-    tracing::debug!(user = %user.id, connection = registration.id().0, "websocket connected");
-    Some(Live { sink, stream, state, user, expires, queue, rx, closer, registration, held })
+    tracing::debug!(user = %user.id, connection = hub_slot.id().0, "websocket connected");
+    Some(Live { sink, stream, state, user, expires, queue, rx, closer, hub_slot, held })
 }
 
 impl Live {
@@ -123,7 +123,7 @@ impl Live {
             let mut session = Session {
                 state: &self.state,
                 user: &self.user,
-                connection: self.registration.id(),
+                connection: self.hub_slot.id(),
                 queue: self.queue,
                 closer: self.closer,
                 expires: expiry_deadline(self.expires),
@@ -137,7 +137,7 @@ impl Live {
             // On shutdown the writer is closed later, once every queued send has been
             // stored and acked (see `App::run_until_stopped`).
             let writer_done = writer.await;
-            drop(self.registration);
+            drop(self.hub_slot);
             if let Err(e) = writer_done {
                 tracing::error!(error = %e, "websocket writer failed");
             }
