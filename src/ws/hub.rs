@@ -11,14 +11,13 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 use tokio_util::sync::CancellationToken;
 
+use super::close;
 use super::order::{Delivery, MessageItem, Outgoing};
 use super::protocol;
 use super::queue::{QueueTx, Refused};
 use crate::bus::{Bus, ConnectionId, Event, Subscriber};
 use crate::domain::UserId;
 
-/// Close code for a client that cannot keep up (RFC 6455 "try again later").
-pub(crate) const CLOSE_TRY_AGAIN: u16 = 1013;
 /// When the bus comes back, this node's connections are closed over a window so
 /// their clients do not all reconnect (and sync) at the same instant: one
 /// millisecond per connection, at most this long.
@@ -57,7 +56,10 @@ impl Closer {
 
     /// The close code and reason; a server shutdown is 1001.
     pub(crate) fn reason(&self) -> (u16, &'static str) {
-        self.reason.lock().unwrap_or_else(PoisonError::into_inner).unwrap_or((1001, "the server is shutting down"))
+        self.reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .unwrap_or((close::SHUTTING_DOWN, "the server is shutting down"))
     }
 }
 
@@ -208,7 +210,7 @@ impl Hub {
             Err(Refused::Full) => {
                 if !conn.closer.token.is_cancelled() {
                     self.metrics.slow_closes.inc();
-                    conn.closer.close(CLOSE_TRY_AGAIN, "too slow to keep up; reconnect and sync");
+                    conn.closer.close(close::TRY_AGAIN, "too slow to keep up; reconnect and sync");
                 }
             }
             Err(Refused::Closed) => {}
@@ -255,14 +257,14 @@ impl Subscriber for Hub {
         rand::seq::SliceRandom::shuffle(closers.as_mut_slice(), &mut rand::thread_rng());
         let window = MISSED_CLOSE_WINDOW_MAX.min(std::time::Duration::from_millis(closers.len() as u64));
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return closers.iter().for_each(|c| c.close(CLOSE_TRY_AGAIN, MISSED));
+            return closers.iter().for_each(|c| c.close(close::TRY_AGAIN, MISSED));
         };
         runtime.spawn(async move {
             let started = tokio::time::Instant::now();
             let count = closers.len().max(1) as u32;
             for (n, closer) in closers.iter().enumerate() {
                 tokio::time::sleep_until(started + window * n as u32 / count).await;
-                closer.close(CLOSE_TRY_AGAIN, MISSED);
+                closer.close(close::TRY_AGAIN, MISSED);
             }
         });
     }
@@ -270,7 +272,7 @@ impl Subscriber for Hub {
     fn user_missed_events(&self, user: UserId) {
         let users = self.users.read().unwrap_or_else(PoisonError::into_inner);
         for conn in users.get(&user).into_iter().flatten() {
-            conn.closer.close(CLOSE_TRY_AGAIN, MISSED);
+            conn.closer.close(close::TRY_AGAIN, MISSED);
         }
     }
 

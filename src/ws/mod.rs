@@ -2,6 +2,7 @@
 //! its authentication here, the connection loop in `session`, this node's live
 //! connections in `hub`, the frames in `protocol`.
 
+mod close;
 mod fragment;
 mod hub;
 mod order;

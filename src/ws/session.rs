@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Message as WsMessage, Utf8Bytes};
 
 use super::Socket;
+use super::close;
 use super::hub::{AddressSlot, Closer, HubSlot, WriterMetrics};
 use super::order::{Delivery, Gap, MessageItem, Outgoing, Sequencer};
 use super::protocol::{self, FrameError, RawFrame};
@@ -25,10 +26,6 @@ use crate::domain::{Cursor, ErrorCode, Seq, ThreadId, Timestamp, User, UserId, e
 use crate::http::AppState;
 use crate::server::ConnectionSlot;
 
-/// Close code for a missing, expired or forged token (the contract's 4401).
-const CLOSE_UNAUTHORIZED: u16 = 4401;
-/// Close code for a policy refusal, such as too many connections.
-const CLOSE_POLICY: u16 = 1008;
 /// How long a close frame may take to leave before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames written per wakeup before a flush: enough to batch a burst into few
@@ -82,14 +79,14 @@ pub(crate) async fn connect(
         Some(user) => user,
         None => match timeout(limits.auth_timeout, first_frame_auth(&mut stream, &state)).await {
             Ok(Ok(user)) => user,
-            Ok(Err(reason)) => return close_now(&mut sink, CLOSE_UNAUTHORIZED, reason).await,
-            Err(_) => return close_now(&mut sink, CLOSE_UNAUTHORIZED, "no auth frame in time").await,
+            Ok(Err(reason)) => return close_now(&mut sink, close::UNAUTHORIZED, reason).await,
+            Err(_) => return close_now(&mut sink, close::UNAUTHORIZED, "no auth frame in time").await,
         },
     };
     let (queue, rx) = queue::queue(limits.queue, limits.queue_bytes);
     let closer = Closer::new(&state.closing);
     let Ok((hub_slot, subscribed)) = state.hub.register(user.id, queue.clone(), closer.clone()) else {
-        return close_now(&mut sink, CLOSE_POLICY, "too many connections for this user").await;
+        return close_now(&mut sink, close::POLICY, "too many connections for this user").await;
     };
     // Read no frame before other nodes' events for this user can reach this node, so
     // a client's first exchange (a ping, a sync) proves it will hear the rest.
@@ -132,7 +129,7 @@ impl Live {
             };
             let client_closed = session.read_loop(&mut stream, &self.state.shutdown, limits.idle_timeout).await;
             if client_closed {
-                session.closer.close(1000, "");
+                session.closer.close(close::NORMAL, "");
             }
             // On shutdown the writer is closed later, once every queued send has been
             // stored and acked (see `App::run_until_stopped`).
@@ -165,8 +162,8 @@ impl Live {
 /// The close code for a failed read: 1009 for a frame over the size limit.
 fn read_error_close(e: &tungstenite::Error) -> (u16, &'static str) {
     match e {
-        tungstenite::Error::Capacity(_) => (1009, "frame too large"),
-        _ => (1002, "protocol error"),
+        tungstenite::Error::Capacity(_) => (close::TOO_LARGE, "frame too large"),
+        _ => (close::PROTOCOL_ERROR, "protocol error"),
     }
 }
 
@@ -237,9 +234,9 @@ impl Session<'_> {
                 () = shutdown.cancelled() => return false,
                 () = sleep_until(deadline.min(self.expires)) => {
                     if self.expires <= deadline {
-                        self.closer.close(CLOSE_UNAUTHORIZED, "the access token has expired; send auth with a fresh one before it does");
+                        self.closer.close(close::UNAUTHORIZED, "the access token has expired; send auth with a fresh one before it does");
                     } else {
-                        self.closer.close(1001, "idle timeout");
+                        self.closer.close(close::IDLE, "idle timeout");
                     }
                     return false;
                 }
@@ -284,7 +281,7 @@ impl Session<'_> {
             }
         };
         if user.id != self.user.id {
-            return self.closer.close(CLOSE_UNAUTHORIZED, "an auth frame with another user's token");
+            return self.closer.close(close::UNAUTHORIZED, "an auth frame with another user's token");
         }
         self.expires = expiry_deadline(expires);
         self.push(Outgoing::Frame(protocol::authed(expires.millis() / 1000)));
@@ -293,7 +290,7 @@ impl Session<'_> {
     /// Queues a frame for this connection; a full queue closes it (it will sync).
     fn push(&self, item: Outgoing) {
         if let Err(queue::Refused::Full) = self.queue.try_send(item) {
-            self.closer.close(super::hub::CLOSE_TRY_AGAIN, "too slow to keep up; reconnect and sync");
+            self.closer.close(close::TRY_AGAIN, "too slow to keep up; reconnect and sync");
         }
     }
 
@@ -568,10 +565,10 @@ impl Written {
     fn closes(self, closer: &Closer, metrics: &WriterMetrics) -> bool {
         match self {
             Self::Done => return false,
-            Self::Closed => closer.close(1000, ""),
+            Self::Closed => closer.close(close::NORMAL, ""),
             Self::TimedOut => {
                 metrics.write_timeouts.inc();
-                closer.close_unwritable(super::hub::CLOSE_TRY_AGAIN, NOT_READING);
+                closer.close_unwritable(close::TRY_AGAIN, NOT_READING);
             }
         }
         true
@@ -615,7 +612,7 @@ fn write_loop(
         let now = Instant::now();
         for item in early {
             if order.accept(item, now, &mut frames).is_err() {
-                closer.close(super::hub::CLOSE_TRY_AGAIN, too_slow);
+                closer.close(close::TRY_AGAIN, too_slow);
             }
         }
         if !frames.is_empty() {
@@ -634,7 +631,7 @@ fn write_loop(
                             Ok(items) => order.filled(gap, items, now, &mut frames),
                             Err(e) => {
                                 tracing::warn!(error = %error_chain(&e), "filling a gap in a thread failed");
-                                closer.close(super::hub::CLOSE_TRY_AGAIN, "missed messages could not be read; reconnect and sync");
+                                closer.close(close::TRY_AGAIN, "missed messages could not be read; reconnect and sync");
                                 break 'run;
                             }
                         }
@@ -652,7 +649,7 @@ fn write_loop(
                         }
                     }
                     if accepted.is_err() {
-                        closer.close(super::hub::CLOSE_TRY_AGAIN, too_slow);
+                        closer.close(close::TRY_AGAIN, too_slow);
                         break;
                     }
                 }
@@ -674,9 +671,9 @@ fn write_loop(
             }
         }
         let (code, reason) = closer.reason();
-        if code == 1001 {
+        if code == close::SHUTTING_DOWN {
             // Shutting down: what is queued (the acks of the last stored messages) goes
-            // first, held or not.
+            // first, held or not. (An idle close has the same code and flushes too.)
             let now = Instant::now();
             while let Some(item) = rx.try_recv() {
                 let _ = order.accept(item, now, &mut frames);
