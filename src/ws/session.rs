@@ -13,17 +13,16 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Message as WsMessage, Utf8Bytes};
 
-use super::Socket;
 use super::close;
 use super::hub::{AddressSlot, Closer, HubSlot, WriterMetrics};
 use super::order::{Delivery, Gap, MessageItem, Outgoing, Sequencer};
 use super::protocol::{self, FrameError, RawFrame};
 use super::queue::{self, QueueRx, QueueTx};
+use super::{Socket, WsState};
 use crate::auth::jwt::CLOCK_LEEWAY;
 use crate::bus::ConnectionId;
 use crate::chat::{self, SendTarget};
 use crate::domain::{Cursor, ErrorCode, Seq, ThreadId, Timestamp, User, UserId, error_chain};
-use crate::http::AppState;
 use crate::server::ConnectionSlot;
 
 /// How long a close frame may take to leave before the socket is dropped.
@@ -49,7 +48,7 @@ const SYNC_PAGE: u32 = 200;
 pub(crate) struct Live {
     sink: SplitSink<Socket, WsMessage>,
     stream: SplitStream<Socket>,
-    state: AppState,
+    state: WsState,
     user: User,
     expires: Timestamp,
     queue: QueueTx,
@@ -69,12 +68,12 @@ pub(crate) struct Live {
 /// pay for waits that ended when it started.
 pub(crate) async fn connect(
     socket: Socket,
-    state: AppState,
+    state: WsState,
     user: Option<(User, Timestamp)>,
     held: (AddressSlot, Option<ConnectionSlot>),
 ) -> Option<Live> {
     let (mut sink, mut stream) = socket.split();
-    let limits = &state.config.ws;
+    let limits = &state.limits;
     let (user, expires) = match user {
         Some(user) => user,
         None => match timeout(limits.auth_timeout, first_frame_auth(&mut stream, &state)).await {
@@ -107,7 +106,7 @@ impl Live {
     #[expect(clippy::manual_async_fn, reason = "an async fn would hold `self` twice")]
     pub(crate) fn serve(self) -> impl Future<Output = ()> + Send {
         async move {
-            let limits = &self.state.config.ws;
+            let limits = &self.state.limits;
             let writer = tokio::spawn(write_loop(
                 self.sink,
                 self.rx,
@@ -184,7 +183,7 @@ fn expiry_deadline(exp: Timestamp) -> Instant {
 /// Waits for `{"type":"auth","token":"…"}` and returns its user.
 async fn first_frame_auth(
     stream: &mut SplitStream<Socket>,
-    state: &AppState,
+    state: &WsState,
 ) -> Result<(User, Timestamp), &'static str> {
     loop {
         let text = match stream.next().await {
@@ -196,14 +195,12 @@ async fn first_frame_auth(
         let (Some("auth"), Some(token)) = (frame.kind.as_deref(), frame.token) else {
             return Err("the first frame must be {\"type\":\"auth\",\"token\":…}");
         };
-        return crate::http::authenticate(state, &token)
-            .await
-            .map_err(|_| "invalid or expired token, or an unknown user");
+        return state.authenticate(&token).await.map_err(|_| "invalid or expired token, or an unknown user");
     }
 }
 
 struct Session<'a> {
-    state: &'a AppState,
+    state: &'a WsState,
     user: &'a User,
     connection: ConnectionId,
     queue: QueueTx,
@@ -273,10 +270,10 @@ impl Session<'_> {
         let Some(token) = token else {
             return self.error(ErrorCode::ValidationFailed, "an auth frame needs a \"token\"", None);
         };
-        let (user, expires) = match crate::http::authenticate(self.state, token).await {
+        let (user, expires) = match self.state.authenticate(token).await {
             Ok(verified) => verified,
             Err(e) => {
-                let detail = format!("{}; this connection keeps its token", e.0.detail());
+                let detail = format!("{}; this connection keeps its token", e.detail());
                 return self.error(ErrorCode::Unauthorized, &detail, None);
             }
         };
