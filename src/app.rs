@@ -1,6 +1,7 @@
-//! Builds a server from a [`Config`]: opens the store, loads the signing key, binds
-//! the listener; then serves until a shutdown signal. Binding before serving lets
-//! tests use port 0 and connect at once, with no sleep.
+//! Builds a server from a [`Config`]: opens the store, loads the signing key, builds
+//! the state and merges the REST and WebSocket routers, binds the listener; then
+//! serves until a shutdown signal. Binding before serving lets tests use port 0 and
+//! connect at once, with no sleep.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::extract::FromRef;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,9 +19,9 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{HostKeys, JwtKeys};
 use crate::bus::{Bus, LocalBus, RedisBus};
 use crate::chat::Chat;
-use crate::config::{Config, HostConfig, Secret};
-use crate::http::{self, AppState, Metrics};
-use crate::ws::Hub;
+use crate::config::{Config, HostConfig, Secret, redact_url};
+use crate::http::{self, HttpState, Metrics};
+use crate::ws::{self, Hub, WsState};
 use crate::{server, store, webhook};
 
 /// How long shutdown waits for WebSocket sessions: their acks and close frames
@@ -30,6 +32,56 @@ const SESSIONS_GRACE: Duration = Duration::from_secs(15);
 const MIN_SECRET_LEN: usize = 32;
 const SECRET_FILE: &str = "jwt_secret";
 const LOCK_FILE: &str = "confab.lock";
+
+/// What the routes share, built once; the REST routes and the WebSocket's each
+/// take their part of it ([`HttpState`], [`WsState`]). Cloned cheaply (`Arc`s).
+#[derive(Clone)]
+pub struct AppState {
+    pub chat: Chat,
+    pub keys: Arc<JwtKeys>,
+    /// The host marketplace's token key, when it signs tokens for its users.
+    pub host_keys: Option<Arc<HostKeys>>,
+    pub metrics: Arc<Metrics>,
+    pub config: Arc<Config>,
+    /// This node's live WebSocket connections.
+    pub hub: Arc<Hub>,
+    /// Cancelled when the server stops: WebSocket readers stop taking frames.
+    pub shutdown: CancellationToken,
+    /// Cancelled once every accepted send is stored: every socket's closer is its
+    /// child, so the writers flush their acks and close with 1001.
+    pub closing: CancellationToken,
+    /// The WebSocket sessions, so shutdown can wait for them to close.
+    pub sessions: TaskTracker,
+}
+
+impl FromRef<AppState> for HttpState {
+    fn from_ref(state: &AppState) -> Self {
+        Self {
+            chat: state.chat.clone(),
+            keys: state.keys.clone(),
+            host_keys: state.host_keys.clone(),
+            metrics: state.metrics.clone(),
+            config: state.config.clone(),
+        }
+    }
+}
+
+impl FromRef<AppState> for WsState {
+    fn from_ref(state: &AppState) -> Self {
+        Self {
+            chat: state.chat.clone(),
+            keys: state.keys.clone(),
+            host_keys: state.host_keys.clone(),
+            hub: state.hub.clone(),
+            limits: Arc::new(state.config.ws),
+            allowed_origins: Arc::new(state.config.allowed_origins.clone()),
+            trust_forwarded_for: state.config.trust_forwarded_for,
+            shutdown: state.shutdown.clone(),
+            closing: state.closing.clone(),
+            sessions: state.sessions.clone(),
+        }
+    }
+}
 
 /// A server that is bound and ready to serve.
 pub struct App {
@@ -79,7 +131,7 @@ impl App {
                 webhook::spawn(chat.clone(), webhook.clone(), retention, holder, metrics.registry(), webhooks.clone())
                     .context("starting webhook delivery")?;
             dispatcher = Some(task);
-            tracing::info!(url = %store::redact_url(&webhook.url), "delivering events to the webhook");
+            tracing::info!(url = %redact_url(&webhook.url), "delivering events to the webhook");
         }
         let state = AppState {
             chat,
@@ -97,7 +149,7 @@ impl App {
             let store = store.clone();
             async move {
                 if let Err(e) = store.release_memory().await {
-                    tracing::warn!(error = %crate::chat::error_chain(&e), "freeing the store's caches failed");
+                    tracing::warn!(error = %crate::domain::error_chain(&e), "freeing the store's caches failed");
                 }
             }
         };
@@ -148,11 +200,14 @@ impl App {
             stopping.1.cancel();
         });
         let limits = self.state.config.http;
+        let rest = HttpState::from_ref(&self.state);
         if let Some(listener) = self.metrics_listener {
-            let metrics = http::metrics_service(self.state.clone());
+            let metrics = http::metrics_service(rest.clone());
             tokio::spawn(server::serve(listener, metrics, limits, stop_accepting.clone()));
         }
-        let service = http::service(self.state);
+        // One app: the WebSocket routes answer through the REST routes' middleware.
+        let routes = http::router(rest.clone()).merge(ws::router(WsState::from_ref(&self.state)));
+        let service = http::service(http::with_middleware(routes, &rest));
         server::serve(self.listener, service, limits, stop_accepting).await;
         // Stop reading frames, store what was accepted (its acks are queued), then
         // let every writer flush and close with 1001.

@@ -38,6 +38,39 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// A URL as it may be logged: the password (in the authority or a `password=`
+/// query parameter) replaced by `***`. Unlike a [`Secret`]'s `Debug`, it keeps
+/// the host and database, which an error about a connection must name.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (rest, query) = rest.split_once('?').map_or((rest, None), |(r, q)| (r, Some(q)));
+    let (authority, path) = rest.split_once('/').map_or((rest, None), |(a, p)| (a, Some(p)));
+    let authority = match authority.rsplit_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{credentials}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let mut shown = format!("{scheme}://{authority}");
+    if let Some(path) = path {
+        shown.push('/');
+        shown.push_str(path);
+    }
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&pairs.join("&"));
+    }
+    shown
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "confab", version, about = "Real-time chat server for online marketplaces")]
 #[command(args_conflicts_with_subcommands = true)]
@@ -476,6 +509,14 @@ pub fn parse_origin(s: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_logged_url_never_shows_its_password() {
+        assert_eq!(super::redact_url("postgres://app:s3cret@db:5432/chat"), "postgres://app:***@db:5432/chat");
+        assert_eq!(super::redact_url("redis://:pw@cache:6379"), "redis://:***@cache:6379");
+        assert_eq!(super::redact_url("postgres://db/chat"), "postgres://db/chat");
+        assert_eq!(super::redact_url("postgres://db/chat?user=a&password=b"), "postgres://db/chat?user=a&password=***");
+    }
 
     #[test]
     fn no_subcommand_means_serve_with_the_documented_defaults() {

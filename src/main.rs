@@ -11,8 +11,9 @@ use confab::auth::{JwtKeys, TokenKind};
 use confab::bus::LocalBus;
 use confab::chat::{Chat, Limits};
 use confab::config::{Cli, Command, Config, LogFormat, ServeArgs, StoreArgs, TokensArgs};
+use confab::demo;
+use confab::store::{self, Store};
 use confab::ws::Hub;
-use confab::{demo, store};
 use serde_json::json;
 use tracing_subscriber::EnvFilter;
 
@@ -59,17 +60,21 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The store a command names, opened and migrated.
+async fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<dyn Store>> {
+    store::connect(args.database_url().expose(), store::StoreOptions::default()).await.context("opening the database")
+}
+
 /// The use-cases for a command that serves no connections: events go to an empty hub.
 async fn open_chat(args: &StoreArgs) -> anyhow::Result<Chat> {
-    let store = store::connect(args.database_url().expose(), store::StoreOptions::default())
-        .await
-        .context("opening the database")?;
+    let store = open_store(args).await?;
     let hub = Arc::new(Hub::new(1, &prometheus::Registry::new())?);
     Ok(Chat::new(store, Arc::new(LocalBus::new(hub)), Limits::default())?)
 }
 
+/// Migrating needs the store alone: no use-cases, no committer, no hub.
 async fn migrate(args: &StoreArgs) -> anyhow::Result<()> {
-    open_chat(args).await?;
+    open_store(args).await?;
     tracing::info!("the database schema is up to date");
     Ok(())
 }

@@ -1,17 +1,19 @@
 //! Carries [`Event`]s to the nodes whose users must hear of them. Best effort by
 //! design: the store is the truth, and a client that missed an event recovers it
-//! with `sync`. Knows nothing of WebSockets: it hands events to a [`Sink`].
+//! with `sync`. Knows nothing of WebSockets: it hands events to a [`Subscriber`].
 
+mod event;
 mod redis;
 
 use std::sync::Arc;
 
-use crate::domain::{Event, UserId};
+use crate::domain::UserId;
 
+pub use event::{Ack, ConnectionId, Event};
 pub use redis::RedisBus;
 
 /// Where a node's bus delivers events: this node's hub of live connections.
-pub trait Sink: Send + Sync + 'static {
+pub trait Subscriber: Send + Sync + 'static {
     fn deliver(&self, event: &Event);
     /// The users with a live connection here (to subscribe for after a reconnect).
     fn local_users(&self) -> Vec<UserId>;
@@ -53,19 +55,19 @@ impl std::fmt::Debug for dyn Bus {
     }
 }
 
-/// The single-node bus: events go straight to this node's sink, in publish order.
+/// The single-node bus: events go straight to this node's subscriber, in publish order.
 pub struct LocalBus {
-    sink: Arc<dyn Sink>,
+    subscriber: Arc<dyn Subscriber>,
 }
 
 impl LocalBus {
-    pub fn new(sink: Arc<dyn Sink>) -> Self {
-        Self { sink }
+    pub fn new(subscriber: Arc<dyn Subscriber>) -> Self {
+        Self { subscriber }
     }
 }
 
 impl Bus for LocalBus {
     fn publish(&self, event: Event) {
-        self.sink.deliver(&event);
+        self.subscriber.deliver(&event);
     }
 }

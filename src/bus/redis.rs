@@ -27,8 +27,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Bus, Sink};
-use crate::domain::{Event, UserId};
+use super::{Bus, Event, Subscriber};
+use crate::config::redact_url;
+use crate::domain::UserId;
 
 /// Events waiting to be published; past this they are dropped (and counted), as a
 /// doorbell may be: clients recover with `sync`.
@@ -48,18 +49,13 @@ const SUBSCRIBE_BATCH: usize = 1_000;
 const HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// What travels on a channel: an event, or word that events for the channel's user
-/// were lost (their node then closes that user's connections so they sync).
-#[derive(Serialize)]
-struct Outgoing<'a> {
+/// were lost (their node then closes that user's connections so they sync). Sent
+/// as `Envelope<&Event>`, read as `Envelope<Event>`: one shape both ways.
+#[derive(Serialize, Deserialize)]
+struct Envelope<E> {
     node: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    event: Option<&'a Event>,
-}
-
-#[derive(Deserialize)]
-struct Envelope {
-    node: u64,
-    event: Option<Event>,
+    event: Option<E>,
 }
 
 enum Interest {
@@ -70,7 +66,7 @@ enum Interest {
 /// The Redis implementation of [`Bus`].
 pub struct RedisBus {
     node: u64,
-    sink: Arc<dyn Sink>,
+    subscriber: Arc<dyn Subscriber>,
     outgoing: mpsc::Sender<Event>,
     interest: mpsc::UnboundedSender<Interest>,
     subscribed: Arc<AtomicBool>,
@@ -93,8 +89,8 @@ impl RedisBus {
     ///
     /// # Errors
     /// A malformed URL, or a Redis that does not answer a PING.
-    pub async fn connect(url: &str, prefix: &str, sink: Arc<dyn Sink>) -> anyhow::Result<Self> {
-        let shown = crate::store::redact_url(url);
+    pub async fn connect(url: &str, prefix: &str, subscriber: Arc<dyn Subscriber>) -> anyhow::Result<Self> {
+        let shown = redact_url(url);
         let client =
             redis::Client::open(url).map_err(|e| anyhow::anyhow!("the Redis URL {shown} is malformed: {e}"))?;
         let mut con = tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection())
@@ -110,7 +106,7 @@ impl RedisBus {
         let (interest, interests) = mpsc::unbounded_channel();
         let bus = Self {
             node: rand::random(),
-            sink,
+            subscriber,
             outgoing,
             interest,
             subscribed: Arc::new(AtomicBool::new(false)),
@@ -134,7 +130,7 @@ impl RedisBus {
             client,
             channels,
             node: bus.node,
-            sink: bus.sink.clone(),
+            subscriber: bus.subscriber.clone(),
             interests,
             healthy: bus.subscribed.clone(),
             stop: bus.stop.clone(),
@@ -145,7 +141,7 @@ impl RedisBus {
 
 impl Bus for RedisBus {
     fn publish(&self, event: Event) {
-        self.sink.deliver(&event);
+        self.subscriber.deliver(&event);
         if event.recipients().is_empty() {
             return;
         }
@@ -272,13 +268,13 @@ impl PublishTask {
         let mut pipe = redis::pipe();
         let missed: Vec<UserId> = self.missed.lock().unwrap_or_else(PoisonError::into_inner).drain().collect();
         if !missed.is_empty() {
-            let notice = serde_json::to_vec(&Outgoing { node: self.node, event: None }).unwrap_or_default();
+            let notice = serde_json::to_vec(&Envelope::<&Event> { node: self.node, event: None }).unwrap_or_default();
             for user in &missed {
                 pipe.publish(self.channels.user(*user), notice.as_slice()).ignore();
             }
         }
         for event in batch {
-            let Ok(payload) = serde_json::to_vec(&Outgoing { node: self.node, event: Some(event) }) else { continue };
+            let Ok(payload) = serde_json::to_vec(&Envelope { node: self.node, event: Some(event) }) else { continue };
             for user in event.recipients() {
                 pipe.publish(self.channels.user(*user), payload.as_slice()).ignore();
             }
@@ -300,7 +296,7 @@ struct SubscribeTask {
     client: redis::Client,
     channels: Channels,
     node: u64,
-    sink: Arc<dyn Sink>,
+    subscriber: Arc<dyn Subscriber>,
     interests: mpsc::UnboundedReceiver<Interest>,
     healthy: Arc<AtomicBool>,
     stop: CancellationToken,
@@ -347,7 +343,7 @@ impl SubscribeTask {
         let (mut sink, mut stream) = pubsub.split();
         // Watches queued meanwhile are answered by the loop below: their users are
         // among the hub's users subscribed here, or come after this snapshot.
-        let mut watched: HashSet<UserId> = self.sink.local_users().into_iter().collect();
+        let mut watched: HashSet<UserId> = self.subscriber.local_users().into_iter().collect();
         let names: Vec<String> = watched.iter().map(|u| self.channels.user(*u)).collect();
         for batch in names.chunks(SUBSCRIBE_BATCH) {
             if !matches!(tokio::time::timeout(CONNECT_TIMEOUT, sink.subscribe(batch)).await, Ok(Ok(()))) {
@@ -358,7 +354,7 @@ impl SubscribeTask {
         self.healthy.store(true, Ordering::Relaxed);
         if was_down {
             tracing::info!("Redis is back; closing this node's connections so their clients sync");
-            self.sink.events_missed();
+            self.subscriber.events_missed();
         }
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
         loop {
@@ -403,7 +399,7 @@ impl SubscribeTask {
 
     fn deliver(&self, message: &redis::Msg) {
         let Some(user) = self.channels.parse(message.get_channel_name()) else { return };
-        let envelope: Envelope = match serde_json::from_slice(message.get_payload_bytes()) {
+        let envelope: Envelope<Event> = match serde_json::from_slice(message.get_payload_bytes()) {
             Ok(envelope) => envelope,
             Err(e) => {
                 tracing::warn!(error = %e, "an unreadable event on the Redis bus was ignored");
@@ -416,10 +412,10 @@ impl SubscribeTask {
         match envelope.event {
             Some(event) => {
                 if let Some(event) = event.only_for(user) {
-                    self.sink.deliver(&event);
+                    self.subscriber.deliver(&event);
                 }
             }
-            None => self.sink.user_missed_events(user),
+            None => self.subscriber.user_missed_events(user),
         }
     }
 }

@@ -6,7 +6,8 @@ use std::time::Instant;
 use super::throttle::Throttled;
 use super::{Chat, Error, Result};
 use crate::auth::jwt::IssuedRefresh;
-use crate::domain::{ErrorCode, FullName, Password, Profile, Role, User, UserId, Username};
+use crate::auth::{HostKeys, JwtKeys, TokenError};
+use crate::domain::{ErrorCode, FullName, Password, Profile, Role, Timestamp, User, UserId, Username};
 use crate::store::{NewUser, RefreshToken, Rotation, StoreError};
 
 /// A registration as a client sent it, before validation.
@@ -130,5 +131,33 @@ impl Chat {
             .user(id)
             .await?
             .ok_or_else(|| Error::rejected(ErrorCode::Unauthorized, "the token's user no longer exists"))
+    }
+
+    /// The user an access token names, and when it expires: one of Confab's own
+    /// tokens, or (when `host_keys` is given) one the host marketplace signed, whose
+    /// first use provisions the user. The server API key is neither, so it is
+    /// refused here. REST requests and WebSocket connections both sign in here.
+    ///
+    /// # Errors
+    /// `unauthorized` for a token neither key verifies, an expired one, or a user
+    /// that no longer exists.
+    pub async fn authenticate(
+        &self,
+        keys: &JwtKeys,
+        host_keys: Option<&HostKeys>,
+        token: &str,
+    ) -> Result<(User, Timestamp)> {
+        let refused = |e: TokenError| Error::rejected(ErrorCode::Unauthorized, e.to_string());
+        let (id, expires) = match (keys.access_expiry(token), host_keys) {
+            (Ok(verified), _) => verified,
+            // Not one of ours: perhaps the host's.
+            (Err(TokenError::Invalid), Some(host)) => {
+                let claims = host.verify(token).map_err(refused)?;
+                let expires = claims.expires_at();
+                return Ok((self.host_user(claims).await?, expires));
+            }
+            (Err(e), _) => return Err(refused(e)),
+        };
+        Ok((self.authenticated_user(id).await?, expires))
     }
 }

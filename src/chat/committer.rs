@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::members::ThreadMembers;
 use super::{Error, Sent};
-use crate::bus::Bus;
-use crate::domain::{Ack, ErrorCode, Event, Message, Proposal, User, UserId};
+use crate::bus::{Ack, Bus, Event};
+use crate::domain::{ErrorCode, Message, Proposal, User, UserId, error_chain};
 use crate::store::{Appended, NewMessage, NewProposal, NewSystemMessage, OpenThread, Opened, Store, StoreError};
 
 /// A batch takes everything queued up to this. Larger batches amortize the
@@ -260,7 +260,7 @@ impl Committer {
                     StoreError::Unavailable(_) => (ErrorCode::Unavailable, "the database is unavailable; send again"),
                     _ => (ErrorCode::Internal, "the message could not be stored; send again"),
                 };
-                tracing::error!(error = %super::error_chain(&e), messages = rest.len(), "storing a batch of messages failed");
+                tracing::error!(error = %error_chain(&e), messages = rest.len(), "storing a batch of messages failed");
                 for (_, reply, _) in rest {
                     self.fail(reply, Error::rejected(code, detail));
                 }

@@ -9,10 +9,10 @@ use super::committer::{Job, SystemJob};
 use super::{Chat, Error, Result, Sent};
 use crate::auth::HostClaims;
 use crate::domain::{
-    ClientMsgId, ErrorCode, FullName, JobStatus, LongText, Message, MessageText, Page, Role, Seq, ShortText, Thread,
-    ThreadId, User, Username,
+    ClientMsgId, Cursor, ErrorCode, FullName, JobStatus, LongText, Message, MessageText, Page, Role, Seq, ShortText,
+    Thread, ThreadId, User, Username,
 };
-use crate::store::{Cursor, EventKind, ExternalJob, ExternalUser, NewSystemMessage, StoreError, StoredEvent};
+use crate::store::{EventKind, ExternalJob, ExternalUser, NewSystemMessage, StoreError, StoredEvent};
 
 /// The largest `metadata` of a host's system message, serialized.
 const MAX_METADATA_BYTES: usize = 16 * 1024;

@@ -8,11 +8,11 @@ use tokio::sync::oneshot;
 use super::committer::{Job, Reply, SendJob};
 use super::members::ThreadMembers;
 use super::{Chat, Error, Result};
+use crate::bus::{Ack, ConnectionId, Event};
 use crate::domain::{
-    Ack, ClientMsgId, ConnectionId, ErrorCode, Event, InboxCursor, Message, MessageText, Page, Seq, Thread, ThreadId,
-    User, UserId,
+    ClientMsgId, Cursor, ErrorCode, InboxCursor, Message, MessageText, Page, Seq, Thread, ThreadId, User, UserId,
 };
-use crate::store::{Cursor, InboxFrom, NewMessage, OpenThread, ReadMarker, ThreadKey};
+use crate::store::{InboxFrom, NewMessage, OpenThread, ReadMarker, ThreadKey};
 
 /// Where a message goes: a thread, or the direct thread with a user (created if needed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

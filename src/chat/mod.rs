@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Hasher;
 use crate::bus::Bus;
-use crate::domain::{ErrorCode, Thread, ValidationError};
+use crate::domain::{ErrorCode, ValidationError};
 use crate::store::{Store, StoreError};
 
 pub use accounts::Registration;
@@ -159,23 +159,6 @@ impl Chat {
             tracing::error!(error = %e, "the message committer failed");
         }
     }
-}
-
-/// An error and its causes on one line, for logs.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-/// Where a Hire Me or proposal sends the browser.
-pub fn redirect_url(thread: &Thread) -> String {
-    format!("/dashboard/inbox/{}", thread.id)
 }
 
 /// Why a use-case failed: a refusal with the contract's code, or a fault of ours.

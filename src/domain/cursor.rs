@@ -1,10 +1,37 @@
-//! The inbox's keyset cursor: where a page of threads ends in the inbox order
-//! (activity, then id, both descending). Opaque to clients: base64url of the pair.
+//! Where a page starts: [`Cursor`] in a thread's messages (by seq), and the
+//! inbox's keyset cursor, where a page of threads ends in the inbox order
+//! (activity, then id, both descending), opaque to clients: base64url of the pair.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use super::{ThreadId, ValidationError};
+use super::{Seq, ThreadId, ValidationError};
+
+/// Where a page of messages starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cursor {
+    /// The newest messages.
+    Latest,
+    /// The messages right after this seq.
+    After(Seq),
+    /// The messages right before this seq.
+    Before(Seq),
+    /// The first messages strictly between the two seqs.
+    Between(Seq, Seq),
+}
+
+impl Cursor {
+    /// The open seq range `(lower, upper)` a page reads, and whether it reads from
+    /// the top (the newest first, reversed afterwards).
+    pub fn range(self) -> (i64, i64, bool) {
+        match self {
+            Self::Latest => (i64::MIN, i64::MAX, true),
+            Self::Before(s) => (i64::MIN, s.0, true),
+            Self::After(s) => (s.0, i64::MAX, false),
+            Self::Between(a, b) => (a.0, b.0, false),
+        }
+    }
+}
 
 /// The position just after a thread in the inbox order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,7 +3,6 @@
 
 mod cursor;
 mod error;
-mod event;
 mod ids;
 mod marketplace;
 mod message;
@@ -12,9 +11,8 @@ mod thread;
 mod time;
 mod user;
 
-pub use cursor::InboxCursor;
-pub use error::ErrorCode;
-pub use event::{Ack, ConnectionId, Event};
+pub use cursor::{Cursor, InboxCursor};
+pub use error::{ErrorCode, error_chain};
 pub use ids::{ClientMsgId, JobId, MessageId, Seq, ThreadId, UserId};
 pub use marketplace::{Freelancer, Job, JobRef, JobStatus, Money, Profile, Proposal};
 pub use message::{Message, MessageKind, MessageRecord, SystemMessage};

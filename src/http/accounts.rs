@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::extract::{AuthUser, ClientAddr, Json, token_error};
-use super::{ApiError, AppState, ErrorBody};
+use super::{ApiError, ErrorBody, HttpState};
 use crate::auth::TokenKind;
 use crate::chat::Registration;
 use crate::domain::{ErrorCode, Profile, User};
@@ -65,7 +65,7 @@ fn signing_failed(e: jsonwebtoken::errors::Error) -> ApiError {
     responses((status = 201, body = Registered), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 429, description = "too many attempts from this address; see Retry-After", body = ErrorBody)))]
 pub(crate) async fn register_user(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     ClientAddr(from): ClientAddr,
     Json(body): Json<RegisterBody>,
 ) -> Result<(StatusCode, axum::Json<Registered>), ApiError> {
@@ -81,7 +81,7 @@ pub(crate) async fn register_user(
     responses((status = 200, body = Tokens), (status = 401, body = ErrorBody),
         (status = 429, description = "too many attempts from this address or failures for this account; see Retry-After", body = ErrorBody)))]
 pub(crate) async fn obtain_token(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     ClientAddr(from): ClientAddr,
     Json(body): Json<TokenBody>,
 ) -> Result<axum::Json<Tokens>, ApiError> {
@@ -96,7 +96,7 @@ pub(crate) async fn obtain_token(
 #[utoipa::path(post, path = "/api/auth/token/refresh/", tag = "accounts", request_body = RefreshBody,
     responses((status = 200, body = Refreshed), (status = 401, body = ErrorBody)))]
 pub(crate) async fn refresh_token(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     Json(body): Json<RefreshBody>,
 ) -> Result<axum::Json<Refreshed>, ApiError> {
     let claims = state.keys.verify_refresh(&body.refresh).map_err(token_error)?;

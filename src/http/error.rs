@@ -7,8 +7,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::chat::{self, error_chain};
-use crate::domain::{ErrorCode, ValidationError};
+use crate::chat;
+use crate::domain::{ErrorCode, ValidationError, error_chain};
 
 /// The contract's error body.
 #[derive(Debug, Serialize, utoipa::ToSchema)]

@@ -3,14 +3,14 @@
 //! in paths (a malformed id names nothing: 404) and query strings.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 
-use super::{ApiError, AppState};
+use super::{ApiError, HttpState};
 use crate::auth::TokenError;
-use crate::domain::{ErrorCode, ThreadId, Timestamp, User};
+use crate::domain::{ErrorCode, ThreadId, User};
 
 /// A JSON body. The content type is not required (curl users forget it); an
 /// empty body counts as `{}`, so a missing field is named in the error.
@@ -53,38 +53,16 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
 /// The signed-in user of a request with `Authorization: Bearer <access token>`.
 pub(crate) struct AuthUser(pub User);
 
-impl FromRequestParts<AppState> for AuthUser {
+impl FromRequestParts<HttpState> for AuthUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> Result<Self, Self::Rejection> {
         let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))) else {
             return Err(ApiError::new(ErrorCode::Unauthorized, "sign in: send Authorization: Bearer <access token>"));
         };
-        Ok(Self(authenticate(state, token.trim()).await?.0))
+        Ok(Self(state.chat.authenticate(&state.keys, state.host_keys.as_deref(), token.trim()).await?.0))
     }
-}
-
-/// The user an access token names, and when it expires: one of Confab's own
-/// tokens, or (when configured) one the host marketplace signed, whose first use
-/// provisions the user. The server API key is neither, so it is refused here.
-///
-/// # Errors
-/// `unauthorized` for a token neither key verifies, an expired one, or a user
-/// that no longer exists.
-pub(crate) async fn authenticate(state: &AppState, token: &str) -> Result<(User, Timestamp), ApiError> {
-    let own = state.keys.access_expiry(token);
-    let (id, expires) = match (own, &state.host_keys) {
-        (Ok(verified), _) => verified,
-        // Not one of ours: perhaps the host's.
-        (Err(TokenError::Invalid), Some(host)) => {
-            let claims = host.verify(token).map_err(token_error)?;
-            let expires = claims.expires_at();
-            return Ok((state.chat.host_user(claims).await?, expires));
-        }
-        (Err(e), _) => return Err(token_error(e)),
-    };
-    Ok((state.chat.authenticated_user(id).await?, expires))
 }
 
 pub(crate) fn token_error(e: TokenError) -> ApiError {
@@ -186,12 +164,21 @@ pub(crate) mod flexible_amount {
 /// name its own address.
 pub(crate) struct ClientAddr(pub std::net::IpAddr);
 
-impl FromRequestParts<AppState> for ClientAddr {
+/// Whether the deployment says a proxy sets `X-Forwarded-For`
+/// (`--trust-forwarded-for`): all that [`ClientAddr`] needs of a router's state,
+/// so routes over another state (the WebSocket's) can take a `ClientAddr` too.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TrustForwardedFor(pub bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr
+where
+    TrustForwardedFor: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let peer = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
-        if state.config.trust_forwarded_for && peer.is_some_and(is_internal) {
+        if TrustForwardedFor::from_ref(state).0 && peer.is_some_and(is_internal) {
             // Only the last entry: the ones before it are whatever the client sent.
             let last = parts
                 .headers

@@ -6,14 +6,14 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::extract::{AuthUser, IdPath, Json, Query, flexible_amount};
-use super::{ApiError, AppState, ErrorBody, PageQuery};
-use crate::chat::redirect_url;
+use super::web::redirect_url;
+use super::{ApiError, ErrorBody, HttpState, PageQuery};
 use crate::domain::{Freelancer, Job, JobId, Page, Proposal, Thread, UserId};
 
 #[utoipa::path(get, path = "/api/freelancers/", tag = "marketplace", security(("bearer" = [])), params(PageQuery),
     responses((status = 200, body = Page<Freelancer>), (status = 401, body = ErrorBody)))]
 pub(crate) async fn list_freelancers(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     AuthUser(_): AuthUser,
     Query(q): Query<PageQuery>,
 ) -> Result<axum::Json<Page<Freelancer>>, ApiError> {
@@ -24,7 +24,7 @@ pub(crate) async fn list_freelancers(
     params(("id" = i64, Path, description = "the freelancer's user id")),
     responses((status = 200, body = Freelancer), (status = 404, body = ErrorBody)))]
 pub(crate) async fn get_freelancer(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     AuthUser(_): AuthUser,
     IdPath(id): IdPath,
 ) -> Result<axum::Json<Freelancer>, ApiError> {
@@ -41,7 +41,7 @@ pub(crate) struct JobBody {
 #[utoipa::path(post, path = "/api/jobs/", tag = "marketplace", security(("bearer" = [])), request_body = JobBody,
     responses((status = 201, body = Job), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(crate) async fn create_job(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     AuthUser(user): AuthUser,
     Json(body): Json<JobBody>,
 ) -> Result<(StatusCode, axum::Json<Job>), ApiError> {
@@ -52,7 +52,7 @@ pub(crate) async fn create_job(
 #[utoipa::path(get, path = "/api/jobs/", tag = "marketplace", security(("bearer" = [])), params(PageQuery),
     responses((status = 200, body = Page<Job>)))]
 pub(crate) async fn list_jobs(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     AuthUser(_): AuthUser,
     Query(q): Query<PageQuery>,
 ) -> Result<axum::Json<Page<Job>>, ApiError> {
@@ -62,7 +62,7 @@ pub(crate) async fn list_jobs(
 #[utoipa::path(get, path = "/api/jobs/{id}/", tag = "marketplace", security(("bearer" = [])),
     params(("id" = i64, Path)), responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
 pub(crate) async fn get_job(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     AuthUser(_): AuthUser,
     IdPath(id): IdPath,
 ) -> Result<axum::Json<Job>, ApiError> {
@@ -92,7 +92,7 @@ pub(crate) struct ProposalCreated {
     responses((status = 201, body = ProposalCreated), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 pub(crate) async fn submit_proposal(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     AuthUser(user): AuthUser,
     IdPath(id): IdPath,
     Json(body): Json<ProposalBody>,

@@ -8,7 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{AuthUser, IdPath, Query};
 use super::threads::MessagesQuery;
-use super::{ApiError, AppState, ErrorBody};
+use super::{ApiError, ErrorBody, HttpState};
 use crate::domain::{Message, Page, UserId};
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -26,7 +26,7 @@ pub(crate) struct ConversationQuery {
     params(ConversationQuery),
     responses((status = 200, body = Page<Message>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn list_conversation(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     AuthUser(user): AuthUser,
     Query(q): Query<ConversationQuery>,
 ) -> Result<axum::Json<Page<Message>>, ApiError> {
@@ -45,7 +45,7 @@ pub(crate) struct UnreadFrom {
     security(("bearer" = [])), params(("id" = i64, Path, description = "the other user")),
     responses((status = 200, body = UnreadFrom), (status = 404, body = ErrorBody)))]
 pub(crate) async fn get_unread_from(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     AuthUser(user): AuthUser,
     IdPath(id): IdPath,
 ) -> Result<axum::Json<UnreadFrom>, ApiError> {
@@ -63,7 +63,7 @@ pub(crate) struct UnreadTotals {
 #[utoipa::path(get, path = "/api/messaging/unread/", tag = "messaging (seed)", security(("bearer" = [])),
     responses((status = 200, body = UnreadTotals)))]
 pub(crate) async fn get_unread_totals(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     AuthUser(user): AuthUser,
 ) -> Result<axum::Json<UnreadTotals>, ApiError> {
     let totals = state.chat.unread_totals(&user).await?;

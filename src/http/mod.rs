@@ -1,5 +1,7 @@
 //! The REST surface: one route table in the contract's order, thin handlers that
-//! translate between HTTP and [`Chat`] calls, and one error type.
+//! translate between HTTP and [`Chat`] calls, and one error type; and the
+//! middleware every route answers through, the WebSocket's too ([`with_middleware`]).
+//! Knows nothing of WebSockets.
 
 mod accounts;
 mod error;
@@ -16,7 +18,7 @@ mod web;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, FromRef, Request};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use tower::Layer;
@@ -24,37 +26,30 @@ use tower_http::compression::CompressionLayer;
 use tower_http::normalize_path::NormalizePathLayer;
 use utoipa::IntoParams;
 
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
 use crate::auth::{HostKeys, JwtKeys};
 use crate::chat::Chat;
 use crate::config::Config;
-use crate::ws::{self, Hub};
 
 pub use error::{ApiError, ErrorBody, status_of};
-pub(crate) use extract::{ClientAddr, authenticate};
+pub(crate) use extract::{ClientAddr, TrustForwardedFor};
 pub use metrics::Metrics;
 pub use openapi::ApiDoc;
 
-/// What every handler can reach; cloned per request (all of it is `Arc`s).
+/// What every REST handler can reach; cloned per request (all of it is `Arc`s).
 #[derive(Clone)]
-pub struct AppState {
+pub struct HttpState {
     pub chat: Chat,
     pub keys: Arc<JwtKeys>,
     /// The host marketplace's token key, when it signs tokens for its users.
     pub host_keys: Option<Arc<HostKeys>>,
     pub metrics: Arc<Metrics>,
     pub config: Arc<Config>,
-    /// This node's live WebSocket connections.
-    pub hub: Arc<Hub>,
-    /// Cancelled when the server stops: WebSocket readers stop taking frames.
-    pub shutdown: CancellationToken,
-    /// Cancelled once every accepted send is stored: every socket's closer is its
-    /// child, so the writers flush their acks and close with 1001.
-    pub closing: CancellationToken,
-    /// The WebSocket sessions, so shutdown can wait for them to close.
-    pub sessions: TaskTracker,
+}
+
+impl FromRef<HttpState> for TrustForwardedFor {
+    fn from_ref(state: &HttpState) -> Self {
+        Self(state.config.trust_forwarded_for)
+    }
 }
 
 /// `?limit=&offset=` of a list.
@@ -68,10 +63,11 @@ pub struct PageQuery {
     offset: Option<i64>,
 }
 
-/// The route table, written in `API.md` order. Paths are declared without their
-/// trailing slash; [`service`] strips it from requests, so both forms answer alike
-/// with no redirect.
-pub fn router(state: AppState) -> Router {
+/// The route table, written in `API.md` order (the WebSocket's are `ws::router`).
+/// Paths are declared without their trailing slash; [`service`] strips it from
+/// requests, so both forms answer alike with no redirect. The fallbacks and
+/// middleware come after the routers are merged, from [`with_middleware`].
+pub fn router(state: HttpState) -> Router {
     let api = Router::new()
         .route("/api/auth/register", post(accounts::register_user))
         .route("/api/auth/token", post(accounts::obtain_token))
@@ -92,8 +88,6 @@ pub fn router(state: AppState) -> Router {
         .route("/api/messages", get(messaging::list_conversation))
         .route("/api/messaging/messages/user/{id}/unread", get(messaging::get_unread_from))
         .route("/api/messaging/unread", get(messaging::get_unread_totals))
-        .route("/ws/chat", get(ws::connect_ws))
-        .route("/ws/messaging", get(ws::connect_ws))
         .route("/", get(web::index))
         .route("/assets/{version}/{*path}", get(web::asset).layer(CompressionLayer::new()))
         .route("/widget.js", get(web::widget).layer(CompressionLayer::new()))
@@ -108,18 +102,25 @@ pub fn router(state: AppState) -> Router {
     // Public unless the deployment serves it on a listener of its own.
     let api = if state.config.metrics_listen.is_none() { api.route("/metrics", get(ops::metrics)) } else { api };
     let api = web::PAGES.iter().fold(api, |api, path| api.route(path, get(web::page).layer(CompressionLayer::new())));
-    let app = api
+    api.with_state(state)
+}
+
+/// What every route answers through, REST and WebSocket alike, once `routes` holds
+/// them all: the contract's 404 and 405 (a method fallback reaches only the routes
+/// already there), the body limit, the request deadline, metrics, security headers
+/// and CORS.
+pub fn with_middleware(routes: Router, state: &HttpState) -> Router {
+    let app = routes
         .fallback(accounts::not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(state.config.http_request_timeout, deadline))
         .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::track))
         .layer(axum::middleware::from_fn(security_headers));
-    let app = match cors(&state.config.allowed_origins) {
+    match cors(&state.config.allowed_origins) {
         Some(cors) => app.layer(cors),
         None => app,
-    };
-    app.with_state(state)
+    }
 }
 
 /// CORS for the origins that embed the widget (`--allowed-origins`), none otherwise:
@@ -158,7 +159,7 @@ async fn deadline(
 
 /// `/metrics` alone, for `--metrics-listen`.
 pub fn metrics_service(
-    state: AppState,
+    state: HttpState,
 ) -> axum::extract::connect_info::IntoMakeServiceWithConnectInfo<Router, std::net::SocketAddr> {
     let app = Router::new().route("/metrics", get(ops::metrics)).with_state(state);
     app.into_make_service_with_connect_info::<std::net::SocketAddr>()
@@ -181,13 +182,14 @@ async fn method_not_allowed(method: axum::http::Method) -> (axum::http::StatusCo
     (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(body))
 }
 
-/// The router behind trailing-slash normalization, ready for `axum::serve`.
+/// The app (see [`with_middleware`]) behind trailing-slash normalization, ready
+/// for `axum::serve`.
 pub fn service(
-    state: AppState,
+    app: Router,
 ) -> axum::extract::connect_info::IntoMakeServiceWithConnectInfo<
     tower_http::normalize_path::NormalizePath<Router>,
     std::net::SocketAddr,
 > {
-    let app = NormalizePathLayer::trim_trailing_slash().layer(router(state));
+    let app = NormalizePathLayer::trim_trailing_slash().layer(app);
     axum::ServiceExt::<Request>::into_make_service_with_connect_info::<std::net::SocketAddr>(app)
 }

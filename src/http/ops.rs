@@ -8,7 +8,7 @@ use serde_json::json;
 use utoipa::OpenApi;
 
 use super::openapi::ApiDoc;
-use super::{ApiError, AppState};
+use super::{ApiError, HttpState};
 
 /// What this server is and where to look next.
 pub(crate) async fn index() -> Json<serde_json::Value> {
@@ -34,11 +34,11 @@ const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500)
 
 /// Ready: the database and the bus answer; a load balancer sends traffic only then.
 /// Answers within [`CHECK_TIMEOUT`] whatever the database does.
-pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+pub(crate) async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
     let database = match tokio::time::timeout(CHECK_TIMEOUT, state.chat.store().ping()).await {
         Ok(Ok(())) => state.chat.is_healthy(),
         Ok(Err(e)) => {
-            tracing::warn!(error = %crate::chat::error_chain(&e), "readiness check failed: database");
+            tracing::warn!(error = %crate::domain::error_chain(&e), "readiness check failed: database");
             false
         }
         Err(_) => {
@@ -56,13 +56,13 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     (status, Json(body))
 }
 
-pub(crate) async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+pub(crate) async fn metrics(State(state): State<HttpState>) -> Result<impl IntoResponse, ApiError> {
     let text = state.metrics.render().map_err(|e| ApiError(crate::chat::Error::Internal(Box::new(e))))?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
 }
 
 /// The OpenAPI document; the server API is in it only where it exists (its key is set).
-pub(crate) async fn openapi(State(state): State<AppState>) -> Json<utoipa::openapi::OpenApi> {
+pub(crate) async fn openapi(State(state): State<HttpState>) -> Json<utoipa::openapi::OpenApi> {
     let mut doc = ApiDoc::openapi();
     if state.config.host.server_api_key.is_none() {
         doc.paths.paths.retain(|path, _| !path.starts_with("/api/server/"));

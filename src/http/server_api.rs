@@ -13,11 +13,11 @@ use subtle::ConstantTimeEq;
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{Json, Query, ThreadPath};
-use super::{ApiError, AppState, ErrorBody};
+use super::{ApiError, ErrorBody, HttpState};
 use crate::chat::{HostJob, HostUser};
 use crate::domain::{ErrorCode, Job, Message, User};
 
-pub(super) fn routes(api: Router<AppState>) -> Router<AppState> {
+pub(super) fn routes(api: Router<HttpState>) -> Router<HttpState> {
     api.route("/api/server/users/{external_id}", put(put_user))
         .route("/api/server/jobs/{external_id}", put(put_job))
         .route("/api/server/threads/{id}/messages", post(post_system_message))
@@ -27,10 +27,10 @@ pub(super) fn routes(api: Router<AppState>) -> Router<AppState> {
 /// A request that carries the server API key.
 pub(crate) struct ServerKey;
 
-impl FromRequestParts<AppState> for ServerKey {
+impl FromRequestParts<HttpState> for ServerKey {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> Result<Self, Self::Rejection> {
         let refused = || ApiError::new(ErrorCode::Unauthorized, "send Authorization: Bearer <server API key>");
         let Some(key) = &state.config.host.server_api_key else { return Err(refused()) };
         let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
@@ -81,7 +81,7 @@ fn created_or_ok(created: bool) -> StatusCode {
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "the username belongs to another user")))]
 pub(crate) async fn put_user(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     _key: ServerKey,
     ExternalIdPath(external_id): ExternalIdPath,
     Json(body): Json<UserBody>,
@@ -114,7 +114,7 @@ pub(crate) struct JobAnswer {
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody, description = "no user has this client_external_id")))]
 pub(crate) async fn put_job(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     _key: ServerKey,
     ExternalIdPath(external_id): ExternalIdPath,
     Json(body): Json<JobBody>,
@@ -147,7 +147,7 @@ pub(crate) struct SystemMessageBody {
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "the client_msg_id names another text in this thread")))]
 pub(crate) async fn post_system_message(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     _key: ServerKey,
     ThreadPath(id): ThreadPath,
     Json(body): Json<SystemMessageBody>,
@@ -180,7 +180,7 @@ pub(crate) struct EventPage {
     responses((status = 200, body = EventPage, description = "the events after the cursor, oldest first"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub(crate) async fn list_events(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     _key: ServerKey,
     Query(q): Query<EventsQuery>,
 ) -> Result<axum::Json<EventPage>, ApiError> {

@@ -6,10 +6,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{AuthUser, Json, Query, ThreadPath, flexible_id};
-use super::{ApiError, AppState, ErrorBody, PageQuery};
-use crate::chat::{Opening, SendTarget, redirect_url};
-use crate::domain::{InboxCursor, JobId, Message, Page, PageRequest, Seq, Thread, UserId, ValidationError};
-use crate::store::{Cursor, InboxFrom};
+use super::web::redirect_url;
+use super::{ApiError, ErrorBody, HttpState, PageQuery};
+use crate::chat::{Opening, SendTarget};
+use crate::domain::{Cursor, InboxCursor, JobId, Message, Page, PageRequest, Seq, Thread, UserId, ValidationError};
+use crate::store::InboxFrom;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -46,7 +47,7 @@ fn workflow_answer(opening: Opening) -> (StatusCode, axum::Json<WorkflowThread>)
         (status = 200, body = WorkflowThread, description = "thread existed"),
         (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn hire_freelancer(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     AuthUser(user): AuthUser,
     Json(body): Json<HireBody>,
 ) -> Result<(StatusCode, axum::Json<WorkflowThread>), ApiError> {
@@ -60,7 +61,7 @@ pub(crate) async fn hire_freelancer(
         (status = 200, body = WorkflowThread, description = "thread existed"),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn proposal_chat(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     AuthUser(user): AuthUser,
     Json(body): Json<ProposalChatBody>,
 ) -> Result<(StatusCode, axum::Json<WorkflowThread>), ApiError> {
@@ -96,7 +97,7 @@ pub(crate) struct InboxPage {
         repeats no thread and skips only one whose activity moved to the top meanwhile.",
     responses((status = 200, body = InboxPage), (status = 400, body = ErrorBody)))]
 pub(crate) async fn list_threads(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     AuthUser(user): AuthUser,
     Query(q): Query<InboxQuery>,
 ) -> Result<axum::Json<InboxPage>, ApiError> {
@@ -118,7 +119,7 @@ pub(crate) async fn list_threads(
 #[utoipa::path(get, path = "/api/chat/threads/{id}/", tag = "threads", security(("bearer" = [])),
     params(("id" = String, Path, format = Uuid)), responses((status = 200, body = Thread), (status = 404, body = ErrorBody)))]
 pub(crate) async fn get_thread(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     AuthUser(user): AuthUser,
     ThreadPath(id): ThreadPath,
 ) -> Result<axum::Json<Thread>, ApiError> {
@@ -161,7 +162,7 @@ impl MessagesQuery {
     params(("id" = String, Path, format = Uuid), MessagesQuery),
     responses((status = 200, body = Page<Message>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn list_messages(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     AuthUser(user): AuthUser,
     ThreadPath(id): ThreadPath,
     Query(q): Query<MessagesQuery>,
@@ -187,7 +188,7 @@ pub(crate) struct SendBody {
         (status = 409, body = ErrorBody, description = "the client_msg_id names another text in this thread"),
         (status = 413, body = ErrorBody, description = "text over the limit")))]
 pub(crate) async fn post_message(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     AuthUser(user): AuthUser,
     ThreadPath(id): ThreadPath,
     Json(body): Json<SendBody>,
@@ -212,7 +213,7 @@ pub(crate) struct ReadAnswer {
     params(("id" = String, Path, format = Uuid)), request_body = ReadBody,
     responses((status = 200, body = ReadAnswer), (status = 404, body = ErrorBody)))]
 pub(crate) async fn mark_thread_read(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     AuthUser(user): AuthUser,
     ThreadPath(id): ThreadPath,
     Json(body): Json<ReadBody>,

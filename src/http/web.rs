@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use rust_embed::RustEmbed;
 
 use super::ApiError;
-use crate::domain::ErrorCode;
+use crate::domain::{ErrorCode, Thread};
 
 /// The app's files. Tests and tooling (`node_modules`) stay out of the binary.
 #[derive(RustEmbed)]
@@ -36,6 +36,12 @@ pub(crate) const PAGES: [&str; 11] = [
     "/dashboard/inbox/{id}",
     "/chat-demo",
 ];
+
+/// Where a Hire Me or proposal sends the browser: the inbox page of the thread
+/// (`/dashboard/inbox/{id}` of [`PAGES`]).
+pub(crate) fn redirect_url(thread: &Thread) -> String {
+    format!("/dashboard/inbox/{}", thread.id)
+}
 
 /// Scripts, styles and connections only from this server; no inline script, no
 /// plugins, no framing by other sites.

@@ -16,10 +16,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::config::redact_url;
 use crate::domain::{
-    ClientMsgId, Freelancer, InboxCursor, Job, JobId, JobStatus, MessageId, MessageKind, MessageRecord, Money, Page,
-    PageRequest, Participant, Profile, Proposal, Role, Seq, SystemMessage, ThreadId, ThreadRecord, Timestamp, User,
-    UserId,
+    ClientMsgId, Cursor, Freelancer, InboxCursor, Job, JobId, JobStatus, MessageId, MessageKind, MessageRecord, Money,
+    Page, PageRequest, Participant, Profile, Proposal, Role, Seq, SystemMessage, ThreadId, ThreadRecord, Timestamp,
+    User, UserId,
 };
 
 pub use events::{Backlog, Delivery, EventKind, NewEvent, StoredEvent};
@@ -213,32 +214,6 @@ fn host_message(new: NewSystemMessage, seq: Seq) -> MessageRecord {
     }
 }
 
-/// Where a page of messages starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cursor {
-    /// The newest messages.
-    Latest,
-    /// The messages right after this seq.
-    After(Seq),
-    /// The messages right before this seq.
-    Before(Seq),
-    /// The first messages strictly between the two seqs.
-    Between(Seq, Seq),
-}
-
-impl Cursor {
-    /// The open seq range `(lower, upper)` a page reads, and whether it reads from
-    /// the top (the newest first, reversed afterwards).
-    fn range(self) -> (i64, i64, bool) {
-        match self {
-            Self::Latest => (i64::MIN, i64::MAX, true),
-            Self::Before(s) => (i64::MIN, s.0, true),
-            Self::After(s) => (s.0, i64::MAX, false),
-            Self::Between(a, b) => (a.0, b.0, false),
-        }
-    }
-}
-
 /// Where a page of the inbox starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InboxFrom {
@@ -428,49 +403,6 @@ pub async fn connect(url: &str, options: StoreOptions) -> anyhow::Result<Arc<dyn
     }
 }
 
-/// A URL as it may be logged: the password (in the authority or a `password=`
-/// query parameter) replaced by `***`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let (rest, query) = rest.split_once('?').map_or((rest, None), |(r, q)| (r, Some(q)));
-    let (authority, path) = rest.split_once('/').map_or((rest, None), |(a, p)| (a, Some(p)));
-    let authority = match authority.rsplit_once('@') {
-        Some((credentials, host)) => match credentials.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{host}"),
-            None => format!("{credentials}@{host}"),
-        },
-        None => authority.to_owned(),
-    };
-    let mut shown = format!("{scheme}://{authority}");
-    if let Some(path) = path {
-        shown.push('/');
-        shown.push_str(path);
-    }
-    if let Some(query) = query {
-        let pairs: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
-                _ => pair.to_owned(),
-            })
-            .collect();
-        shown.push('?');
-        shown.push_str(&pairs.join("&"));
-    }
-    shown
-}
-
 fn error_text(e: &StoreError) -> String {
-    crate::chat::error_chain(e)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_logged_url_never_shows_its_password() {
-        assert_eq!(super::redact_url("postgres://app:s3cret@db:5432/chat"), "postgres://app:***@db:5432/chat");
-        assert_eq!(super::redact_url("redis://:pw@cache:6379"), "redis://:***@cache:6379");
-        assert_eq!(super::redact_url("postgres://db/chat"), "postgres://db/chat");
-        assert_eq!(super::redact_url("postgres://db/chat?user=a&password=b"), "postgres://db/chat?user=a&password=***");
-    }
+    crate::domain::error_chain(e)
 }

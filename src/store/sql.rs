@@ -17,13 +17,13 @@ use super::rows::{
     MOVE_MARKER, MessageRow, ParticipantRow, THREAD_COLUMNS, ThreadRow, USER_COLUMNS, UserRow, select_system_by_key,
 };
 use super::{
-    Appended, Backlog, Cursor, Delivery, ExternalJob, ExternalUser, InboxFrom, NewEvent, NewJob, NewMessage,
-    NewProposal, NewSystemMessage, NewUser, OpenThread, Opened, ReadMarker, RefreshToken, Result, Rotation, Store,
-    StoreError, StoreOptions, StoredEvent, ThreadKey, host_message, repeated,
+    Appended, Backlog, Delivery, ExternalJob, ExternalUser, InboxFrom, NewEvent, NewJob, NewMessage, NewProposal,
+    NewSystemMessage, NewUser, OpenThread, Opened, ReadMarker, RefreshToken, Result, Rotation, Store, StoreError,
+    StoreOptions, StoredEvent, ThreadKey, host_message, repeated,
 };
 use crate::domain::{
-    Freelancer, Job, JobId, MessageRecord, Page, PageRequest, Participant, Profile, Proposal, Seq, SystemMessage,
-    ThreadId, ThreadKind, ThreadRecord, Timestamp, User, UserId,
+    Cursor, Freelancer, Job, JobId, MessageRecord, Page, PageRequest, Participant, Profile, Proposal, Seq,
+    SystemMessage, ThreadId, ThreadKind, ThreadRecord, Timestamp, User, UserId,
 };
 
 /// What a database engine brings to [`SqlStore`]: where the dialects differ, how

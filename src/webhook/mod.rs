@@ -143,7 +143,7 @@ impl Dispatcher {
                 Ok(Some(_)) => Duration::ZERO,
                 Ok(None) => STANDBY_POLL,
                 Err(e) => {
-                    tracing::warn!(error = %crate::chat::error_chain(&e), "webhook delivery round failed; retrying");
+                    tracing::warn!(error = %crate::domain::error_chain(&e), "webhook delivery round failed; retrying");
                     STANDBY_POLL
                 }
             };
@@ -283,7 +283,7 @@ impl Dispatcher {
             .body(body)
             .send()
             .await
-            .map_err(|e| format!("no answer: {}", crate::chat::error_chain(&e.without_url())))?;
+            .map_err(|e| format!("no answer: {}", crate::domain::error_chain(&e.without_url())))?;
         let status = answer.status();
         // Read what the receiver answered, so its connection can carry the next POST.
         let _ = answer.bytes().await;

@@ -11,14 +11,13 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 use tokio_util::sync::CancellationToken;
 
+use super::close;
 use super::order::{Delivery, MessageItem, Outgoing};
 use super::protocol;
 use super::queue::{QueueTx, Refused};
-use crate::bus::{Bus, Sink};
-use crate::domain::{ConnectionId, Event, UserId};
+use crate::bus::{Bus, ConnectionId, Event, Subscriber};
+use crate::domain::UserId;
 
-/// Close code for a client that cannot keep up (RFC 6455 "try again later").
-pub(crate) const CLOSE_TRY_AGAIN: u16 = 1013;
 /// When the bus comes back, this node's connections are closed over a window so
 /// their clients do not all reconnect (and sync) at the same instant: one
 /// millisecond per connection, at most this long.
@@ -57,7 +56,10 @@ impl Closer {
 
     /// The close code and reason; a server shutdown is 1001.
     pub(crate) fn reason(&self) -> (u16, &'static str) {
-        self.reason.lock().unwrap_or_else(PoisonError::into_inner).unwrap_or((1001, "the server is shutting down"))
+        self.reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .unwrap_or((close::SHUTTING_DOWN, "the server is shutting down"))
     }
 }
 
@@ -188,7 +190,7 @@ impl Hub {
         user: UserId,
         queue: QueueTx,
         closer: Closer,
-    ) -> Result<(Registration, Option<tokio::sync::oneshot::Receiver<()>>), TooManyConnections> {
+    ) -> Result<(HubSlot, Option<tokio::sync::oneshot::Receiver<()>>), TooManyConnections> {
         let id = ConnectionId(self.node | (self.next.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff));
         let mut users = self.users.write().unwrap_or_else(PoisonError::into_inner);
         let conns = users.entry(user).or_default();
@@ -199,7 +201,7 @@ impl Hub {
         let subscribed = self.bus().and_then(|bus| bus.watch(user));
         conns.push(Conn { id, queue, closer });
         self.metrics.connections.inc();
-        Ok((Registration { hub: self.clone(), user, id }, subscribed))
+        Ok((HubSlot { hub: self.clone(), user, id }, subscribed))
     }
 
     fn push(&self, conn: &Conn, item: Outgoing) {
@@ -208,7 +210,7 @@ impl Hub {
             Err(Refused::Full) => {
                 if !conn.closer.token.is_cancelled() {
                     self.metrics.slow_closes.inc();
-                    conn.closer.close(CLOSE_TRY_AGAIN, "too slow to keep up; reconnect and sync");
+                    conn.closer.close(close::TRY_AGAIN, "too slow to keep up; reconnect and sync");
                 }
             }
             Err(Refused::Closed) => {}
@@ -241,7 +243,7 @@ impl Hub {
     }
 }
 
-impl Sink for Hub {
+impl Subscriber for Hub {
     fn local_users(&self) -> Vec<UserId> {
         self.users.read().unwrap_or_else(PoisonError::into_inner).keys().copied().collect()
     }
@@ -255,14 +257,14 @@ impl Sink for Hub {
         rand::seq::SliceRandom::shuffle(closers.as_mut_slice(), &mut rand::thread_rng());
         let window = MISSED_CLOSE_WINDOW_MAX.min(std::time::Duration::from_millis(closers.len() as u64));
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return closers.iter().for_each(|c| c.close(CLOSE_TRY_AGAIN, MISSED));
+            return closers.iter().for_each(|c| c.close(close::TRY_AGAIN, MISSED));
         };
         runtime.spawn(async move {
             let started = tokio::time::Instant::now();
             let count = closers.len().max(1) as u32;
             for (n, closer) in closers.iter().enumerate() {
                 tokio::time::sleep_until(started + window * n as u32 / count).await;
-                closer.close(CLOSE_TRY_AGAIN, MISSED);
+                closer.close(close::TRY_AGAIN, MISSED);
             }
         });
     }
@@ -270,7 +272,7 @@ impl Sink for Hub {
     fn user_missed_events(&self, user: UserId) {
         let users = self.users.read().unwrap_or_else(PoisonError::into_inner);
         for conn in users.get(&user).into_iter().flatten() {
-            conn.closer.close(CLOSE_TRY_AGAIN, MISSED);
+            conn.closer.close(close::TRY_AGAIN, MISSED);
         }
     }
 
@@ -327,19 +329,19 @@ impl Drop for AddressSlot {
 
 /// A connection's place in the hub; dropping it removes the connection.
 #[derive(Debug)]
-pub(crate) struct Registration {
+pub(crate) struct HubSlot {
     hub: Arc<Hub>,
     user: UserId,
     id: ConnectionId,
 }
 
-impl Registration {
+impl HubSlot {
     pub(crate) fn id(&self) -> ConnectionId {
         self.id
     }
 }
 
-impl Drop for Registration {
+impl Drop for HubSlot {
     fn drop(&mut self) {
         let mut users = self.hub.users.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(conns) = users.get_mut(&self.user) {

@@ -1,7 +1,9 @@
-//! Real time over WebSocket (`/ws/chat/`, also `/ws/messaging/`): the upgrade and
-//! its authentication here, the connection loop in `session`, this node's live
-//! connections in `hub`, the frames in `protocol`.
+//! Real time over WebSocket (`/ws/chat/`, also `/ws/messaging/`): its routes and
+//! state, the upgrade and its authentication here, the connection loop in
+//! `session`, this node's live connections in `hub`, the frames in `protocol`.
+//! Uses `http`'s error type and client address; `http` knows nothing of it.
 
+mod close;
 mod fragment;
 mod hub;
 mod order;
@@ -9,9 +11,13 @@ mod protocol;
 mod queue;
 mod session;
 
-use axum::extract::{Query, Request, State};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{FromRef, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use futures::FutureExt;
 use futures::future::Either;
 use hyper::upgrade::OnUpgrade;
@@ -20,12 +26,61 @@ use serde::Deserialize;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::domain::ErrorCode;
-use crate::http::{ApiError, AppState, ClientAddr};
+use crate::auth::{HostKeys, JwtKeys};
+use crate::chat::{self, Chat};
+use crate::config::WsLimits;
+use crate::domain::{ErrorCode, Timestamp, User};
+use crate::http::{ApiError, ClientAddr, TrustForwardedFor};
 use crate::server::ConnectionSlot;
 
 pub use hub::Hub;
+
+/// What the WebSocket routes and their sessions reach, and no more; each
+/// connection holds a clone for its life, so every field is small (`Arc`s).
+#[derive(Clone)]
+pub struct WsState {
+    pub chat: Chat,
+    pub keys: Arc<JwtKeys>,
+    /// The host marketplace's token key, when it signs tokens for its users.
+    pub host_keys: Option<Arc<HostKeys>>,
+    /// This node's live WebSocket connections.
+    pub hub: Arc<Hub>,
+    pub limits: Arc<WsLimits>,
+    /// The origins, besides the server's own, whose pages may open a socket
+    /// (`--allowed-origins`, normalized).
+    pub allowed_origins: Arc<Vec<String>>,
+    /// Whether the client's address is the last `X-Forwarded-For` entry.
+    pub trust_forwarded_for: bool,
+    /// Cancelled when the server stops: readers stop taking frames.
+    pub shutdown: CancellationToken,
+    /// Cancelled once every accepted send is stored: every socket's closer is its
+    /// child, so the writers flush their acks and close with 1001.
+    pub closing: CancellationToken,
+    /// The sessions, so shutdown can wait for them to close.
+    pub sessions: TaskTracker,
+}
+
+impl WsState {
+    /// The user a token names and when it expires, as a REST request checks it.
+    async fn authenticate(&self, token: &str) -> chat::Result<(User, Timestamp)> {
+        self.chat.authenticate(&self.keys, self.host_keys.as_deref(), token).await
+    }
+}
+
+impl FromRef<WsState> for TrustForwardedFor {
+    fn from_ref(state: &WsState) -> Self {
+        Self(state.trust_forwarded_for)
+    }
+}
+
+/// The WebSocket endpoint, at the seed's path and its alias. The caller puts it
+/// behind the same middleware as the REST routes (`http::with_middleware`).
+pub fn router(state: WsState) -> Router {
+    Router::new().route("/ws/chat", get(connect_ws)).route("/ws/messaging", get(connect_ws)).with_state(state)
+}
 
 /// An upgraded connection, its large client frames split (see `fragment`).
 pub(crate) type Socket = WebSocketStream<fragment::Refragment<TokioIo<hyper::upgrade::Upgraded>>>;
@@ -56,17 +111,13 @@ const TOKEN_PROTOCOLS: [&str; 4] = ["bearer", "access_token", "jwt", "confab"];
 /// `Sec-WebSocket-Protocol` header is checked now (401 when bad); without one, the
 /// client must send an `auth` frame first. The handshake is ours rather than
 /// axum's so that the socket can read through `fragment::Refragment`.
-pub(crate) async fn connect_ws(
-    State(state): State<AppState>,
-    ClientAddr(from): ClientAddr,
-    mut request: Request,
-) -> Response {
+async fn connect_ws(State(state): State<WsState>, ClientAddr(from): ClientAddr, mut request: Request) -> Response {
     let query = match Query::<WsQuery>::try_from_uri(request.uri()) {
         Ok(Query(query)) => query,
         Err(e) => return ApiError::new(ErrorCode::ValidationFailed, format!("bad query string: {e}")).into_response(),
     };
     let headers = request.headers();
-    if let Err(origin) = origin_allowed(headers, &state.config.allowed_origins) {
+    if let Err(origin) = origin_allowed(headers, &state.allowed_origins) {
         let detail = format!("WebSocket connections from {origin} are not allowed (see --allowed-origins)");
         return ApiError::new(ErrorCode::Forbidden, detail).into_response();
     }
@@ -82,9 +133,9 @@ pub(crate) async fn connect_ws(
     let token = query.token.or(token_in_protocol.clone());
     let user = match token {
         None => None,
-        Some(token) => match crate::http::authenticate(&state, &token).await {
+        Some(token) => match state.authenticate(&token).await {
             Ok(verified) => Some(verified),
-            Err(e) => return e.into_response(),
+            Err(e) => return ApiError(e).into_response(),
         },
     };
     let key = match handshake_key(request.method(), headers) {
@@ -94,7 +145,7 @@ pub(crate) async fn connect_ws(
             return (status, ApiError::new(ErrorCode::ValidationFailed, detail)).into_response();
         }
     };
-    let limits = state.config.ws;
+    let limits = *state.limits;
     if let Some((user, _)) = &user
         && state.hub.connections_of(user.id) >= limits.max_connections_per_user
     {

@@ -13,22 +13,18 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Message as WsMessage, Utf8Bytes};
 
-use super::Socket;
-use super::hub::{AddressSlot, Closer, Registration, WriterMetrics};
+use super::close;
+use super::hub::{AddressSlot, Closer, HubSlot, WriterMetrics};
 use super::order::{Delivery, Gap, MessageItem, Outgoing, Sequencer};
 use super::protocol::{self, FrameError, RawFrame};
 use super::queue::{self, QueueRx, QueueTx};
+use super::{Socket, WsState};
 use crate::auth::jwt::CLOCK_LEEWAY;
+use crate::bus::ConnectionId;
 use crate::chat::{self, SendTarget};
-use crate::domain::{ConnectionId, ErrorCode, Seq, ThreadId, Timestamp, User, UserId};
-use crate::http::AppState;
+use crate::domain::{Cursor, ErrorCode, Seq, ThreadId, Timestamp, User, UserId, error_chain};
 use crate::server::ConnectionSlot;
-use crate::store::Cursor;
 
-/// Close code for a missing, expired or forged token (the contract's 4401).
-const CLOSE_UNAUTHORIZED: u16 = 4401;
-/// Close code for a policy refusal, such as too many connections.
-const CLOSE_POLICY: u16 = 1008;
 /// How long a close frame may take to leave before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames written per wakeup before a flush: enough to batch a burst into few
@@ -52,13 +48,13 @@ const SYNC_PAGE: u32 = 200;
 pub(crate) struct Live {
     sink: SplitSink<Socket, WsMessage>,
     stream: SplitStream<Socket>,
-    state: AppState,
+    state: WsState,
     user: User,
     expires: Timestamp,
     queue: QueueTx,
     rx: QueueRx,
     closer: Closer,
-    registration: Registration,
+    hub_slot: HubSlot,
     /// The connection's places on its address and on the server, freed with it.
     held: (AddressSlot, Option<ConnectionSlot>),
 }
@@ -72,24 +68,24 @@ pub(crate) struct Live {
 /// pay for waits that ended when it started.
 pub(crate) async fn connect(
     socket: Socket,
-    state: AppState,
+    state: WsState,
     user: Option<(User, Timestamp)>,
     held: (AddressSlot, Option<ConnectionSlot>),
 ) -> Option<Live> {
     let (mut sink, mut stream) = socket.split();
-    let limits = &state.config.ws;
+    let limits = &state.limits;
     let (user, expires) = match user {
         Some(user) => user,
         None => match timeout(limits.auth_timeout, first_frame_auth(&mut stream, &state)).await {
             Ok(Ok(user)) => user,
-            Ok(Err(reason)) => return close_now(&mut sink, CLOSE_UNAUTHORIZED, reason).await,
-            Err(_) => return close_now(&mut sink, CLOSE_UNAUTHORIZED, "no auth frame in time").await,
+            Ok(Err(reason)) => return close_now(&mut sink, close::UNAUTHORIZED, reason).await,
+            Err(_) => return close_now(&mut sink, close::UNAUTHORIZED, "no auth frame in time").await,
         },
     };
     let (queue, rx) = queue::queue(limits.queue, limits.queue_bytes);
     let closer = Closer::new(&state.closing);
-    let Ok((registration, subscribed)) = state.hub.register(user.id, queue.clone(), closer.clone()) else {
-        return close_now(&mut sink, CLOSE_POLICY, "too many connections for this user").await;
+    let Ok((hub_slot, subscribed)) = state.hub.register(user.id, queue.clone(), closer.clone()) else {
+        return close_now(&mut sink, close::POLICY, "too many connections for this user").await;
     };
     // Read no frame before other nodes' events for this user can reach this node, so
     // a client's first exchange (a ping, a sync) proves it will hear the rest.
@@ -98,8 +94,8 @@ pub(crate) async fn connect(
     {
         tracing::warn!(user = %user.id, "the bus did not confirm the subscription in time; the client may need to sync");
     }
-    tracing::debug!(user = %user.id, connection = registration.id().0, "websocket connected");
-    Some(Live { sink, stream, state, user, expires, queue, rx, closer, registration, held })
+    tracing::debug!(user = %user.id, connection = hub_slot.id().0, "websocket connected");
+    Some(Live { sink, stream, state, user, expires, queue, rx, closer, hub_slot, held })
 }
 
 impl Live {
@@ -110,7 +106,7 @@ impl Live {
     #[expect(clippy::manual_async_fn, reason = "an async fn would hold `self` twice")]
     pub(crate) fn serve(self) -> impl Future<Output = ()> + Send {
         async move {
-            let limits = &self.state.config.ws;
+            let limits = &self.state.limits;
             let writer = tokio::spawn(write_loop(
                 self.sink,
                 self.rx,
@@ -123,7 +119,7 @@ impl Live {
             let mut session = Session {
                 state: &self.state,
                 user: &self.user,
-                connection: self.registration.id(),
+                connection: self.hub_slot.id(),
                 queue: self.queue,
                 closer: self.closer,
                 expires: expiry_deadline(self.expires),
@@ -132,12 +128,12 @@ impl Live {
             };
             let client_closed = session.read_loop(&mut stream, &self.state.shutdown, limits.idle_timeout).await;
             if client_closed {
-                session.closer.close(1000, "");
+                session.closer.close(close::NORMAL, "");
             }
             // On shutdown the writer is closed later, once every queued send has been
             // stored and acked (see `App::run_until_stopped`).
             let writer_done = writer.await;
-            drop(self.registration);
+            drop(self.hub_slot);
             if let Err(e) = writer_done {
                 tracing::error!(error = %e, "websocket writer failed");
             }
@@ -165,8 +161,8 @@ impl Live {
 /// The close code for a failed read: 1009 for a frame over the size limit.
 fn read_error_close(e: &tungstenite::Error) -> (u16, &'static str) {
     match e {
-        tungstenite::Error::Capacity(_) => (1009, "frame too large"),
-        _ => (1002, "protocol error"),
+        tungstenite::Error::Capacity(_) => (close::TOO_LARGE, "frame too large"),
+        _ => (close::PROTOCOL_ERROR, "protocol error"),
     }
 }
 
@@ -187,7 +183,7 @@ fn expiry_deadline(exp: Timestamp) -> Instant {
 /// Waits for `{"type":"auth","token":"…"}` and returns its user.
 async fn first_frame_auth(
     stream: &mut SplitStream<Socket>,
-    state: &AppState,
+    state: &WsState,
 ) -> Result<(User, Timestamp), &'static str> {
     loop {
         let text = match stream.next().await {
@@ -199,14 +195,12 @@ async fn first_frame_auth(
         let (Some("auth"), Some(token)) = (frame.kind.as_deref(), frame.token) else {
             return Err("the first frame must be {\"type\":\"auth\",\"token\":…}");
         };
-        return crate::http::authenticate(state, &token)
-            .await
-            .map_err(|_| "invalid or expired token, or an unknown user");
+        return state.authenticate(&token).await.map_err(|_| "invalid or expired token, or an unknown user");
     }
 }
 
 struct Session<'a> {
-    state: &'a AppState,
+    state: &'a WsState,
     user: &'a User,
     connection: ConnectionId,
     queue: QueueTx,
@@ -237,9 +231,9 @@ impl Session<'_> {
                 () = shutdown.cancelled() => return false,
                 () = sleep_until(deadline.min(self.expires)) => {
                     if self.expires <= deadline {
-                        self.closer.close(CLOSE_UNAUTHORIZED, "the access token has expired; send auth with a fresh one before it does");
+                        self.closer.close(close::UNAUTHORIZED, "the access token has expired; send auth with a fresh one before it does");
                     } else {
-                        self.closer.close(1001, "idle timeout");
+                        self.closer.close(close::IDLE, "idle timeout");
                     }
                     return false;
                 }
@@ -276,15 +270,15 @@ impl Session<'_> {
         let Some(token) = token else {
             return self.error(ErrorCode::ValidationFailed, "an auth frame needs a \"token\"", None);
         };
-        let (user, expires) = match crate::http::authenticate(self.state, token).await {
+        let (user, expires) = match self.state.authenticate(token).await {
             Ok(verified) => verified,
             Err(e) => {
-                let detail = format!("{}; this connection keeps its token", e.0.detail());
+                let detail = format!("{}; this connection keeps its token", e.detail());
                 return self.error(ErrorCode::Unauthorized, &detail, None);
             }
         };
         if user.id != self.user.id {
-            return self.closer.close(CLOSE_UNAUTHORIZED, "an auth frame with another user's token");
+            return self.closer.close(close::UNAUTHORIZED, "an auth frame with another user's token");
         }
         self.expires = expiry_deadline(expires);
         self.push(Outgoing::Frame(protocol::authed(expires.millis() / 1000)));
@@ -293,7 +287,7 @@ impl Session<'_> {
     /// Queues a frame for this connection; a full queue closes it (it will sync).
     fn push(&self, item: Outgoing) {
         if let Err(queue::Refused::Full) = self.queue.try_send(item) {
-            self.closer.close(super::hub::CLOSE_TRY_AGAIN, "too slow to keep up; reconnect and sync");
+            self.closer.close(close::TRY_AGAIN, "too slow to keep up; reconnect and sync");
         }
     }
 
@@ -526,7 +520,7 @@ async fn starting_order(filler: &Filler, rx: &mut QueueRx) -> (Sequencer, Vec<Ou
     let heads = match filler.chat.thread_heads(&filler.user).await {
         Ok(heads) => Some(heads),
         Err(e) => {
-            tracing::warn!(user = %filler.user.id, error = %chat::error_chain(&e), "reading thread positions failed");
+            tracing::warn!(user = %filler.user.id, error = %error_chain(&e), "reading thread positions failed");
             None
         }
     };
@@ -568,10 +562,10 @@ impl Written {
     fn closes(self, closer: &Closer, metrics: &WriterMetrics) -> bool {
         match self {
             Self::Done => return false,
-            Self::Closed => closer.close(1000, ""),
+            Self::Closed => closer.close(close::NORMAL, ""),
             Self::TimedOut => {
                 metrics.write_timeouts.inc();
-                closer.close_unwritable(super::hub::CLOSE_TRY_AGAIN, NOT_READING);
+                closer.close_unwritable(close::TRY_AGAIN, NOT_READING);
             }
         }
         true
@@ -615,7 +609,7 @@ fn write_loop(
         let now = Instant::now();
         for item in early {
             if order.accept(item, now, &mut frames).is_err() {
-                closer.close(super::hub::CLOSE_TRY_AGAIN, too_slow);
+                closer.close(close::TRY_AGAIN, too_slow);
             }
         }
         if !frames.is_empty() {
@@ -633,8 +627,8 @@ fn write_loop(
                         match Box::pin(filler.read(gap)).await {
                             Ok(items) => order.filled(gap, items, now, &mut frames),
                             Err(e) => {
-                                tracing::warn!(error = %chat::error_chain(&e), "filling a gap in a thread failed");
-                                closer.close(super::hub::CLOSE_TRY_AGAIN, "missed messages could not be read; reconnect and sync");
+                                tracing::warn!(error = %error_chain(&e), "filling a gap in a thread failed");
+                                closer.close(close::TRY_AGAIN, "missed messages could not be read; reconnect and sync");
                                 break 'run;
                             }
                         }
@@ -652,7 +646,7 @@ fn write_loop(
                         }
                     }
                     if accepted.is_err() {
-                        closer.close(super::hub::CLOSE_TRY_AGAIN, too_slow);
+                        closer.close(close::TRY_AGAIN, too_slow);
                         break;
                     }
                 }
@@ -674,9 +668,9 @@ fn write_loop(
             }
         }
         let (code, reason) = closer.reason();
-        if code == 1001 {
+        if code == close::SHUTTING_DOWN {
             // Shutting down: what is queued (the acks of the last stored messages) goes
-            // first, held or not.
+            // first, held or not. (An idle close has the same code and flushes too.)
             let now = Instant::now();
             while let Some(item) = rx.try_recv() {
                 let _ = order.accept(item, now, &mut frames);

@@ -667,7 +667,7 @@ async fn shutdown_closes_sockets_with_1001_and_every_acked_message_is_stored() {
     let store = confab::store::SqliteStore::connect(&url).await.unwrap();
     let id = confab::domain::ThreadId::parse(&thread).unwrap();
     use confab::store::Store;
-    let stored = store.messages(id, confab::store::Cursor::After(confab::domain::Seq(0)), 200).await.unwrap();
+    let stored = store.messages(id, confab::domain::Cursor::After(confab::domain::Seq(0)), 200).await.unwrap();
     let stored_keys: HashSet<String> = stored.results.iter().filter_map(|m| m.client_msg_id.clone()).collect();
     assert!(!acked.is_empty());
     assert_eq!(acked, stored_keys, "every stored message was acked before the close, and every acked one stored");

@@ -9,12 +9,12 @@ use futures::future::join_all;
 use serde_json::json;
 
 use confab::domain::{
-    ClientMsgId, JobId, JobStatus, MessageKind, Money, PageRequest, Profile, Role, Seq, SystemMessage, ThreadId,
-    Timestamp, User, UserId,
+    ClientMsgId, Cursor, JobId, JobStatus, MessageKind, Money, PageRequest, Profile, Role, Seq, SystemMessage,
+    ThreadId, Timestamp, User, UserId,
 };
 use confab::store::{
-    Cursor, Delivery, EventKind, ExternalJob, ExternalUser, InboxFrom, NewJob, NewMessage, NewProposal,
-    NewSystemMessage, NewUser, OpenThread, RefreshToken, Rotation, Store, StoreError, ThreadKey,
+    Delivery, EventKind, ExternalJob, ExternalUser, InboxFrom, NewJob, NewMessage, NewProposal, NewSystemMessage,
+    NewUser, OpenThread, RefreshToken, Rotation, Store, StoreError, ThreadKey,
 };
 
 async fn user(store: &dyn Store, name: &str, role: Role) -> User {

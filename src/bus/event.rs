@@ -1,6 +1,9 @@
+//! What the bus carries between nodes: events of threads, addressed to their
+//! participants, and the connection ids that route an ack back to its sender.
+
 use std::sync::Arc;
 
-use super::{ErrorCode, Message, Seq, ThreadId, User, UserId};
+use crate::domain::{ErrorCode, Message, Seq, ThreadId, User, UserId};
 
 /// One live connection of a user, unique across nodes (a random node prefix in the
 /// high bits), so an event can name the connection that must get the ack.
