@@ -20,11 +20,13 @@ impl ThreadKind {
         }
     }
 
-    pub fn from_db(s: &str) -> Self {
+    /// The kind [`Self::as_str`] names; `None` for anything else (a corrupt row).
+    pub fn parse(s: &str) -> Option<Self> {
         match s {
-            "job" => Self::Job,
-            "group" => Self::Group,
-            _ => Self::Direct,
+            "direct" => Some(Self::Direct),
+            "job" => Some(Self::Job),
+            "group" => Some(Self::Group),
+            _ => None,
         }
     }
 }
