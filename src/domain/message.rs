@@ -211,7 +211,7 @@ mod tests {
             text: "hi".to_owned(),
             metadata: json!({}),
             client_msg_id: None,
-            created_at: Timestamp::from_millis(0),
+            created_at: Timestamp::from_millis(0).unwrap(),
         }
     }
 

@@ -79,7 +79,7 @@ pub(crate) async fn authenticate(state: &AppState, token: &str) -> Result<(User,
         // Not one of ours: perhaps the host's.
         (Err(TokenError::Invalid), Some(host)) => {
             let claims = host.verify(token).map_err(token_error)?;
-            let expires = claims.expires_at();
+            let expires = claims.expires_at;
             return Ok((state.chat.host_user(claims).await?, expires));
         }
         (Err(e), _) => return Err(token_error(e)),

@@ -125,7 +125,7 @@ impl TryFrom<JobRow> for Job {
             description: r.description,
             client: client.try_into()?,
             status: JobStatus::parse(&r.status).ok_or_else(|| corrupt("jobs.status"))?,
-            created_at: Timestamp::from_millis(r.created_at),
+            created_at: Timestamp::from_millis(r.created_at).ok_or_else(|| corrupt("jobs.created_at"))?,
             external_id: r.external_id,
         })
     }
@@ -175,7 +175,7 @@ impl TryFrom<MessageRow> for MessageRecord {
             text: r.text,
             metadata: serde_json::from_str(&r.metadata).map_err(|_| corrupt("messages.metadata"))?,
             client_msg_id: r.client_msg_id,
-            created_at: Timestamp::from_millis(r.created_at),
+            created_at: Timestamp::from_millis(r.created_at).ok_or_else(|| corrupt("messages.created_at"))?,
         })
     }
 }
@@ -252,7 +252,7 @@ impl ThreadRow {
             participants,
             last_message,
             unread_count: self.unread_count,
-            created_at: Timestamp::from_millis(self.created_at),
+            created_at: Timestamp::from_millis(self.created_at).ok_or_else(|| corrupt("threads.created_at"))?,
             activity: self.activity,
         })
     }

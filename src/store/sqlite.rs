@@ -814,6 +814,6 @@ impl Store for SqliteStore {
 
     async fn event_backlog(&self) -> Result<Backlog> {
         let (pending, oldest): (i64, Option<i64>) = sqlx::query_as(events::BACKLOG).fetch_one(&self.reader).await?;
-        Ok(Backlog { pending, oldest: oldest.map(Timestamp::from_millis) })
+        Ok(Backlog { pending, oldest: oldest.map(events::created_at).transpose()? })
     }
 }
