@@ -842,7 +842,7 @@ impl Store for PostgresStore {
             other => other,
         })?;
         let Some((id, created)) = row else { return Err(StoreError::Other("the user upsert answered no row".into())) };
-        let user = self.user(UserId(id)).await?.ok_or(StoreError::NotFound("user"))?;
+        let user = self.user(UserId(id)).await?.ok_or_else(|| StoreError::Other("the upserted user is gone".into()))?;
         Ok((user, created))
     }
 
@@ -862,7 +862,7 @@ impl Store for PostgresStore {
         .bind(Timestamp::now().millis())
         .fetch_one(&self.pool)
         .await?;
-        let job = self.job(JobId(id)).await?.ok_or(StoreError::NotFound("job"))?;
+        let job = self.job(JobId(id)).await?.ok_or_else(|| StoreError::Other("the upserted job is gone".into()))?;
         Ok((job, created))
     }
 
