@@ -4,6 +4,7 @@
 mod cursor;
 mod error;
 mod event;
+pub mod flexible_id;
 mod ids;
 mod marketplace;
 mod message;

@@ -5,10 +5,12 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{AuthUser, Json, Query, ThreadPath, flexible_id};
+use super::extract::{AuthUser, Json, Query, ThreadPath};
 use super::{ApiError, AppState, ErrorBody, PageQuery};
 use crate::chat::{Opening, SendTarget, redirect_url};
-use crate::domain::{InboxCursor, JobId, Message, Page, PageRequest, Seq, Thread, UserId, ValidationError};
+use crate::domain::{
+    InboxCursor, JobId, Message, Page, PageRequest, Seq, Thread, UserId, ValidationError, flexible_id,
+};
 use crate::store::{Cursor, InboxFrom};
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::domain::{ErrorCode, Message, Seq, ThreadId, User, UserId};
+use crate::domain::{ErrorCode, Message, Seq, ThreadId, User, UserId, flexible_id};
 
 /// A client frame as sent; which fields matter depends on `type`. Unknown fields
 /// are ignored, so clients of the original system that send extra keys still work.
@@ -17,29 +17,13 @@ pub(crate) struct RawFrame {
     #[serde(rename = "type")]
     pub(crate) kind: Option<String>,
     pub(crate) token: Option<String>,
-    #[serde(default, deserialize_with = "flexible_opt_id")]
+    #[serde(default, deserialize_with = "flexible_id::deserialize_option")]
     pub(crate) recipient_id: Option<i64>,
     pub(crate) thread_id: Option<String>,
     pub(crate) text: Option<String>,
     pub(crate) client_msg_id: Option<String>,
     pub(crate) up_to_seq: Option<i64>,
     pub(crate) threads: Option<HashMap<String, i64>>,
-}
-
-fn flexible_opt_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum IntOrString {
-        Int(i64),
-        Str(String),
-    }
-    match Option::<IntOrString>::deserialize(d)? {
-        None => Ok(None),
-        Some(IntOrString::Int(i)) => Ok(Some(i)),
-        Some(IntOrString::Str(s)) => {
-            s.trim().parse().map(Some).map_err(|_| serde::de::Error::custom("expected an integer id"))
-        }
-    }
 }
 
 /// Why a frame could not be read: the code and detail of its `error` event.
