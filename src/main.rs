@@ -50,7 +50,12 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let app = App::build(config).await?;
     if args.demo {
         let loaded = demo::load(app.chat()).await.context("loading the demo marketplace")?;
-        tracing::info!(users = loaded.users, jobs = loaded.jobs, "demo marketplace loaded (password: testpass123)");
+        tracing::info!(
+            users = loaded.users,
+            jobs = loaded.jobs,
+            "demo marketplace loaded (password: {})",
+            demo::PASSWORD
+        );
     }
     let addr = app.local_addr()?;
     tracing::info!(%addr, "confab is listening on http://{addr}/ (API reference: http://{addr}/api/openapi.json)");
@@ -77,7 +82,7 @@ async fn migrate(args: &StoreArgs) -> anyhow::Result<()> {
 async fn load_demo(args: &StoreArgs) -> anyhow::Result<()> {
     let chat = open_chat(args).await?;
     let loaded = demo::load(&chat).await.context("loading the demo marketplace")?;
-    tracing::info!(users = loaded.users, jobs = loaded.jobs, "demo marketplace loaded (password: testpass123)");
+    tracing::info!(users = loaded.users, jobs = loaded.jobs, "demo marketplace loaded (password: {})", demo::PASSWORD);
     Ok(())
 }
 
