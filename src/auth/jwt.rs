@@ -199,10 +199,6 @@ impl JwtKeys {
         let c = self.claims(token, TokenKind::Access)?;
         Ok((UserId(c.user_id), Timestamp::from_secs(c.exp).ok_or(TokenError::Invalid)?))
     }
-
-    pub fn access_ttl(&self) -> Duration {
-        self.access_ttl
-    }
 }
 
 #[cfg(test)]

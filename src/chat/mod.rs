@@ -108,10 +108,6 @@ impl Chat {
         &self.bus
     }
 
-    pub fn limits(&self) -> Limits {
-        self.limits
-    }
-
     /// Whether the committer is running: without it no message can be stored.
     pub fn is_healthy(&self) -> bool {
         let task = self.committer.task.lock().unwrap_or_else(PoisonError::into_inner);
