@@ -81,7 +81,7 @@ impl Recorder {
         self.wait_until(&format!("event {seq} for user {user}"), |h| h.seqs_for(user).contains(&seq)).await;
     }
 
-    /// What was heard so far.
+    /// What was heard so far; never held across an `await` (the bus records through the same lock).
     pub(crate) fn heard(&self) -> watch::Ref<'_, Heard> {
         self.heard.borrow()
     }
