@@ -245,7 +245,7 @@ pub struct HostArgs {
 }
 
 /// Host tokens, the server API and webhooks, as configured.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct HostConfig {
     pub jwt_secret: Option<Secret>,
     pub jwt_public_key: Option<PathBuf>,
@@ -290,6 +290,21 @@ impl WebhookConfig {
 impl HostConfig {
     /// Retention's default: the contract's week.
     pub const RETENTION: Duration = Duration::from_secs(7 * DAY);
+}
+
+impl Default for HostConfig {
+    /// Nothing of the host's configured; events kept the contract's week (a derived
+    /// default would keep them for no time at all).
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            jwt_public_key: None,
+            jwt_issuer: None,
+            server_api_key: None,
+            webhook: None,
+            event_retention: Self::RETENTION,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -509,7 +524,7 @@ impl Config {
             access_token_ttl: Self::DEFAULT_ACCESS_TOKEN_TTL,
             refresh_token_ttl: Self::DEFAULT_REFRESH_TOKEN_TTL,
             ws: WsLimits::DEFAULT,
-            host: HostConfig { event_retention: HostConfig::RETENTION, ..HostConfig::default() },
+            host: HostConfig::default(),
         }
     }
 }
