@@ -1,15 +1,17 @@
 //! The command line and environment: one clap struct per subcommand, each flag
 //! with an environment variable of the same meaning, so `confab --help` is the
-//! configuration reference. Defaults run with nothing installed.
+//! configuration reference. Defaults run with nothing installed, each written
+//! once (a `DEFAULT` const the flag and `Default` share). A leaf: the limit structs
+//! of the layers above live here, so they import config and config imports none of them.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::chat::{Limits, SignInLimits};
-use crate::server::HttpLimits;
+/// Seconds in a day, for the flags counted in days.
+const DAY: u64 = 24 * 3600;
 
 /// A value that must not reach a log: `Debug` prints `***`.
 #[derive(Clone, PartialEq, Eq)]
@@ -120,14 +122,14 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub store: StoreArgs,
     /// Address to listen on; port 0 picks a free port (the log says which).
-    #[arg(long, env = "CONFAB_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "CONFAB_LISTEN", default_value_t = Config::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     /// `redis://…` joins the other nodes through Redis pub/sub; unset means the
     /// in-process bus (one node).
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<Secret>,
     /// Prefix of this deployment's Redis channels, so deployments can share a Redis.
-    #[arg(long, env = "CONFAB_REDIS_PREFIX", default_value = "confab")]
+    #[arg(long, env = "CONFAB_REDIS_PREFIX", default_value = Config::DEFAULT_REDIS_PREFIX)]
     pub redis_prefix: String,
     /// Web origins besides the server's own that may embed the chat widget
     /// (comma-separated, e.g. `https://market.example`): their WebSocket handshakes
@@ -142,48 +144,60 @@ pub struct ServeArgs {
     #[arg(long)]
     pub demo: bool,
     /// Longest message text, in characters.
-    #[arg(long, env = "CONFAB_MAX_TEXT_CHARS", default_value_t = 4000)]
+    #[arg(long, env = "CONFAB_MAX_TEXT_CHARS", default_value_t = Limits::DEFAULT.max_text_chars)]
     pub max_text_chars: usize,
     /// Largest request body, in bytes; larger ones get 413.
-    #[arg(long, env = "CONFAB_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    #[arg(long, env = "CONFAB_MAX_BODY_BYTES", default_value_t = Config::DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
     /// Messages, typing and read frames a user may send per second (all devices together).
-    #[arg(long, env = "CONFAB_RATE_LIMIT", default_value_t = 20)]
+    #[arg(long, env = "CONFAB_RATE_LIMIT", default_value_t = Limits::DEFAULT.messages_per_second)]
     pub rate_limit: u32,
     /// How many of those a user may send in one burst.
-    #[arg(long, env = "CONFAB_RATE_BURST", default_value_t = 60)]
+    #[arg(long, env = "CONFAB_RATE_BURST", default_value_t = Limits::DEFAULT.message_burst)]
     pub rate_burst: u32,
     /// Hire Me, proposals and proposal chats one user may start per minute, on average.
-    #[arg(long, env = "CONFAB_WORKFLOWS_PER_MINUTE", default_value_t = 30)]
+    #[arg(long, env = "CONFAB_WORKFLOWS_PER_MINUTE", default_value_t = Limits::DEFAULT.workflows_per_minute)]
     pub workflows_per_minute: u32,
     /// …and in a burst.
-    #[arg(long, env = "CONFAB_WORKFLOW_BURST", default_value_t = 60)]
+    #[arg(long, env = "CONFAB_WORKFLOW_BURST", default_value_t = Limits::DEFAULT.workflow_burst)]
     pub workflow_burst: u32,
     /// Seconds a client has to send a request's headers; slower ones are dropped.
-    #[arg(long, env = "CONFAB_HTTP_HEADER_TIMEOUT", default_value_t = 10)]
+    #[arg(long, env = "CONFAB_HTTP_HEADER_TIMEOUT", default_value_t = HttpLimits::DEFAULT_HEADER_TIMEOUT.as_secs())]
     pub http_header_timeout: u64,
     /// Seconds a request (its body included) may take before it is answered 503.
-    #[arg(long, env = "CONFAB_HTTP_REQUEST_TIMEOUT", default_value_t = 30)]
+    #[arg(long, env = "CONFAB_HTTP_REQUEST_TIMEOUT", default_value_t = Config::DEFAULT_REQUEST_TIMEOUT.as_secs())]
     pub http_request_timeout: u64,
     /// Connections open at once, HTTP and WebSocket; past it, 503. Default: the
     /// process's descriptor limit less 256 (for the database, logs and Redis).
     #[arg(long, env = "CONFAB_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// WebSocket connections from one client address.
-    #[arg(long, env = "CONFAB_WS_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 1000)]
+    #[arg(
+        long,
+        env = "CONFAB_WS_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = WsLimits::DEFAULT.max_connections_per_address,
+    )]
     pub ws_max_connections_per_address: usize,
     /// Serve `/metrics` on this address (e.g. 127.0.0.1:9100) instead of the public one.
     #[arg(long, env = "CONFAB_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
     /// Sign-in and sign-up attempts one client address may make per minute; past it, 429.
-    #[arg(long, env = "CONFAB_SIGNIN_ATTEMPTS_PER_MINUTE", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "CONFAB_SIGNIN_ATTEMPTS_PER_MINUTE",
+        default_value_t = SignInLimits::DEFAULT.attempts_per_address_per_minute,
+    )]
     pub signin_attempts_per_minute: u32,
     /// Failed sign-ins one account may have within the failure window before it is
     /// locked for the rest of the window (each failure past the third also delays the next try).
-    #[arg(long, env = "CONFAB_SIGNIN_FAILURES_PER_ACCOUNT", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "CONFAB_SIGNIN_FAILURES_PER_ACCOUNT",
+        default_value_t = SignInLimits::DEFAULT.failures_per_account,
+    )]
     pub signin_failures_per_account: u32,
     /// The failure window, in seconds.
-    #[arg(long, env = "CONFAB_SIGNIN_FAILURE_WINDOW", default_value_t = 900)]
+    #[arg(long, env = "CONFAB_SIGNIN_FAILURE_WINDOW", default_value_t = SignInLimits::DEFAULT.failure_window.as_secs())]
     pub signin_failure_window: u64,
     /// Take the client's address from the last entry of `X-Forwarded-For` (set this
     /// only behind a proxy that appends it, such as deploy/nginx.conf); otherwise
@@ -191,33 +205,37 @@ pub struct ServeArgs {
     #[arg(long, env = "CONFAB_TRUST_FORWARDED_FOR")]
     pub trust_forwarded_for: bool,
     /// Frames queued for one WebSocket connection; a client further behind is closed with 1013.
-    #[arg(long, env = "CONFAB_WS_QUEUE", default_value_t = 1024)]
+    #[arg(long, env = "CONFAB_WS_QUEUE", default_value_t = WsLimits::DEFAULT.queue)]
     pub ws_queue: usize,
     /// Bytes of frames queued for one WebSocket connection; a client further behind is closed with 1013.
-    #[arg(long, env = "CONFAB_WS_QUEUE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    #[arg(long, env = "CONFAB_WS_QUEUE_BYTES", default_value_t = WsLimits::DEFAULT.queue_bytes)]
     pub ws_queue_bytes: usize,
     /// Largest WebSocket frame, in bytes; larger ones close the connection with 1009.
     /// Smaller frames whose text is over the limit get a `payload_too_large` error.
-    #[arg(long, env = "CONFAB_WS_MAX_FRAME_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "CONFAB_WS_MAX_FRAME_BYTES", default_value_t = WsLimits::DEFAULT.max_frame_bytes)]
     pub ws_max_frame_bytes: usize,
     /// Seconds between server pings.
-    #[arg(long, env = "CONFAB_WS_PING_INTERVAL", default_value_t = 30)]
+    #[arg(long, env = "CONFAB_WS_PING_INTERVAL", default_value_t = WsLimits::DEFAULT.ping_interval.as_secs())]
     pub ws_ping_interval: u64,
     /// Seconds without any frame from the client (pongs count) before the server closes it.
-    #[arg(long, env = "CONFAB_WS_IDLE_TIMEOUT", default_value_t = 90)]
+    #[arg(long, env = "CONFAB_WS_IDLE_TIMEOUT", default_value_t = WsLimits::DEFAULT.idle_timeout.as_secs())]
     pub ws_idle_timeout: u64,
     /// Seconds a socket write may take (a client that stopped reading, or vanished);
     /// past it the connection is closed with 1013 and its memory freed.
-    #[arg(long, env = "CONFAB_WS_WRITE_TIMEOUT", default_value_t = 10)]
+    #[arg(long, env = "CONFAB_WS_WRITE_TIMEOUT", default_value_t = WsLimits::DEFAULT.write_timeout.as_secs())]
     pub ws_write_timeout: u64,
     /// Open WebSocket connections per user on one node.
-    #[arg(long, env = "CONFAB_WS_MAX_CONNECTIONS_PER_USER", default_value_t = 16)]
+    #[arg(
+        long,
+        env = "CONFAB_WS_MAX_CONNECTIONS_PER_USER",
+        default_value_t = WsLimits::DEFAULT.max_connections_per_user,
+    )]
     pub ws_max_connections_per_user: usize,
     /// Lifetime of access tokens, in seconds.
-    #[arg(long, env = "CONFAB_ACCESS_TOKEN_TTL", default_value_t = 900)]
+    #[arg(long, env = "CONFAB_ACCESS_TOKEN_TTL", default_value_t = Config::DEFAULT_ACCESS_TOKEN_TTL.as_secs())]
     pub access_token_ttl: u64,
     /// Lifetime of refresh tokens, in seconds.
-    #[arg(long, env = "CONFAB_REFRESH_TOKEN_TTL", default_value_t = 7 * 24 * 3600)]
+    #[arg(long, env = "CONFAB_REFRESH_TOKEN_TTL", default_value_t = Config::DEFAULT_REFRESH_TOKEN_TTL.as_secs())]
     pub refresh_token_ttl: u64,
     /// Log format: `text` for people, `json` for log collectors.
     #[arg(long, env = "CONFAB_LOG_FORMAT", default_value = "text")]
@@ -249,18 +267,18 @@ pub struct HostArgs {
     #[arg(long, env = "CONFAB_WEBHOOK_SECRET", requires = "webhook_url")]
     pub webhook_secret: Option<Secret>,
     /// Seconds before a failed delivery is tried again; each next wait doubles.
-    #[arg(long, env = "CONFAB_WEBHOOK_FIRST_RETRY", default_value_t = 30)]
+    #[arg(long, env = "CONFAB_WEBHOOK_FIRST_RETRY", default_value_t = WebhookConfig::DEFAULT_FIRST_RETRY.as_secs())]
     pub webhook_first_retry: u64,
     /// Delivery attempts of one event before it is given up (it stays replayable).
-    #[arg(long, env = "CONFAB_WEBHOOK_MAX_ATTEMPTS", default_value_t = 12)]
+    #[arg(long, env = "CONFAB_WEBHOOK_MAX_ATTEMPTS", default_value_t = WebhookConfig::DEFAULT_MAX_ATTEMPTS)]
     pub webhook_max_attempts: u32,
     /// Days events are kept for replay (`GET /api/server/events/`) once sent.
-    #[arg(long, env = "CONFAB_EVENT_RETENTION_DAYS", default_value_t = 7)]
+    #[arg(long, env = "CONFAB_EVENT_RETENTION_DAYS", default_value_t = HostConfig::RETENTION.as_secs() / DAY)]
     pub event_retention_days: u64,
 }
 
 /// Host tokens, the server API and webhooks, as configured.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct HostConfig {
     pub jwt_secret: Option<Secret>,
     pub jwt_public_key: Option<PathBuf>,
@@ -287,21 +305,39 @@ pub struct WebhookConfig {
 }
 
 impl WebhookConfig {
+    pub const DEFAULT_FIRST_RETRY: Duration = Duration::from_secs(30);
+    pub const DEFAULT_MAX_ATTEMPTS: u32 = 12;
+
     pub fn new(url: impl Into<String>, secret: Secret) -> Self {
         Self {
             url: url.into(),
             secret,
             timeout: Duration::from_secs(10),
-            first_retry: Duration::from_secs(30),
+            first_retry: Self::DEFAULT_FIRST_RETRY,
             max_retry: Duration::from_secs(6 * 3600),
-            max_attempts: 12,
+            max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
         }
     }
 }
 
 impl HostConfig {
     /// Retention's default: the contract's week.
-    pub const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+    pub const RETENTION: Duration = Duration::from_secs(7 * DAY);
+}
+
+impl Default for HostConfig {
+    /// Nothing of the host's configured; events kept the contract's week (a derived
+    /// default would keep them for no time at all).
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            jwt_public_key: None,
+            jwt_issuer: None,
+            server_api_key: None,
+            webhook: None,
+            event_retention: Self::RETENTION,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -324,7 +360,7 @@ pub struct TokensArgs {
     #[arg(long, default_value = "workflow_test_tokens.json")]
     pub out: PathBuf,
     /// Lifetime of the access tokens, in seconds (long by default: they are for test tooling).
-    #[arg(long, default_value_t = 24 * 3600)]
+    #[arg(long, default_value_t = DAY)]
     pub ttl: u64,
 }
 
@@ -382,19 +418,106 @@ pub struct WsLimits {
     pub max_connections_per_address: usize,
 }
 
+impl WsLimits {
+    /// The defaults, the flags' included.
+    pub const DEFAULT: Self = Self {
+        queue: 1024,
+        queue_bytes: 4 * 1024 * 1024,
+        max_frame_bytes: 1024 * 1024,
+        ping_interval: Duration::from_secs(30),
+        idle_timeout: Duration::from_secs(90),
+        write_timeout: Duration::from_secs(10),
+        auth_timeout: Duration::from_secs(5),
+        max_connections_per_user: 16,
+        max_connections_per_address: 1000,
+    };
+}
+
 impl Default for WsLimits {
     fn default() -> Self {
-        Self {
-            queue: 1024,
-            queue_bytes: 4 * 1024 * 1024,
-            max_frame_bytes: 1024 * 1024,
-            ping_interval: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(90),
-            write_timeout: Duration::from_secs(10),
-            auth_timeout: Duration::from_secs(5),
-            max_connections_per_user: 16,
-            max_connections_per_address: 1000,
-        }
+        Self::DEFAULT
+    }
+}
+
+/// The bounds of the use-cases a deployment can tune.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest message text in characters: long enough for any chat message, short
+    /// enough that one message cannot balloon every recipient's memory.
+    pub max_text_chars: usize,
+    /// Messages (and typing and read frames) a user may send per second, on average…
+    pub messages_per_second: u32,
+    /// …and in a burst: enough for a person, far below what a flooding script sends.
+    pub message_burst: u32,
+    /// Hire Me, proposals and proposal chats a user may start per minute, on
+    /// average, and in a burst: each opens a thread with someone else.
+    pub workflows_per_minute: u32,
+    pub workflow_burst: u32,
+    /// Password guessing: attempts per address, failures per account.
+    pub sign_in: SignInLimits,
+}
+
+impl Limits {
+    /// The defaults, the flags' included.
+    pub const DEFAULT: Self = Self {
+        max_text_chars: 4000,
+        messages_per_second: 20,
+        message_burst: 60,
+        workflows_per_minute: 30,
+        workflow_burst: 60,
+        sign_in: SignInLimits::DEFAULT,
+    };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// The limits on password guessing a deployment can tune.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignInLimits {
+    /// Sign-in and sign-up attempts per client address per minute.
+    pub attempts_per_address_per_minute: u32,
+    /// Failed sign-ins per account within `failure_window` before it is locked
+    /// until the window has passed.
+    pub failures_per_account: u32,
+    pub failure_window: Duration,
+}
+
+impl SignInLimits {
+    /// The defaults, the flags' included.
+    pub const DEFAULT: Self = Self {
+        attempts_per_address_per_minute: 30,
+        failures_per_account: 10,
+        failure_window: Duration::from_secs(900),
+    };
+}
+
+impl Default for SignInLimits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// The bounds of the accept loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Time a client has to send a request's headers once it starts one.
+    pub header_timeout: Duration,
+    /// Connections open at once (HTTP and WebSocket); past it, a 503.
+    pub max_connections: usize,
+}
+
+impl HttpLimits {
+    pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+}
+
+impl Default for HttpLimits {
+    /// The header deadline, and as many connections as the descriptor limit allows.
+    fn default() -> Self {
+        Self { header_timeout: Self::DEFAULT_HEADER_TIMEOUT, max_connections: default_max_connections() }
     }
 }
 
@@ -405,28 +528,36 @@ fn default_max_connections() -> usize {
     usize::try_from(soft.saturating_sub(256)).unwrap_or(usize::MAX).max(64)
 }
 
+/// The defaults of the flags that have no limits struct of their own (`--help` shows them).
 impl Config {
+    pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
+    pub const DEFAULT_REDIS_PREFIX: &str = "confab";
+    pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+    pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_ACCESS_TOKEN_TTL: Duration = Duration::from_secs(900);
+    pub const DEFAULT_REFRESH_TOKEN_TTL: Duration = Duration::from_secs(7 * DAY);
+
     /// The defaults, on a given data directory: what `confab serve` does with no flags.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         let store = StoreArgs { data_dir: data_dir.into(), database_url: None };
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen: Self::DEFAULT_LISTEN,
             database_url: store.database_url(),
             data_dir: store.data_dir,
             jwt_secret: None,
             redis_url: None,
-            redis_prefix: "confab".to_owned(),
+            redis_prefix: Self::DEFAULT_REDIS_PREFIX.to_owned(),
             allowed_origins: Vec::new(),
             trust_forwarded_for: false,
-            limits: Limits::default(),
-            max_body_bytes: 64 * 1024,
-            http: HttpLimits { header_timeout: Duration::from_secs(10), max_connections: default_max_connections() },
-            http_request_timeout: Duration::from_secs(30),
+            limits: Limits::DEFAULT,
+            max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES,
+            http: HttpLimits::default(),
+            http_request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
             metrics_listen: None,
-            access_token_ttl: Duration::from_secs(900),
-            refresh_token_ttl: Duration::from_secs(7 * 24 * 3600),
-            ws: WsLimits::default(),
-            host: HostConfig { event_retention: HostConfig::RETENTION, ..HostConfig::default() },
+            access_token_ttl: Self::DEFAULT_ACCESS_TOKEN_TTL,
+            refresh_token_ttl: Self::DEFAULT_REFRESH_TOKEN_TTL,
+            ws: WsLimits::DEFAULT,
+            host: HostConfig::default(),
         }
     }
 }
@@ -471,7 +602,7 @@ impl From<&ServeArgs> for Config {
                 ping_interval: Duration::from_secs(a.ws_ping_interval.max(1)),
                 idle_timeout: Duration::from_secs(a.ws_idle_timeout.max(1)),
                 write_timeout: Duration::from_secs(a.ws_write_timeout.max(1)),
-                auth_timeout: WsLimits::default().auth_timeout,
+                auth_timeout: WsLimits::DEFAULT.auth_timeout,
                 max_connections_per_user: a.ws_max_connections_per_user.max(1),
                 max_connections_per_address: a.ws_max_connections_per_address.max(1),
             },
@@ -487,7 +618,7 @@ impl From<&ServeArgs> for Config {
                         ..WebhookConfig::new(url, secret.clone())
                     }
                 }),
-                event_retention: Duration::from_secs(a.host.event_retention_days.max(1) * 24 * 3600),
+                event_retention: Duration::from_secs(a.host.event_retention_days.max(1) * DAY),
             },
         }
     }
@@ -527,6 +658,30 @@ mod tests {
         assert_eq!(config.database_url.expose(), "sqlite://./data/confab.db");
         assert_eq!(format!("{:?}", Secret::new("hunter2")), "***");
         assert!(config.allowed_origins.is_empty());
+    }
+
+    #[test]
+    fn config_new_is_what_the_flags_default_to() {
+        let cli = Cli::try_parse_from(["confab"]).unwrap();
+        let parsed = Config::from(&cli.serve);
+        let built = Config::new(&parsed.data_dir);
+        assert_eq!((built.listen, &built.redis_prefix), (parsed.listen, &parsed.redis_prefix));
+        assert_eq!((built.limits, built.ws, built.http), (parsed.limits, parsed.ws, parsed.http));
+        assert_eq!(
+            (built.max_body_bytes, built.http_request_timeout),
+            (parsed.max_body_bytes, parsed.http_request_timeout)
+        );
+        assert_eq!(
+            (built.access_token_ttl, built.refresh_token_ttl),
+            (parsed.access_token_ttl, parsed.refresh_token_ttl)
+        );
+        assert_eq!(built.host.event_retention, parsed.host.event_retention);
+        let host = &cli.serve.host;
+        let webhook = WebhookConfig::new("http://x", Secret::new("s"));
+        assert_eq!(
+            (Duration::from_secs(host.webhook_first_retry), host.webhook_max_attempts),
+            (webhook.first_retry, webhook.max_attempts)
+        );
     }
 
     #[test]

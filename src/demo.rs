@@ -151,7 +151,9 @@ async fn existing_jobs(chat: &Chat) -> Result<HashSet<(UserId, String)>, Error> 
 }
 
 async fn user(chat: &Chat, username: &str) -> Result<User, Error> {
-    chat.store().user_by_username(username).await?.ok_or_else(|| Error::not_found("demo user"))
+    // Registered just before (or already there): its absence is a fault.
+    let user = chat.store().user_by_username(username).await?;
+    user.ok_or_else(|| Error::Internal(format!("the demo user {username} is gone").into()))
 }
 
 #[cfg(test)]

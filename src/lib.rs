@@ -2,28 +2,28 @@
 //!
 //! # Layout
 //! Layers, lowest first. A module imports only from layers below its own, never
-//! from a peer of its layer (`tests/layers.rs` checks this, and lists the few
-//! exceptions with their reasons).
+//! from a peer of its layer (`tests/layers.rs` checks this).
 //! - L0, leaves: [`domain`] (the contract's types and rules; no I/O), [`lockfile`]
 //!   (one process per data directory and SQLite file), [`memory`] (gives freed
 //!   memory back to the system after a burst).
-//! - L1: [`config`] (the command line and environment; how secrets are shown),
-//!   [`auth`] (argon2 passwords, Confab's HS256 JWTs, the host marketplace's
-//!   tokens), [`store`] (the `Store` trait, its SQLite and PostgreSQL
-//!   implementations, the conformance suite), [`bus`] (carries events to the nodes
-//!   whose users must hear of them).
-//! - L2: [`chat`], the use-cases (register, sign in, authenticate, hire, propose,
+//! - L1: [`config`] (the command line and environment, every default once, the
+//!   limits each part enforces, how secrets and URLs are shown).
+//! - L2: [`auth`] (argon2 passwords, Confab's HS256 JWTs, the host marketplace's
+//!   tokens), [`store`] (the `Store` trait, written once in SQL over a SQLite and a
+//!   PostgreSQL backend), [`bus`] (carries events to the nodes whose users must
+//!   hear of them; owns those transport events).
+//! - L3: [`chat`], the use-cases (register, sign in, authenticate, hire, propose,
 //!   send, read, page), over a `Store` and a `Bus`.
-//! - L3: [`server`] (the accept loop: header deadline, connection cap, graceful
+//! - L4: [`server`] (the accept loop: header deadline, connection cap, graceful
 //!   stop), [`webhook`] (delivers the outbox's events to the host marketplace),
 //!   [`demo`] (the demo marketplace).
-//! - L4: [`http`], the REST routes, their state and extractors, the one error type,
+//! - L5: [`http`], the REST routes, their state and extractors, the one error type,
 //!   and the middleware every route answers through.
-//! - L5: [`ws`], the WebSocket routes and state, sessions and this node's hub of
+//! - L6: [`ws`], the WebSocket routes and state, sessions and this node's hub of
 //!   connections (it uses `http`'s error type and client address).
-//! - L6: [`app`] builds the state, merges the routers, binds the listener, serves
+//! - L7: [`app`] builds the state, merges the routers, binds the listener, serves
 //!   until shutdown.
-//! - L7: the `confab` binary (`main.rs`).
+//! - L8: the `confab` binary (`main.rs`).
 
 pub mod app;
 pub mod auth;

@@ -9,8 +9,8 @@ use clap::Parser;
 use confab::app::{self, App};
 use confab::auth::{JwtKeys, TokenKind};
 use confab::bus::LocalBus;
-use confab::chat::{Chat, Limits};
-use confab::config::{Cli, Command, Config, LogFormat, ServeArgs, StoreArgs, TokensArgs};
+use confab::chat::Chat;
+use confab::config::{Cli, Command, Config, Limits, LogFormat, ServeArgs, StoreArgs, TokensArgs};
 use confab::demo;
 use confab::store::{self, Store};
 use confab::ws::Hub;
@@ -51,7 +51,12 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let app = App::build(config).await?;
     if args.demo {
         let loaded = demo::load(app.chat()).await.context("loading the demo marketplace")?;
-        tracing::info!(users = loaded.users, jobs = loaded.jobs, "demo marketplace loaded (password: testpass123)");
+        tracing::info!(
+            users = loaded.users,
+            jobs = loaded.jobs,
+            "demo marketplace loaded (password: {})",
+            demo::PASSWORD
+        );
     }
     let addr = app.local_addr()?;
     tracing::info!(%addr, "confab is listening on http://{addr}/ (API reference: http://{addr}/api/openapi.json)");
@@ -82,7 +87,7 @@ async fn migrate(args: &StoreArgs) -> anyhow::Result<()> {
 async fn load_demo(args: &StoreArgs) -> anyhow::Result<()> {
     let chat = open_chat(args).await?;
     let loaded = demo::load(&chat).await.context("loading the demo marketplace")?;
-    tracing::info!(users = loaded.users, jobs = loaded.jobs, "demo marketplace loaded (password: testpass123)");
+    tracing::info!(users = loaded.users, jobs = loaded.jobs, "demo marketplace loaded (password: {})", demo::PASSWORD);
     Ok(())
 }
 

@@ -23,6 +23,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
 
+use crate::config::HttpLimits;
+
 /// How long shutdown waits for HTTP requests in flight.
 const DRAIN: Duration = Duration::from_secs(10);
 /// After a failed accept (out of descriptors, say), a pause before the next.
@@ -34,15 +36,6 @@ const MAX_REFUSING: usize = 64;
 /// One of the server's connection places; dropped when the connection ends.
 #[derive(Debug, Clone)]
 pub struct ConnectionSlot(#[expect(dead_code, reason = "held, never read")] Arc<OwnedSemaphorePermit>);
-
-/// The bounds of the accept loop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HttpLimits {
-    /// Time a client has to send a request's headers once it starts one.
-    pub header_timeout: Duration,
-    /// Connections open at once (HTTP and WebSocket); past it, a 503.
-    pub max_connections: usize,
-}
 
 /// Serves `make` on `listener` until `stop` is cancelled, then stops accepting and
 /// waits (up to a bound) for the requests in flight.

@@ -5,7 +5,7 @@
 //! is) is the chat layer's business; this only proves the host said it.
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use super::jwt::{CLOCK_LEEWAY, TokenError};
 use crate::domain::Timestamp;
@@ -21,15 +21,18 @@ pub struct HostClaims {
     pub role: String,
     #[serde(default)]
     pub username: Option<String>,
-    pub exp: i64,
+    /// When the token expires; one no timestamp can show makes the token invalid.
+    #[serde(rename = "exp", deserialize_with = "unix_seconds")]
+    pub expires_at: Timestamp,
 }
 
 impl HostClaims {
     pub const MAX_SUB_CHARS: usize = 128;
+}
 
-    pub fn expires_at(&self) -> Timestamp {
-        Timestamp::from_millis(self.exp.saturating_mul(1000))
-    }
+fn unix_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+    let secs = i64::deserialize(d)?;
+    Timestamp::from_secs(secs).ok_or_else(|| serde::de::Error::custom("exp is out of range"))
 }
 
 /// How host tokens are verified, built once at start.
@@ -111,7 +114,7 @@ mod tests {
     }
 
     fn later() -> i64 {
-        Timestamp::now().millis() / 1000 + 600
+        Timestamp::now().secs() + 600
     }
 
     #[test]
@@ -128,6 +131,9 @@ mod tests {
         let mut no_exp = good.clone();
         no_exp.as_object_mut().unwrap().remove("exp");
         assert_eq!(keys.verify(&sign(&no_exp, Algorithm::HS256, SECRET)), Err(TokenError::Invalid));
+        let mut never = good.clone();
+        never["exp"] = json!(i64::MAX);
+        assert_eq!(keys.verify(&sign(&never, Algorithm::HS256, SECRET)), Err(TokenError::Invalid), "exp out of range");
         let mut expired = good.clone();
         expired["exp"] = json!(1);
         assert_eq!(keys.verify(&sign(&expired, Algorithm::HS256, SECRET)), Err(TokenError::Expired));

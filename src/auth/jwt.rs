@@ -119,7 +119,7 @@ impl JwtKeys {
             TokenKind::Access => self.access_ttl,
             TokenKind::Refresh => self.refresh_ttl,
         });
-        self.sign(user, kind, ttl, None).map(|(token, _)| token)
+        self.sign(user, kind, ttl, None).map(|(token, _, _)| token)
     }
 
     /// Signs a refresh token of `family` (a new sign-in's when `None`).
@@ -132,8 +132,9 @@ impl JwtKeys {
         family: Option<&str>,
     ) -> Result<IssuedRefresh, jsonwebtoken::errors::Error> {
         let family = family.map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
-        let (token, claims) = self.sign(user, TokenKind::Refresh, self.refresh_ttl, Some(family.clone()))?;
-        Ok(IssuedRefresh { token, jti: claims.jti, family, expires_at: Timestamp::from_millis(claims.exp * 1000) })
+        let (token, claims, expires_at) =
+            self.sign(user, TokenKind::Refresh, self.refresh_ttl, Some(family.clone()))?;
+        Ok(IssuedRefresh { token, jti: claims.jti, family, expires_at })
     }
 
     fn sign(
@@ -142,21 +143,22 @@ impl JwtKeys {
         kind: TokenKind,
         ttl: Duration,
         fam: Option<String>,
-    ) -> Result<(String, Claims), jsonwebtoken::errors::Error> {
-        let now = Timestamp::now().millis() / 1000;
+    ) -> Result<(String, Claims, Timestamp), jsonwebtoken::errors::Error> {
+        let now = Timestamp::now().whole_seconds();
+        let expires = now.saturating_add(ttl);
         let claims = Claims {
             token_type: kind,
             user_id: user.0,
             sub: user.0.to_string(),
             iss: ISSUER.to_owned(),
             aud: AUDIENCE.to_owned(),
-            iat: now,
-            exp: now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)),
+            iat: now.secs(),
+            exp: expires.secs(),
             jti: uuid::Uuid::new_v4().simple().to_string(),
             fam,
         };
         let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?;
-        Ok((token, claims))
+        Ok((token, claims, expires))
     }
 
     /// The user a token of `kind` was issued to.
@@ -192,14 +194,10 @@ impl JwtKeys {
     /// When an access token expires (for the socket that lives as long as it).
     ///
     /// # Errors
-    /// As [`JwtKeys::verify`].
+    /// As [`JwtKeys::verify`]; also an `exp` no timestamp can show.
     pub fn access_expiry(&self, token: &str) -> Result<(UserId, Timestamp), TokenError> {
         let c = self.claims(token, TokenKind::Access)?;
-        Ok((UserId(c.user_id), Timestamp::from_millis(c.exp.saturating_mul(1000))))
-    }
-
-    pub fn access_ttl(&self) -> Duration {
-        self.access_ttl
+        Ok((UserId(c.user_id), Timestamp::from_secs(c.exp).ok_or(TokenError::Invalid)?))
     }
 }
 
@@ -239,13 +237,15 @@ mod tests {
         };
         let sign = |c: &Claims| encode(&Header::new(Algorithm::HS256), c, &k.encoding).unwrap();
         assert_eq!(k.verify(&sign(&claims(ISSUER, AUDIENCE, 1)), TokenKind::Access), Err(TokenError::Expired));
-        let later = Timestamp::now().millis() / 1000 + 600;
+        let later = Timestamp::now().secs() + 600;
         assert_eq!(
             k.verify(&sign(&claims("someone-else", AUDIENCE, later)), TokenKind::Access),
             Err(TokenError::Invalid)
         );
         assert_eq!(k.verify(&sign(&claims(ISSUER, "another-app", later)), TokenKind::Access), Err(TokenError::Invalid));
         assert_eq!(k.verify(&sign(&claims(ISSUER, AUDIENCE, later)), TokenKind::Access), Ok(UserId(7)));
+        let never = sign(&claims(ISSUER, AUDIENCE, i64::MAX));
+        assert_eq!(k.access_expiry(&never), Err(TokenError::Invalid), "an exp no timestamp can show");
     }
 
     #[test]

@@ -267,16 +267,29 @@ impl PublishTask {
         let Some(con) = self.con.as_mut() else { return false };
         let mut pipe = redis::pipe();
         let missed: Vec<UserId> = self.missed.lock().unwrap_or_else(PoisonError::into_inner).drain().collect();
+        // Serializing these cannot fail in practice; if it did, it is logged (never an
+        // empty payload), and an event's recipients are told to sync instead.
         if !missed.is_empty() {
-            let notice = serde_json::to_vec(&Envelope::<&Event> { node: self.node, event: None }).unwrap_or_default();
-            for user in &missed {
-                pipe.publish(self.channels.user(*user), notice.as_slice()).ignore();
+            match serde_json::to_vec(&Envelope::<&Event> { node: self.node, event: None }) {
+                Ok(notice) => {
+                    for user in &missed {
+                        pipe.publish(self.channels.user(*user), notice.as_slice()).ignore();
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "serializing a sync notice failed"),
             }
         }
         for event in batch {
-            let Ok(payload) = serde_json::to_vec(&Envelope { node: self.node, event: Some(event) }) else { continue };
-            for user in event.recipients() {
-                pipe.publish(self.channels.user(*user), payload.as_slice()).ignore();
+            match serde_json::to_vec(&Envelope { node: self.node, event: Some(event) }) {
+                Ok(payload) => {
+                    for user in event.recipients() {
+                        pipe.publish(self.channels.user(*user), payload.as_slice()).ignore();
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "serializing an event for Redis failed; its recipients will sync");
+                    self.missed.lock().unwrap_or_else(PoisonError::into_inner).extend(event.recipients());
+                }
             }
         }
         match pipe.query_async::<()>(con).await {

@@ -153,7 +153,7 @@ impl Chat {
             // Not one of ours: perhaps the host's.
             (Err(TokenError::Invalid), Some(host)) => {
                 let claims = host.verify(token).map_err(refused)?;
-                let expires = claims.expires_at();
+                let expires = claims.expires_at;
                 return Ok((self.host_user(claims).await?, expires));
             }
             (Err(e), _) => return Err(refused(e)),

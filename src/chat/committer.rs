@@ -293,7 +293,7 @@ impl Committer {
                 // from this task keeps the answer in publish order.
                 let participants = match self.store.thread(message.thread_id, sent.user).await {
                     Ok(Some(thread)) => thread.participants,
-                    Ok(None) => return self.fail(reply, Error::not_found("thread")),
+                    Ok(None) => return self.fail(reply, Error::Internal("a stored message's thread is gone".into())),
                     Err(e) => return self.fail(reply, e.into()),
                 };
                 let message = Message::view(message, &participants);

@@ -125,9 +125,8 @@ impl Chat {
             _ => String::new(),
         };
         let status = match job.status.as_deref() {
-            None | Some("open") => JobStatus::Open,
-            Some("closed") => JobStatus::Closed,
-            Some(_) => return Err(Error::validation("status must be \"open\" or \"closed\"")),
+            None => JobStatus::Open,
+            Some(s) => JobStatus::parse(s).ok_or_else(|| Error::validation("status must be \"open\" or \"closed\""))?,
         };
         let client = self
             .store()

@@ -21,13 +21,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Hasher;
 use crate::bus::Bus;
+use crate::config::Limits;
 use crate::domain::{ErrorCode, ValidationError};
 use crate::store::{Store, StoreError};
 
 pub use accounts::Registration;
 pub use host::{HostJob, HostUser};
 pub use messaging::{Inbox, PreparedSend, SendTarget, Sent, SyncPlan, UnreadTotals};
-pub use throttle::SignInLimits;
 pub(crate) use throttle::client_key;
 pub use workflows::{Opening, ProposalSubmitted};
 
@@ -35,37 +35,6 @@ use committer::{CommitMetrics, Job};
 use members::Members;
 use rate::RateLimiter;
 use throttle::SignInThrottle;
-
-/// The bounds a deployment can tune.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Longest message text in characters: long enough for any chat message, short
-    /// enough that one message cannot balloon every recipient's memory.
-    pub max_text_chars: usize,
-    /// Messages (and typing and read frames) a user may send per second, on average…
-    pub messages_per_second: u32,
-    /// …and in a burst: enough for a person, far below what a flooding script sends.
-    pub message_burst: u32,
-    /// Hire Me, proposals and proposal chats a user may start per minute, on
-    /// average, and in a burst: each opens a thread with someone else.
-    pub workflows_per_minute: u32,
-    pub workflow_burst: u32,
-    /// Password guessing: attempts per address, failures per account.
-    pub sign_in: SignInLimits,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_text_chars: 4000,
-            messages_per_second: 20,
-            message_burst: 60,
-            workflows_per_minute: 30,
-            workflow_burst: 60,
-            sign_in: SignInLimits::default(),
-        }
-    }
-}
 
 /// Sends waiting for the committer; past this, senders wait (back-pressure).
 const SEND_QUEUE: usize = 8192;
@@ -137,10 +106,6 @@ impl Chat {
 
     pub fn bus(&self) -> &Arc<dyn Bus> {
         &self.bus
-    }
-
-    pub fn limits(&self) -> Limits {
-        self.limits
     }
 
     /// Whether the committer is running: without it no message can be stored.

@@ -15,29 +15,14 @@ use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::config::SignInLimits;
+
 /// A bound on remembered addresses and accounts.
 const MAX_KEYS: usize = 100_000;
 /// Failures an account may have before each further attempt waits; then the wait
 /// doubles per failure (1 s, 2 s, 4 s, …) up to `MAX_DELAY`.
 const FREE_FAILURES: u32 = 3;
 const MAX_DELAY: Duration = Duration::from_secs(60);
-
-/// The settings a deployment can tune.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SignInLimits {
-    /// Sign-in and sign-up attempts per client address per minute.
-    pub attempts_per_address_per_minute: u32,
-    /// Failed sign-ins per account within `failure_window` before it is locked
-    /// until the window has passed.
-    pub failures_per_account: u32,
-    pub failure_window: Duration,
-}
-
-impl Default for SignInLimits {
-    fn default() -> Self {
-        Self { attempts_per_address_per_minute: 30, failures_per_account: 10, failure_window: Duration::from_secs(900) }
-    }
-}
 
 /// Why an attempt is refused: come back after `retry_after`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -133,9 +133,11 @@ impl Chat {
         answer.await.map_err(|_| Error::rejected(ErrorCode::Unavailable, "the server is shutting down; try again"))
     }
 
-    /// The thread as the caller sees it.
+    /// The thread as the caller sees it: one just found or created with the caller
+    /// in it, so its absence is a fault, not a `not_found`.
     async fn opening(&self, caller: &User, opened: Opened) -> Result<Opening> {
-        let thread = self.thread(caller, opened.thread_id).await?;
-        Ok(Opening { thread, created: opened.created })
+        let thread = self.store().thread(opened.thread_id, caller.id).await?;
+        let thread = thread.ok_or_else(|| Error::Internal("a thread just opened is gone".into()))?;
+        Ok(Opening { thread: thread.into(), created: opened.created })
     }
 }

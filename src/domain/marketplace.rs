@@ -72,8 +72,13 @@ impl JobStatus {
         }
     }
 
-    pub fn from_db(s: &str) -> Self {
-        if s == "closed" { Self::Closed } else { Self::Open }
+    /// The status [`Self::as_str`] names; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "open" => Some(Self::Open),
+            "closed" => Some(Self::Closed),
+            _ => None,
+        }
     }
 }
 
@@ -161,5 +166,20 @@ mod tests {
         assert!(Money::parse("bid", 0.0).is_err());
         assert!(Money::parse("bid", -3.0).is_err());
         assert!(Money::parse("bid", f64::INFINITY).is_err());
+    }
+
+    #[test]
+    fn stored_kinds_and_statuses_parse_back_and_anything_else_is_refused() {
+        use crate::domain::{MessageKind, ThreadKind};
+        for status in [JobStatus::Open, JobStatus::Closed] {
+            assert_eq!(JobStatus::parse(status.as_str()), Some(status));
+        }
+        for kind in [MessageKind::User, MessageKind::System] {
+            assert_eq!(MessageKind::parse(kind.as_str()), Some(kind));
+        }
+        for kind in [ThreadKind::Direct, ThreadKind::Job, ThreadKind::Group] {
+            assert_eq!(ThreadKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!((JobStatus::parse("Open"), MessageKind::parse(""), ThreadKind::parse("dm")), (None, None, None));
     }
 }

@@ -18,8 +18,13 @@ impl MessageKind {
         }
     }
 
-    pub fn from_db(s: &str) -> Self {
-        if s == "system" { Self::System } else { Self::User }
+    /// The kind [`Self::as_str`] names; `None` for anything else (a corrupt row).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "user" => Some(Self::User),
+            "system" => Some(Self::System),
+            _ => None,
+        }
     }
 }
 
@@ -206,7 +211,7 @@ mod tests {
             text: "hi".to_owned(),
             metadata: json!({}),
             client_msg_id: None,
-            created_at: Timestamp::from_millis(0),
+            created_at: Timestamp::from_millis(0).unwrap(),
         }
     }
 

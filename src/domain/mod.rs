@@ -3,6 +3,7 @@
 
 mod cursor;
 mod error;
+pub mod flexible_id;
 mod ids;
 mod marketplace;
 mod message;

@@ -1,6 +1,6 @@
 use serde::Serialize;
 
-use super::{InboxCursor, JobRef, Message, MessageRecord, Seq, ThreadId, Timestamp, User, UserId};
+use super::{InboxCursor, JobRef, Message, MessageRecord, Seq, ThreadId, Timestamp, User};
 
 /// `direct`: two people, no job; `job`: two people about one job; `group`: more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
@@ -20,11 +20,13 @@ impl ThreadKind {
         }
     }
 
-    pub fn from_db(s: &str) -> Self {
+    /// The kind [`Self::as_str`] names; `None` for anything else (a corrupt row).
+    pub fn parse(s: &str) -> Option<Self> {
         match s {
-            "job" => Self::Job,
-            "group" => Self::Group,
-            _ => Self::Direct,
+            "direct" => Some(Self::Direct),
+            "job" => Some(Self::Job),
+            "group" => Some(Self::Group),
+            _ => None,
         }
     }
 }
@@ -54,10 +56,6 @@ impl ThreadRecord {
     /// The inbox cursor that continues after this thread.
     pub fn cursor(&self) -> InboxCursor {
         InboxCursor { activity: self.activity, id: self.id }
-    }
-
-    pub fn has_participant(&self, user: UserId) -> bool {
-        self.participants.iter().any(|p| p.user.id == user)
     }
 }
 

@@ -1,27 +1,58 @@
-use chrono::{DateTime, SecondsFormat, Utc};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, SubsecRound, TimeDelta, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A UTC instant with millisecond precision: stored as milliseconds since the epoch
 /// in every backend (so both stores agree to the millisecond), shown as RFC 3339
-/// with a `Z`.
+/// with a `Z`. Always an instant that can be shown (years ±262,000): a number out
+/// of that range is refused where it enters (a row, a token), never shown as another time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Timestamp(i64);
+pub struct Timestamp(DateTime<Utc>);
 
 impl Timestamp {
     pub fn now() -> Self {
-        Self(Utc::now().timestamp_millis())
+        Self(Utc::now().trunc_subsecs(3))
     }
 
-    pub fn from_millis(ms: i64) -> Self {
-        Self(ms)
+    /// The instant `ms` milliseconds after the epoch; `None` beyond the years ±262,000.
+    pub fn from_millis(ms: i64) -> Option<Self> {
+        DateTime::from_timestamp_millis(ms).map(Self)
+    }
+
+    /// The instant `secs` seconds after the epoch (a JWT's `exp`); `None` out of range.
+    pub fn from_secs(secs: i64) -> Option<Self> {
+        DateTime::from_timestamp(secs, 0).map(Self)
+    }
+
+    /// This instant without its fraction of a second (a JWT's `iat` and `exp` are whole).
+    pub fn whole_seconds(self) -> Self {
+        Self(self.0.trunc_subsecs(0))
     }
 
     pub fn millis(self) -> i64 {
-        self.0
+        self.0.timestamp_millis()
+    }
+
+    pub fn secs(self) -> i64 {
+        self.0.timestamp()
+    }
+
+    /// `d` later; a time past the last instant there is (a lifetime of "forever")
+    /// stops there.
+    pub fn saturating_add(self, d: Duration) -> Self {
+        let later = TimeDelta::from_std(d).ok().and_then(|d| self.0.checked_add_signed(d));
+        Self(later.unwrap_or(DateTime::<Utc>::MAX_UTC).trunc_subsecs(3))
+    }
+
+    /// `d` earlier; before the first instant there is, that instant.
+    pub fn saturating_sub(self, d: Duration) -> Self {
+        let earlier = TimeDelta::from_std(d).ok().and_then(|d| self.0.checked_sub_signed(d));
+        Self(earlier.unwrap_or(DateTime::<Utc>::MIN_UTC).trunc_subsecs(3))
     }
 
     pub fn to_rfc3339(self) -> String {
-        DateTime::<Utc>::from_timestamp_millis(self.0).unwrap_or_default().to_rfc3339_opts(SecondsFormat::Millis, true)
+        self.0.to_rfc3339_opts(SecondsFormat::Millis, true)
     }
 }
 
@@ -35,7 +66,7 @@ impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
         DateTime::parse_from_rfc3339(&text)
-            .map(|t| Self(t.timestamp_millis()))
+            .map(|t| Self(t.with_timezone(&Utc).trunc_subsecs(3)))
             .map_err(|e| serde::de::Error::custom(format!("not an RFC 3339 timestamp: {e}")))
     }
 }
@@ -46,8 +77,17 @@ mod tests {
 
     #[test]
     fn timestamps_are_rfc3339_utc_with_z_and_millis() {
-        let t = Timestamp::from_millis(1_785_058_200_123);
+        let t = Timestamp::from_millis(1_785_058_200_123).unwrap();
         assert_eq!(t.to_rfc3339(), "2026-07-26T09:30:00.123Z");
         assert_eq!(serde_json::from_value::<Timestamp>(serde_json::to_value(t).unwrap()).unwrap(), t);
+    }
+
+    #[test]
+    fn a_time_rfc3339_cannot_show_is_refused_not_shown_as_another() {
+        assert_eq!(Timestamp::from_millis(i64::MAX), None);
+        assert_eq!(Timestamp::from_secs(i64::MIN), None);
+        let far = Timestamp::now().saturating_add(Duration::from_secs(u64::MAX));
+        assert!(far > Timestamp::now() && far.to_rfc3339().starts_with('+'), "{}", far.to_rfc3339());
+        assert_eq!(Timestamp::from_secs(far.secs()).map(|t| t.secs()), Some(far.secs()));
     }
 }

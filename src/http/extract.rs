@@ -114,28 +114,6 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     }
 }
 
-/// Ids as the original clients send them: a JSON integer, or a string of digits
-/// (what a form field or a route parameter gives).
-pub(crate) mod flexible_id {
-    use serde::{Deserialize, Deserializer, de::Error};
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum IntOrString {
-        Int(i64),
-        Str(String),
-    }
-
-    /// # Errors
-    /// Anything but an integer or a string of one.
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-        match IntOrString::deserialize(d)? {
-            IntOrString::Int(i) => Ok(i),
-            IntOrString::Str(s) => s.trim().parse().map_err(|_| D::Error::custom("expected an integer id")),
-        }
-    }
-}
-
 /// Amounts as the original clients send them: a JSON number or a numeric string.
 pub(crate) mod flexible_amount {
     use serde::{Deserialize, Deserializer, de::Error};

@@ -5,11 +5,13 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{AuthUser, Json, Query, ThreadPath, flexible_id};
+use super::extract::{AuthUser, Json, Query, ThreadPath};
 use super::web::redirect_url;
 use super::{ApiError, ErrorBody, HttpState, PageQuery};
 use crate::chat::{Opening, SendTarget};
-use crate::domain::{Cursor, InboxCursor, JobId, Message, Page, PageRequest, Seq, Thread, UserId, ValidationError};
+use crate::domain::{
+    Cursor, InboxCursor, JobId, Message, Page, PageRequest, Seq, Thread, UserId, ValidationError, flexible_id,
+};
 use crate::store::InboxFrom;
 
 #[derive(Debug, Deserialize, ToSchema)]

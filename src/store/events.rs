@@ -181,10 +181,15 @@ impl TryFrom<EventRow> for StoredEvent {
             thread_id: ThreadId(r.thread_id),
             thread_seq: r.thread_seq.map(Seq),
             user_id: r.user_id.map(UserId),
-            created_at: Timestamp::from_millis(r.created_at),
+            created_at: created_at(r.created_at)?,
             attempts: u32::try_from(r.attempts).unwrap_or(u32::MAX),
         })
     }
+}
+
+/// An event's stored `created_at`; one no timestamp can show is a corrupt row.
+pub(super) fn created_at(ms: i64) -> Result<Timestamp> {
+    Timestamp::from_millis(ms).ok_or_else(|| StoreError::Other(format!("corrupt row: events.created_at {ms}").into()))
 }
 
 /// The SQL and binds of one delivery outcome.

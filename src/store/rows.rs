@@ -124,8 +124,8 @@ impl TryFrom<JobRow> for Job {
             title: r.title,
             description: r.description,
             client: client.try_into()?,
-            status: JobStatus::from_db(&r.status),
-            created_at: Timestamp::from_millis(r.created_at),
+            status: JobStatus::parse(&r.status).ok_or_else(|| corrupt("jobs.status"))?,
+            created_at: Timestamp::from_millis(r.created_at).ok_or_else(|| corrupt("jobs.created_at"))?,
             external_id: r.external_id,
         })
     }
@@ -169,13 +169,13 @@ impl TryFrom<MessageRow> for MessageRecord {
             id: MessageId(r.id),
             thread_id: ThreadId(r.thread_id),
             seq: Seq(r.seq),
-            kind: MessageKind::from_db(&r.kind),
+            kind: MessageKind::parse(&r.kind).ok_or_else(|| corrupt("messages.kind"))?,
             sender_id: r.sender_id.map(UserId),
             actor_id: r.actor_id.map(UserId),
             text: r.text,
             metadata: serde_json::from_str(&r.metadata).map_err(|_| corrupt("messages.metadata"))?,
             client_msg_id: r.client_msg_id,
-            created_at: Timestamp::from_millis(r.created_at),
+            created_at: Timestamp::from_millis(r.created_at).ok_or_else(|| corrupt("messages.created_at"))?,
         })
     }
 }
@@ -244,7 +244,7 @@ impl ThreadRow {
         };
         Ok(ThreadRecord {
             id: ThreadId(self.id),
-            kind: ThreadKind::from_db(&self.kind),
+            kind: ThreadKind::parse(&self.kind).ok_or_else(|| corrupt("threads.kind"))?,
             job: match (self.job_id, self.job_title) {
                 (Some(id), Some(title)) => Some(JobRef { id: JobId(id), title }),
                 _ => None,
@@ -252,7 +252,7 @@ impl ThreadRow {
             participants,
             last_message,
             unread_count: self.unread_count,
-            created_at: Timestamp::from_millis(self.created_at),
+            created_at: Timestamp::from_millis(self.created_at).ok_or_else(|| corrupt("threads.created_at"))?,
             activity: self.activity,
         })
     }

@@ -858,7 +858,7 @@ where
     async fn event_backlog(&self) -> Result<Backlog> {
         let (pending, oldest): (i64, Option<i64>) =
             sqlx::query_as(events::BACKLOG).fetch_one(self.backend.reader()).await?;
-        Ok(Backlog { pending, oldest: oldest.map(Timestamp::from_millis) })
+        Ok(Backlog { pending, oldest: oldest.map(events::created_at).transpose()? })
     }
 
     async fn add_refresh_token(&self, token: RefreshToken) -> Result<()> {

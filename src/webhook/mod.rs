@@ -164,7 +164,7 @@ impl Dispatcher {
     async fn round(&self, clock: &mut Clock) -> Result<Option<usize>, crate::store::StoreError> {
         let store = self.chat.store();
         let now = Timestamp::now();
-        let until = Timestamp::from_millis(now.millis() + millis(LEASE));
+        let until = now.saturating_add(LEASE);
         if !store.take_event_lease(&self.holder, now, until).await? {
             self.metrics.leader.set(0);
             return Ok(None);
@@ -172,7 +172,7 @@ impl Dispatcher {
         self.metrics.leader.set(1);
         if clock.pruned.elapsed() >= clock.prune_every {
             clock.pruned = Instant::now();
-            let before = Timestamp::from_millis(now.millis() - millis(self.retention));
+            let before = now.saturating_sub(self.retention);
             let removed = store.prune_events(before).await?;
             if removed > 0 {
                 tracing::info!(removed, "forgot webhook events past the retention window");
@@ -263,7 +263,7 @@ impl Dispatcher {
             error,
             "a webhook delivery failed"
         );
-        Delivery::Retry { at: Timestamp::from_millis(Timestamp::now().millis() + millis(delay)), error }
+        Delivery::Retry { at: Timestamp::now().saturating_add(delay), error }
     }
 
     async fn post(&self, event: &StoredEvent, body: Option<serde_json::Value>) -> Result<(), String> {
@@ -272,7 +272,7 @@ impl Dispatcher {
             None => self.chat.render_event(event).await.map_err(|e| format!("rendering the event: {}", e.detail()))?,
         };
         let body = serde_json::to_vec(&body).map_err(|e| format!("serializing the event: {e}"))?;
-        let t = Timestamp::now().millis() / 1000;
+        let t = Timestamp::now().secs();
         let signature = sign::signature(self.config.secret.expose().as_bytes(), t, &body);
         let answer = self
             .client
@@ -299,10 +299,6 @@ fn retry_delay(config: &WebhookConfig, attempts: u32) -> Duration {
     let doubled = config.first_retry.saturating_mul(2u32.saturating_pow(attempts.saturating_sub(1).min(20)));
     let base = doubled.min(config.max_retry);
     base.mul_f64(1.0 + rand::thread_rng().gen_range(0.0..0.25))
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

@@ -495,7 +495,7 @@ mod tests {
             recipient: None,
             text: format!("m{seq}"),
             metadata: serde_json::json!({}),
-            timestamp: Timestamp::from_millis(0),
+            timestamp: Timestamp::from_millis(0).unwrap(),
             is_read: false,
             client_msg_id: key.map(str::to_owned),
         })

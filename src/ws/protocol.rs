@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::domain::{ErrorCode, Message, Seq, ThreadId, User, UserId};
+use crate::domain::{ErrorCode, Message, Seq, ThreadId, User, UserId, flexible_id};
 
 /// A client frame as sent; which fields matter depends on `type`. Unknown fields
 /// are ignored, so clients of the original system that send extra keys still work.
@@ -17,29 +17,13 @@ pub(crate) struct RawFrame {
     #[serde(rename = "type")]
     pub(crate) kind: Option<String>,
     pub(crate) token: Option<String>,
-    #[serde(default, deserialize_with = "flexible_opt_id")]
+    #[serde(default, deserialize_with = "flexible_id::deserialize_option")]
     pub(crate) recipient_id: Option<i64>,
     pub(crate) thread_id: Option<String>,
     pub(crate) text: Option<String>,
     pub(crate) client_msg_id: Option<String>,
     pub(crate) up_to_seq: Option<i64>,
     pub(crate) threads: Option<HashMap<String, i64>>,
-}
-
-fn flexible_opt_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum IntOrString {
-        Int(i64),
-        Str(String),
-    }
-    match Option::<IntOrString>::deserialize(d)? {
-        None => Ok(None),
-        Some(IntOrString::Int(i)) => Ok(Some(i)),
-        Some(IntOrString::Str(s)) => {
-            s.trim().parse().map(Some).map_err(|_| serde::de::Error::custom("expected an integer id"))
-        }
-    }
 }
 
 /// Why a frame could not be read: the code and detail of its `error` event.
@@ -112,10 +96,21 @@ struct ErrorFrame<'a> {
     client_msg_id: Option<&'a str>,
 }
 
+/// The frame's JSON. Serializing these plain structs does not fail (string keys,
+/// no fallible `Serialize`); if a change ever made it, the error is logged and the
+/// client gets an `internal` error frame, never an empty or partial one.
 fn text<T: Serialize>(frame: &T) -> Utf8Bytes {
-    // Serializing these plain structs cannot fail; an empty frame would be a bug, not a crash.
-    serde_json::to_string(frame).unwrap_or_default().into()
+    match serde_json::to_string(frame) {
+        Ok(json) => json.into(),
+        Err(e) => {
+            tracing::error!(error = %e, "serializing a WebSocket frame failed; sending an internal error instead");
+            Utf8Bytes::from_static(INTERNAL_ERROR)
+        }
+    }
 }
+
+/// What a client gets in place of a frame that could not be written.
+const INTERNAL_ERROR: &str = r#"{"type":"error","error":"internal","detail":"internal server error"}"#;
 
 pub(crate) fn new_message(message: &Message) -> Utf8Bytes {
     text(&NewMessageFrame { kind: "new_message", message })
@@ -162,6 +157,14 @@ mod tests {
         assert_eq!(parse("[1]").unwrap_err().code, ErrorCode::ValidationFailed);
         let ok = parse(r#"{"type":"message","recipient_id":"12","text":"hi","extra":true}"#).unwrap();
         assert_eq!((ok.kind.as_deref(), ok.recipient_id), (Some("message"), Some(12)));
+    }
+
+    #[test]
+    fn a_frame_that_cannot_be_serialized_becomes_an_internal_error() {
+        let unserializable = HashMap::from([((1, 2), "a map with non-string keys")]);
+        assert_eq!(text(&unserializable).as_str(), INTERNAL_ERROR);
+        let frame: serde_json::Value = serde_json::from_str(INTERNAL_ERROR).unwrap();
+        assert_eq!(frame["error"], serde_json::to_value(ErrorCode::Internal).unwrap());
     }
 
     #[test]

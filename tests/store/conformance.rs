@@ -511,7 +511,7 @@ fn refresh(id: &str, family: &str, user: &User, ttl_ms: i64) -> RefreshToken {
         id: id.to_owned(),
         family: family.to_owned(),
         user: user.id,
-        expires_at: Timestamp::from_millis(Timestamp::now().millis() + ttl_ms),
+        expires_at: Timestamp::from_millis(Timestamp::now().millis() + ttl_ms).unwrap(),
     }
 }
 
@@ -730,14 +730,14 @@ pub(crate) async fn events_are_recorded_with_what_they_describe_in_one_gapless_o
     let other = direct(&*store, &c, &b).await;
     send(&*store, other, &c, "elsewhere", None).await;
     let now = Timestamp::now();
-    let later = Timestamp::from_millis(now.millis() + 60_000);
+    let later = Timestamp::from_millis(now.millis() + 60_000).unwrap();
     assert_eq!(store.due_events(now, 100).await.unwrap().len(), 7);
     let outcomes = [(1, Delivery::Delivered), (2, Delivery::Retry { at: later, error: "503".into() })];
     store.record_deliveries(&outcomes).await.unwrap();
     let due: Vec<i64> = store.due_events(now, 100).await.unwrap().iter().map(|e| e.seq).collect();
     assert_eq!(due, vec![6, 7], "thread.created of the other thread and its message");
     // An event recorded after `now` is not due yet, and holds nothing back.
-    let before = Timestamp::from_millis(now.millis() - 60_000);
+    let before = Timestamp::from_millis(now.millis() - 60_000).unwrap();
     assert!(store.due_events(before, 100).await.unwrap().is_empty());
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     send(&*store, other, &c, "newer", None).await;
@@ -751,18 +751,20 @@ pub(crate) async fn events_are_recorded_with_what_they_describe_in_one_gapless_o
     assert_eq!(backlog.pending, 6);
     assert!(backlog.oldest.is_some());
     // Sent and given-up events are pruned once past retention; waiting ones stay.
-    assert_eq!(store.prune_events(Timestamp::from_millis(now.millis() + 1000)).await.unwrap(), 2);
+    assert_eq!(store.prune_events(Timestamp::from_millis(now.millis() + 1000).unwrap()).await.unwrap(), 2);
     assert_eq!(store.events_after(0, 100).await.unwrap().results.first().map(|e| e.seq), Some(3));
 }
 
 pub(crate) async fn one_holder_has_the_event_lease_until_it_lapses(store: Arc<dyn Store>) {
     let now = Timestamp::now();
-    let until = Timestamp::from_millis(now.millis() + 30_000);
+    let until = Timestamp::from_millis(now.millis() + 30_000).unwrap();
     assert!(store.take_event_lease("a", now, until).await.unwrap());
     assert!(!store.take_event_lease("b", now, until).await.unwrap(), "a holds it");
     assert!(store.take_event_lease("a", now, until).await.unwrap(), "a renews it");
-    let lapsed = Timestamp::from_millis(until.millis() + 1);
-    assert!(store.take_event_lease("b", lapsed, Timestamp::from_millis(lapsed.millis() + 30_000)).await.unwrap());
+    let lapsed = Timestamp::from_millis(until.millis() + 1).unwrap();
+    assert!(
+        store.take_event_lease("b", lapsed, Timestamp::from_millis(lapsed.millis() + 30_000).unwrap()).await.unwrap()
+    );
     assert!(!store.take_event_lease("a", lapsed, until).await.unwrap());
 }
 
