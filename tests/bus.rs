@@ -24,8 +24,8 @@ struct LocalCluster {
 
 impl Cluster for LocalCluster {
     async fn start(_nodes: usize) -> Self {
-        let sink = Arc::new(Recorder::default());
-        Self { node: Node { bus: Arc::new(LocalBus::new(sink.clone())), sink } }
+        let subscriber = Arc::new(Recorder::default());
+        Self { node: Node { bus: Arc::new(LocalBus::new(subscriber.clone())), subscriber } }
     }
 
     fn node(&self, _i: usize) -> &Node {
@@ -66,9 +66,9 @@ impl Cluster for RedisCluster {
                 .expect("ACL SETUSER (Redis 6 or later)");
             // Any password logs a `nopass` user in.
             let node_url = url.replacen("redis://", &format!("redis://{user}:-@"), 1);
-            let sink = Arc::new(Recorder::default());
-            let bus = RedisBus::connect(&node_url, &prefix, sink.clone()).await.expect("the bus connects");
-            cluster_nodes.push(Node { bus: Arc::new(bus), sink });
+            let subscriber = Arc::new(Recorder::default());
+            let bus = RedisBus::connect(&node_url, &prefix, subscriber.clone()).await.expect("the bus connects");
+            cluster_nodes.push(Node { bus: Arc::new(bus), subscriber });
             users.push(user);
         }
         Self { nodes: cluster_nodes, users, admin }

@@ -6,6 +6,7 @@
 use sqlx::FromRow;
 use uuid::Uuid;
 
+use super::rows::corrupt;
 use super::{Result, StoreError};
 use crate::domain::{Seq, ThreadId, Timestamp, UserId};
 
@@ -32,7 +33,7 @@ impl EventKind {
             "message.created" => Ok(Self::MessageCreated),
             "thread.created" => Ok(Self::ThreadCreated),
             "thread.read" => Ok(Self::ThreadRead),
-            other => Err(StoreError::Other(format!("corrupt row: events.kind {other:?}").into())),
+            _ => Err(corrupt("events.kind")),
         }
     }
 }
@@ -182,14 +183,20 @@ impl TryFrom<EventRow> for StoredEvent {
             thread_seq: r.thread_seq.map(Seq),
             user_id: r.user_id.map(UserId),
             created_at: created_at(r.created_at)?,
-            attempts: u32::try_from(r.attempts).unwrap_or(u32::MAX),
+            attempts: u32::try_from(r.attempts).map_err(|_| corrupt("events.attempts"))?,
         })
     }
 }
 
 /// An event's stored `created_at`; one no timestamp can show is a corrupt row.
 pub(super) fn created_at(ms: i64) -> Result<Timestamp> {
-    Timestamp::from_millis(ms).ok_or_else(|| StoreError::Other(format!("corrupt row: events.created_at {ms}").into()))
+    Timestamp::from_millis(ms).ok_or_else(|| corrupt("events.created_at"))
+}
+
+/// How many seqs `events` take from the counter (`TAKE_EVENT_SEQS`); the first of
+/// them is the counter's answer less this, plus one.
+pub(super) fn seq_count(events: &[NewEvent]) -> Result<i64> {
+    i64::try_from(events.len()).map_err(|e| StoreError::Other(Box::new(e)))
 }
 
 /// The SQL and binds of one delivery outcome.

@@ -12,7 +12,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Pool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::events::{NewEvent, TAKE_EVENT_SEQS};
+use super::events::{self, NewEvent, TAKE_EVENT_SEQS};
 use super::rows::{MESSAGE_COLUMNS, MessageRow, group_participants};
 use super::sql::{Backend, BatchResult, SqlStore, participants_sql};
 use super::{Appended, NewMessage, Result, StoreError, repeated};
@@ -49,7 +49,6 @@ impl Backend for PostgresBackend {
         &self.pool
     }
 
-    /// One array parameter, so the statement is the same whatever the count.
     fn rows_affected(result: &PgQueryResult) -> u64 {
         result.rows_affected()
     }
@@ -140,7 +139,7 @@ async fn record_events(tx: &mut Transaction<'_, Postgres>, events: &[NewEvent]) 
     if events.is_empty() {
         return Ok(());
     }
-    let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
+    let n = events::seq_count(events)?;
     let last: i64 = sqlx::query_scalar(TAKE_EVENT_SEQS).bind(n).fetch_one(&mut **tx).await?;
     let seqs: Vec<i64> = (last - n + 1..=last).collect();
     let ids: Vec<Uuid> = events.iter().map(|_| Uuid::new_v4()).collect();

@@ -34,7 +34,9 @@ pub(super) fn select_system_by_key() -> String {
     )
 }
 
-fn corrupt(what: &str) -> StoreError {
+/// A stored value the domain cannot hold: a bug or a damaged database, never a
+/// default.
+pub(super) fn corrupt(what: &str) -> StoreError {
     StoreError::Other(format!("corrupt row: {what}").into())
 }
 

@@ -120,6 +120,15 @@ const ON_NEW_EXTERNAL_ID: &str = "ON CONFLICT (external_id) WHERE external_id IS
 
 type Row<B> = <<B as Backend>::Db as Database>::Row;
 
+/// An external user's write can break only the username's uniqueness (a conflict
+/// on the external id inserts nothing): another node took the name meanwhile.
+fn username_conflict(e: sqlx::Error) -> StoreError {
+    match StoreError::from(e) {
+        StoreError::Conflict(_) => StoreError::Conflict("users.username".to_owned()),
+        other => other,
+    }
+}
+
 // The bounds say what the shared code asks of a database. sqlx states them per
 // type and Rust does not carry a where clause from one impl to another, so the
 // same list stands here and on the `Store` impl below: a deliberate repeat (the
@@ -188,7 +197,7 @@ where
         if !self.events || events.is_empty() {
             return Ok(());
         }
-        let n = i64::try_from(events.len()).map_err(|e| StoreError::Other(Box::new(e)))?;
+        let n = events::seq_count(events)?;
         let last: i64 = sqlx::query_scalar(TAKE_EVENT_SEQS).bind(n).fetch_one(&mut **tx).await?;
         let now = Timestamp::now().millis();
         for (seq, e) in (last - n + 1..).zip(events) {
@@ -256,6 +265,16 @@ where
         Ok(Opened { thread_id: id, created: true, first_message })
     }
 
+    /// Moves a read marker forward to `target`; `None` when it stood there or past it.
+    async fn move_marker<'e>(
+        on: impl Executor<'e, Database = B::Db>,
+        id: ThreadId,
+        user: UserId,
+        target: i64,
+    ) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar(MOVE_MARKER).bind(id.0).bind(user.0).bind(target).fetch_optional(on).await?)
+    }
+
     /// `user`'s read marker in a thread and the thread's last seq, read from
     /// `pool`; `None` when `user` is not in it.
     async fn read_position(pool: &Pool<B::Db>, id: ThreadId, user: UserId) -> Result<Option<(i64, i64)>> {
@@ -298,7 +317,7 @@ where
     /// Updates the host's user by external id inside `tx`, answering their id when
     /// they exist.
     async fn update_external_user(tx: &mut Transaction<'_, B::Db>, user: &ExternalUser) -> Result<Option<i64>> {
-        Ok(sqlx::query_scalar(
+        sqlx::query_scalar(
             "UPDATE users SET full_name = $2, role = $3, username = COALESCE($4, username) \
              WHERE external_id = $1 RETURNING id",
         )
@@ -307,7 +326,8 @@ where
         .bind(user.role.as_str())
         .bind(user.username.as_deref())
         .fetch_optional(&mut **tx)
-        .await?)
+        .await
+        .map_err(username_conflict)
     }
 
     async fn update_external_job(tx: &mut Transaction<'_, B::Db>, job: &ExternalJob) -> Result<Option<i64>> {
@@ -335,15 +355,21 @@ where
         Ok(())
     }
 
-    /// The host's user by id through the writer (a reader may not see the commit
-    /// yet); an id just written must be there.
-    async fn written_user(&self, id: i64) -> Result<User> {
+    async fn user_on(pool: &Pool<B::Db>, id: i64) -> Result<Option<User>> {
         sqlx::query_as::<_, UserRow>(&format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1"))
             .bind(id)
-            .fetch_optional(self.backend.writer())
+            .fetch_optional(pool)
             .await?
-            .ok_or_else(|| StoreError::Other(format!("user {id} vanished after its write").into()))?
-            .try_into()
+            .map(User::try_from)
+            .transpose()
+    }
+
+    /// A user just written, through the writer (it sees its own commit); one that
+    /// is not there is a fault, not a `NotFound` for the client.
+    async fn written_user(&self, id: i64) -> Result<User> {
+        Self::user_on(self.backend.writer(), id)
+            .await?
+            .ok_or_else(|| StoreError::Other(format!("user {id} vanished after its write").into()))
     }
 
     async fn written_job(&self, id: i64) -> Result<Job> {
@@ -414,12 +440,7 @@ where
     }
 
     async fn user(&self, id: UserId) -> Result<Option<User>> {
-        sqlx::query_as::<_, UserRow>(&format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1"))
-            .bind(id.0)
-            .fetch_optional(self.backend.reader())
-            .await?
-            .map(User::try_from)
-            .transpose()
+        Self::user_on(self.backend.reader(), id.0).await
     }
 
     async fn user_by_username(&self, username: &str) -> Result<Option<User>> {
@@ -609,26 +630,16 @@ where
         if target > current {
             // One statement, or one short transaction when the move records an
             // event with it: a read receipt is otherwise one statement.
-            let moved: Option<i64> = if self.events {
+            let moved = if self.events {
                 let mut tx = self.begin().await?;
-                let moved: Option<i64> = sqlx::query_scalar(MOVE_MARKER)
-                    .bind(id.0)
-                    .bind(user.0)
-                    .bind(target)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+                let moved = Self::move_marker(&mut *tx, id, user, target).await?;
                 if let Some(m) = moved {
                     self.record_events(&mut tx, &[NewEvent::read(id, user, Seq(m))]).await?;
                 }
                 tx.commit().await?;
                 moved
             } else {
-                sqlx::query_scalar(MOVE_MARKER)
-                    .bind(id.0)
-                    .bind(user.0)
-                    .bind(target)
-                    .fetch_optional(self.backend.writer())
-                    .await?
+                Self::move_marker(self.backend.writer(), id, user, target).await?
             };
             marker = match moved {
                 Some(m) => (m, true),
@@ -716,7 +727,10 @@ where
             }
         }
         // Update, else insert; an insert that meets a row another node inserted
-        // meanwhile (PostgreSQL) inserts nothing, and the update then finds it.
+        // meanwhile (PostgreSQL) inserts nothing, and the update then finds it. Up
+        // to five statements where PostgreSQL alone could use one upsert (telling
+        // an insert by `xmax = 0`), so that both engines run the same SQL: this is
+        // the server API, not the message path.
         let mut created = false;
         let mut id = Self::update_external_user(&mut tx, &user).await?;
         if id.is_none() {
@@ -732,11 +746,7 @@ where
             .bind(Timestamp::now().millis())
             .fetch_optional(&mut *tx)
             .await
-            .map_err(|e| match StoreError::from(e) {
-                // Only the username can conflict here: the external id's conflict inserts nothing.
-                StoreError::Conflict(_) => StoreError::Conflict("users.username".to_owned()),
-                other => other,
-            })?;
+            .map_err(username_conflict)?;
             created = id.is_some();
         }
         if id.is_none() {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode as SqliteCode, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use super::events::{INSERT_EVENT, NewEvent, TAKE_EVENT_SEQS};
+use super::events::{self, INSERT_EVENT, NewEvent, TAKE_EVENT_SEQS};
 use super::rows::INSERT_MESSAGE;
 use super::rows::{MessageRow, sqlite_message_row};
 use super::sql::BatchResult;
@@ -38,9 +38,12 @@ pub(super) const SHRINK_MEMORY: &str = "PRAGMA shrink_memory";
 /// each busy thread in the `(thread_id, seq)` and key indexes): with 1,000 users a
 /// batch outgrew the default, so nearly every commit also checkpointed, copying
 /// those pages again and syncing the database file while every sender waited.
-/// At 16,384 pages (64 MiB at 4 KiB a page) a page is copied once per many batches;
-/// the WAL file stays up to about that size on disk. Open loop at 16,500 msg/s:
-/// delivery p50 108 → 19 ms, p99 190 → 87 ms (`docs/benchmarks.md`, 2026-12-04).
+/// At 16,384 pages (64 MiB at 4 KiB a page) the commits rarely checkpoint; the WAL
+/// file stays up to about that size on disk. Open loop at 16,500 msg/s: delivery
+/// p50 108 → 19 ms, p99 190 → 87 ms (`docs/benchmarks.md`, 2026-12-04). Since then
+/// `sqlite_checkpoint` copies the WAL in the background every 250 ms, so this is
+/// the fallback for back-to-back batches, and what such a commit copies is what
+/// came since the last background pass.
 pub(super) const WAL_CHECKPOINT_PAGES: u32 = 16_384;
 
 /// The shared SQL the writer runs (`sql.rs`), built once for the thread's life.
@@ -151,7 +154,7 @@ fn record_events(tx: &rusqlite::Transaction<'_>, events: &[NewEvent]) -> Result<
     if events.is_empty() {
         return Ok(());
     }
-    let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
+    let n = events::seq_count(events)?;
     let last: i64 = tx
         .prepare_cached(TAKE_EVENT_SEQS)
         .and_then(|mut s| s.query_row(params![n], |r| r.get(0)))

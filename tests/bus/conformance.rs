@@ -17,17 +17,17 @@ const CAROL: UserId = UserId(3);
 /// Who "reads" in the test events; nobody watches them.
 const WRITER: UserId = UserId(9);
 
-/// One node: its bus and the sink standing in for its hub.
+/// One node: its bus and the subscriber standing in for its hub.
 pub(crate) struct Node {
     pub(crate) bus: Arc<dyn Bus>,
-    pub(crate) sink: Arc<Recorder>,
+    pub(crate) subscriber: Arc<Recorder>,
 }
 
 impl Node {
-    /// `user` connects here: a local user of the sink, then watched on the bus,
+    /// `user` connects here: a local user of the subscriber, then watched on the bus,
     /// waiting (when the bus answers) until events published from now on arrive.
     pub(crate) async fn watch(&self, user: UserId) {
-        self.sink.add_local(user);
+        self.subscriber.add_local(user);
         if let Some(subscribed) = self.bus.watch(user) {
             let answer = tokio::time::timeout(WAIT, subscribed).await;
             answer.expect("the bus subscribes in time").expect("the bus is running");
@@ -36,7 +36,7 @@ impl Node {
 
     /// `user`'s last connection here closed.
     pub(crate) fn unwatch(&self, user: UserId) {
-        self.sink.remove_local(user);
+        self.subscriber.remove_local(user);
         self.bus.unwatch(user);
     }
 
@@ -77,16 +77,16 @@ pub(crate) async fn each_recipient_hears_each_event_once_in_publish_order<C: Clu
     bob_node.watch(CAROL).await;
 
     cluster.node(0).publish(1..=100, &[ALICE, BOB, CAROL]);
-    alice_node.sink.wait_for_seq(ALICE, 100).await;
-    bob_node.sink.wait_for_seq(BOB, 100).await;
-    bob_node.sink.wait_for_seq(CAROL, 100).await;
+    alice_node.subscriber.wait_for_seq(ALICE, 100).await;
+    bob_node.subscriber.wait_for_seq(BOB, 100).await;
+    bob_node.subscriber.wait_for_seq(CAROL, 100).await;
 
     let all: Vec<i64> = (1..=100).collect();
-    assert_eq!(alice_node.sink.heard().seqs_for(ALICE), all);
-    assert_eq!(bob_node.sink.heard().seqs_for(BOB), all);
-    assert_eq!(bob_node.sink.heard().seqs_for(CAROL), all);
+    assert_eq!(alice_node.subscriber.heard().seqs_for(ALICE), all);
+    assert_eq!(bob_node.subscriber.heard().seqs_for(BOB), all);
+    assert_eq!(bob_node.subscriber.heard().seqs_for(CAROL), all);
     for node in [alice_node, bob_node] {
-        let heard = node.sink.heard();
+        let heard = node.subscriber.heard();
         assert_eq!((heard.all_missed, heard.users_missed.as_slice()), (0, &[][..]), "nothing was lost");
     }
 }
@@ -103,9 +103,9 @@ pub(crate) async fn a_node_hears_only_the_users_it_watches<C: LossyCluster>() {
     cluster.node(0).publish([1], &[ALICE]);
     cluster.node(0).publish([2], &[BOB]);
     cluster.node(0).publish([3], &[ALICE, BOB]);
-    node_1.sink.wait_for_seq(ALICE, 3).await;
-    node_2.sink.wait_for_seq(BOB, 3).await;
-    let (heard_1, heard_2) = (node_1.sink.heard(), node_2.sink.heard());
+    node_1.subscriber.wait_for_seq(ALICE, 3).await;
+    node_2.subscriber.wait_for_seq(BOB, 3).await;
+    let (heard_1, heard_2) = (node_1.subscriber.heard(), node_2.subscriber.heard());
     assert_eq!((heard_1.seqs_for(ALICE), heard_1.seqs_for(BOB)), (vec![1, 3], vec![]), "node 1 never watched Bob");
     assert_eq!((heard_2.seqs_for(BOB), heard_2.seqs_for(ALICE)), (vec![2, 3], vec![]), "node 2 never watched Alice");
     drop((heard_1, heard_2));
@@ -115,8 +115,8 @@ pub(crate) async fn a_node_hears_only_the_users_it_watches<C: LossyCluster>() {
     node_1.watch(CAROL).await;
     cluster.node(0).publish([4], &[ALICE]);
     cluster.node(0).publish([5], &[CAROL]);
-    node_1.sink.wait_for_seq(CAROL, 5).await;
-    assert_eq!(node_1.sink.heard().seqs_for(ALICE), vec![1, 3], "node 1 stopped watching Alice");
+    node_1.subscriber.wait_for_seq(CAROL, 5).await;
+    assert_eq!(node_1.subscriber.heard().seqs_for(ALICE), vec![1, 3], "node 1 stopped watching Alice");
 }
 
 /// (c) A node whose connection to the bus dropped is told, once back, that it may
@@ -128,9 +128,9 @@ pub(crate) async fn a_node_back_on_the_bus_is_told_it_may_have_missed_events<C: 
 
     cluster.cut(1).await;
     cluster.restore(1).await;
-    node.sink.wait_until("the notice that events may have been missed", |h| h.all_missed > 0).await;
+    node.subscriber.wait_until("the notice that events may have been missed", |h| h.all_missed > 0).await;
     cluster.node(0).publish([1], &[ALICE]);
-    node.sink.wait_for_seq(ALICE, 1).await;
+    node.subscriber.wait_for_seq(ALICE, 1).await;
 }
 
 /// (c) Events a node could not publish are followed, once it can, by a notice to the
@@ -144,8 +144,8 @@ pub(crate) async fn a_recipient_of_events_a_node_could_not_publish_is_told<C: Lo
     cluster.cut(0).await;
     publisher.publish(1..=C::OVERFLOW, &[ALICE]);
     cluster.restore(0).await;
-    node.sink.wait_until("the notice that Alice missed events", |h| h.users_missed.contains(&ALICE)).await;
-    assert!(!node.sink.heard().users_missed.contains(&BOB), "Bob missed nothing");
+    node.subscriber.wait_until("the notice that Alice missed events", |h| h.users_missed.contains(&ALICE)).await;
+    assert!(!node.subscriber.heard().users_missed.contains(&BOB), "Bob missed nothing");
 }
 
 /// Stamps every behaviour as a `#[tokio::test]` for `$cluster`; with `lossy`, the
