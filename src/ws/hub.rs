@@ -176,8 +176,8 @@ impl Hub {
     }
 
     /// Where writers record how deep their queue was when they woke.
-    pub(crate) fn writer_metrics(&self) -> WriterMetrics {
-        self.metrics.writers.clone()
+    pub(crate) fn writer_metrics(&self) -> &WriterMetrics {
+        &self.metrics.writers
     }
 
     pub(crate) fn connections_of(&self, user: UserId) -> usize {

@@ -1,7 +1,8 @@
-//! One WebSocket connection: a reader loop that turns frames into chat calls, and
-//! a writer task that drains the connection's bounded queue with one flush per
-//! wakeup. The writer puts every thread's messages in seq order, each once (see
-//! `order`), reading from the store the gaps the bus does not fill.
+//! One WebSocket connection, one task: a reader loop that turns frames into chat
+//! calls, and beside it a writer loop that drains the connection's bounded queue
+//! with one flush per wakeup. The writer puts every thread's messages in seq
+//! order, each once (see `order`), reading from the store the gaps the bus does
+//! not fill.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -107,38 +108,42 @@ impl Live {
     pub(crate) fn serve(self) -> impl Future<Output = ()> + Send {
         async move {
             let limits = &self.state.limits;
-            let writer = tokio::spawn(write_loop(
+            // The writer runs in this task, beside the reader, not in a task of its
+            // own: it borrows what the reader holds (the user, the chat, the closer)
+            // instead of copies, and the connection pays for one task, not two.
+            let filler = Filler { chat: &self.state.chat, user: &self.user };
+            let writer = write_loop(
                 self.sink,
                 self.rx,
-                self.closer.clone(),
+                &self.closer,
                 (limits.ping_interval, limits.write_timeout),
-                Filler { chat: self.state.chat.clone(), user: self.user.clone() },
+                &filler,
                 self.state.hub.writer_metrics(),
-            ));
+            );
             let mut stream = self.stream;
             let mut session = Session {
                 state: &self.state,
                 user: &self.user,
                 connection: self.hub_slot.id(),
                 queue: self.queue,
-                closer: self.closer,
+                closer: &self.closer,
                 expires: expiry_deadline(self.expires),
                 last_sync: None,
                 typing_sent: HashMap::new(),
             };
-            let client_closed = session.read_loop(&mut stream, &self.state.shutdown, limits.idle_timeout).await;
-            if client_closed {
-                session.closer.close(close::NORMAL, "");
-            }
+            let reader = async {
+                let client_closed = session.read_loop(&mut stream, &self.state.shutdown, limits.idle_timeout).await;
+                if client_closed {
+                    session.closer.close(close::NORMAL, "");
+                }
+                client_closed
+            };
             // On shutdown the writer is closed later, once every queued send has been
             // stored and acked (see `App::run_until_stopped`).
-            let writer_done = writer.await;
+            let (client_closed, ()) = tokio::join!(reader, writer);
             drop(self.hub_slot);
-            if let Err(e) = writer_done {
-                tracing::error!(error = %e, "websocket writer failed");
-            }
             // (A client that does not read gets no closing handshake: see `write_loop`.)
-            if !client_closed && session.closer.reason().1 != NOT_READING {
+            if !client_closed && self.closer.reason().1 != NOT_READING {
                 // The closing handshake: let the client read our close frame and answer
                 // it before the socket goes, or it may see a reset instead of the code.
                 let _ = timeout(CLOSE_TIMEOUT, async {
@@ -204,7 +209,7 @@ struct Session<'a> {
     user: &'a User,
     connection: ConnectionId,
     queue: QueueTx,
-    closer: Closer,
+    closer: &'a Closer,
     /// When the token the connection lives on expires (moved by each `auth`).
     expires: Instant,
     /// When the last `sync` ended: the next one waits for `SYNC_INTERVAL` after it.
@@ -486,18 +491,17 @@ impl Session<'_> {
 }
 
 /// Reads from the store the messages a gap is missing.
-struct Filler {
-    chat: chat::Chat,
-    user: User,
+struct Filler<'a> {
+    chat: &'a chat::Chat,
+    user: &'a User,
 }
 
-impl Filler {
+impl Filler<'_> {
     async fn read(&self, gap: Gap) -> Result<Vec<MessageItem>, chat::Error> {
         let mut items = Vec::new();
         let mut after = gap.after;
         loop {
-            let page =
-                self.chat.messages(&self.user, gap.thread, Cursor::Between(after, gap.before), SYNC_PAGE).await?;
+            let page = self.chat.messages(self.user, gap.thread, Cursor::Between(after, gap.before), SYNC_PAGE).await?;
             for message in page.results {
                 after = message.seq;
                 let frame = protocol::new_message(&message);
@@ -516,8 +520,8 @@ impl Filler {
 /// joined the hub: each thread starts just before the first of them, so none is
 /// taken for one sent before the connection. Without the positions (the database
 /// is down), ordering starts at each thread's first message.
-async fn starting_order(filler: &Filler, rx: &mut QueueRx) -> (Sequencer, Vec<Outgoing>) {
-    let heads = match filler.chat.thread_heads(&filler.user).await {
+async fn starting_order(filler: &Filler<'_>, rx: &mut QueueRx) -> (Sequencer, Vec<Outgoing>) {
+    let heads = match filler.chat.thread_heads(filler.user).await {
         Ok(heads) => Some(heads),
         Err(e) => {
             tracing::warn!(user = %filler.user.id, error = %error_chain(&e), "reading thread positions failed");
@@ -590,17 +594,17 @@ async fn write_all(
 
 /// Not an `async fn`, for the reason `Live::serve` is not.
 #[expect(clippy::manual_async_fn, reason = "an async fn would hold its arguments twice")]
-fn write_loop(
+fn write_loop<'a>(
     mut sink: SplitSink<Socket, WsMessage>,
     mut rx: QueueRx,
-    closer: Closer,
+    closer: &'a Closer,
     (ping_interval, write_timeout): (Duration, Duration),
-    filler: Filler,
-    metrics: WriterMetrics,
-) -> impl Future<Output = ()> + Send {
+    filler: &'a Filler<'a>,
+    metrics: &'a WriterMetrics,
+) -> impl Future<Output = ()> + Send + 'a {
     async move {
         let too_slow = "too slow to keep up; reconnect and sync";
-        let (mut order, early) = starting_order(&filler, &mut rx).await;
+        let (mut order, early) = starting_order(filler, &mut rx).await;
         let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
         // Grown on demand and given back when the queue runs dry: an idle connection
         // keeps no batch buffers (they were most of its memory).
@@ -613,7 +617,7 @@ fn write_loop(
             }
         }
         if !frames.is_empty() {
-            write_all(&mut sink, frames.drain(..).map(WsMessage::Text), write_timeout).await.closes(&closer, &metrics);
+            write_all(&mut sink, frames.drain(..).map(WsMessage::Text), write_timeout).await.closes(closer, metrics);
         }
         'run: loop {
             tokio::select! {
@@ -656,7 +660,7 @@ fn write_loop(
                 rx.written();
                 continue;
             }
-            let stalled = write_all(&mut sink, out.drain(..), write_timeout).await.closes(&closer, &metrics);
+            let stalled = write_all(&mut sink, out.drain(..), write_timeout).await.closes(closer, metrics);
             rx.written();
             if stalled {
                 break;
