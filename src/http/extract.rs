@@ -69,6 +69,15 @@ pub(crate) fn token_error(e: TokenError) -> ApiError {
     ApiError::new(ErrorCode::Unauthorized, e.to_string())
 }
 
+/// The one parameter of a route's path, as text; a path without it names nothing
+/// (`what` is not found).
+pub(crate) async fn path_text<S: Send + Sync>(parts: &mut Parts, state: &S, what: &str) -> Result<String, ApiError> {
+    let axum::extract::Path(raw) = axum::extract::Path::<String>::from_request_parts(parts, state)
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::NotFound, what))?;
+    Ok(raw)
+}
+
 /// An integer id in a path; anything else is a path that names nothing.
 pub(crate) struct IdPath(pub i64);
 
@@ -76,10 +85,9 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::extract::Path(raw) = axum::extract::Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|_| ApiError::new(ErrorCode::NotFound, "not found"))?;
-        raw.parse::<i64>()
+        path_text(parts, state, "not found")
+            .await?
+            .parse::<i64>()
             .ok()
             .filter(|id| *id > 0)
             .map(Self)
@@ -94,9 +102,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ThreadPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::extract::Path(raw) = axum::extract::Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|_| ApiError::new(ErrorCode::NotFound, "thread not found"))?;
+        let raw = path_text(parts, state, "thread not found").await?;
         ThreadId::parse(&raw).map(Self).ok_or_else(|| ApiError::new(ErrorCode::NotFound, "thread not found"))
     }
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{Json, Query, ThreadPath};
+use super::extract::{Json, Query, ThreadPath, path_text};
 use super::{ApiError, ErrorBody, HttpState};
 use crate::chat::{HostJob, HostUser};
 use crate::domain::{ErrorCode, Job, Message, User};
@@ -49,10 +49,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ExternalIdPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::extract::Path(raw) = axum::extract::Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|_| ApiError::new(ErrorCode::NotFound, "not found"))?;
-        Ok(Self(raw))
+        path_text(parts, state, "not found").await.map(Self)
     }
 }
 
