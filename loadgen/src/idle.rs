@@ -41,6 +41,11 @@ pub struct Options {
     /// Connections that send a message to prove the rest are live.
     pub sample: usize,
     pub server_pid: Option<u32>,
+    /// How long the server's RSS must stay within 512 KiB before each of the two
+    /// samples (zero: sample at once). Right after the sign-ins the server may
+    /// still hold their hashing memory, which it gives back within seconds; a
+    /// per-connection figure taken across that is noise.
+    pub steady: Duration,
 }
 
 /// What an `idle` run measured.
@@ -82,6 +87,32 @@ struct Held {
     seen: Arc<Seen>,
 }
 
+/// How far the server's RSS may move and still count as steady.
+const STEADY_KIB: u64 = 512;
+/// The longest wait for a steady RSS; past it, the last sample is taken.
+const STEADY_AT_MOST: Duration = Duration::from_secs(30);
+
+/// The server's RSS in KiB once it has stayed within [`STEADY_KIB`] for `steady`.
+async fn settled_rss(pid: Option<u32>, steady: Duration) -> Option<u64> {
+    let pid = pid?;
+    let read = || crate::proc::sample(pid).map(|(_, rss)| rss);
+    if steady.is_zero() {
+        return read();
+    }
+    let deadline = Instant::now() + STEADY_AT_MOST;
+    let mut steady_since = (Instant::now(), read()?);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = read()?;
+        if now.abs_diff(steady_since.1) > STEADY_KIB {
+            steady_since = (Instant::now(), now);
+        }
+        if steady_since.0.elapsed() >= steady || Instant::now() >= deadline {
+            return Some(now);
+        }
+    }
+}
+
 /// Runs the scenario: connection `i` belongs to `users[i % users.len()]`.
 ///
 /// # Errors
@@ -91,7 +122,7 @@ pub async fn run(base: &str, users: &[SignedIn], options: &Options) -> anyhow::R
     // Each connection is a descriptor here too.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let server = server_addr(base).await?;
-    let rss_before = options.server_pid.and_then(crate::proc::sample).map(|(_, rss)| rss);
+    let rss_before = settled_rss(options.server_pid, options.steady).await;
     let started = Instant::now();
     let results: Vec<(usize, anyhow::Result<(Socket, usize)>)> = stream::iter(0..options.connections)
         .map(|i| {
@@ -119,7 +150,7 @@ pub async fn run(base: &str, users: &[SignedIn], options: &Options) -> anyhow::R
     let opened = held.len();
     eprintln!("opened {opened}/{} connections in {connect_seconds:.1} s; holding", options.connections);
     tokio::time::sleep(options.hold).await;
-    let rss_held = options.server_pid.and_then(crate::proc::sample).map(|(_, rss)| rss);
+    let rss_held = settled_rss(options.server_pid, options.steady).await;
     let open_after_hold = held.iter().filter(|h| h.seen.closed.load(Ordering::Relaxed) == 0).count();
 
     // Each sampled connection sends to the next user; every connection of that
@@ -220,4 +251,18 @@ async fn read(mut stream: futures::stream::SplitStream<Socket>, seen: Arc<Seen>)
         };
     }
     seen.closed.fetch_add(1, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_steady_reading_waits_for_the_memory_to_stay_put() {
+        let started = Instant::now();
+        let rss = settled_rss(Some(std::process::id()), Duration::from_secs(1)).await;
+        assert!(rss.is_some_and(|kib| kib > 0), "{rss:?}");
+        assert!(started.elapsed() >= Duration::from_secs(1), "read before a second of steadiness");
+        assert_eq!(settled_rss(None, Duration::from_secs(1)).await, None, "no server pid, no reading");
+    }
 }

@@ -58,6 +58,11 @@ enum Command {
         /// Seconds the connections are held before the server's memory is read.
         #[arg(long, default_value_t = 5)]
         hold: u64,
+        /// Seconds the server's memory must be steady before each reading (before the
+        /// connections open, and after the hold); longer than the server's 5 s check
+        /// for a quiet moment to give memory back. 0 reads at once.
+        #[arg(long, default_value_t = 6)]
+        steady: u64,
         /// Connections that send a message to prove the rest are live.
         #[arg(long, default_value_t = 100)]
         sample: usize,
@@ -151,11 +156,17 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("relay listening on http://{}/", listener.local_addr()?);
             relay::serve(listener, None).await?;
         }
-        Command::Idle { target, connections, per_user, concurrency, hold, sample } => {
+        Command::Idle { target, connections, per_user, concurrency, hold, sample, steady } => {
             let (base, signed_in) = target.users(connections.div_ceil(per_user.max(1)).max(2)).await?;
             let server_pid = target.server_pid;
-            let options =
-                idle::Options { connections, concurrency, hold: Duration::from_secs(hold), sample, server_pid };
+            let options = idle::Options {
+                connections,
+                concurrency,
+                hold: Duration::from_secs(hold),
+                sample,
+                server_pid,
+                steady: Duration::from_secs(steady),
+            };
             let r = idle::run(&base[0], &signed_in, &options).await?;
             if target.json {
                 println!("{}", serde_json::to_string(&r)?);

@@ -17,6 +17,7 @@ async fn idle_connections_are_counted_held_and_proven_live() {
         hold: Duration::from_millis(200),
         sample: 5,
         server_pid: Some(std::process::id()),
+        steady: Duration::ZERO,
     };
     let report = idle::run(&base, &signed, &options).await.unwrap();
     assert_eq!((report.opened, report.failed, report.open_after_hold), (40, 0, 40), "{report:?}");
@@ -36,8 +37,14 @@ async fn refused_connections_are_counted_as_failed_or_not_held() {
     })
     .await;
     let signed = users::sign_up(&base, "idle", 2, 2).await.unwrap();
-    let options =
-        idle::Options { connections: 6, concurrency: 1, hold: Duration::from_millis(100), sample: 0, server_pid: None };
+    let options = idle::Options {
+        connections: 6,
+        concurrency: 1,
+        hold: Duration::from_millis(100),
+        sample: 0,
+        server_pid: None,
+        steady: Duration::ZERO,
+    };
     let report = idle::run(&base, &signed, &options).await.unwrap();
     // The server refuses a user's third connection at the handshake (429), or, when
     // the second's session has not registered yet, just after it (a 1008 close).

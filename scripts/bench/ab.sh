@@ -5,19 +5,47 @@
 #   bash scripts/bench/ab.sh BEFORE AFTER closed [users] [window] [seconds]
 #   bash scripts/bench/ab.sh BEFORE AFTER open RATE [users] [seconds]
 #   bash scripts/bench/ab.sh BEFORE AFTER idle [connections]
+#   bash scripts/bench/ab.sh BEFORE AFTER postgres [seconds]
+# (postgres: two nodes on a fresh database `bench` of the local PostgreSQL, with the
+# local Redis between them; user i connects to node i % 2, so every message
+# crosses Redis.)
 # BEFORE and AFTER are paths to `confab` release binaries (build the older one from
 # a worktree of its commit); the load generator is this tree's release build.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 before=$1 after=$2 scenario=$3
 shift 3
-cargo build --release -p confab-loadgen --locked -q
-loadgen=target/release/confab-loadgen
+# LOADGEN names a load generator binary already built; else this tree's is built.
+if [ -z "${LOADGEN:-}" ]; then cargo build --release -p confab-loadgen --locked -q; fi
+loadgen=${LOADGEN:-target/release/confab-loadgen}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 port=9600
 
+# Two nodes on PostgreSQL and Redis; prints the load's JSON line.
+two_nodes() { # binary
+    psql -q -h 127.0.0.1 -U postgres -d test -c "DROP DATABASE IF EXISTS bench" -c "CREATE DATABASE bench"
+    local nodes=() bases=()
+    for node in 1 2; do
+        port=$((port + 1))
+        "$1" serve --listen "127.0.0.1:$port" --data-dir "$work/data-$port" \
+            --database-url postgres://postgres@127.0.0.1:5432/bench --redis-url redis://127.0.0.1:6379 \
+            --redis-prefix bench --jwt-secret 0123456789abcdef0123456789abcdef0123 \
+            --rate-limit 1000000 --rate-burst 1000000 --signin-attempts-per-minute 1000000 \
+            >"$work/server-$port.log" 2>&1 &
+        nodes+=($!) bases+=("http://127.0.0.1:$port")
+        for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+    done
+    "$loadgen" pairs --base "${bases[0]},${bases[1]}" --warmup 5 --seconds "${ARG1:-20}" --json 2>/dev/null
+    kill "${nodes[@]}"
+    wait "${nodes[@]}" 2>/dev/null || true
+}
+
 run() { # label, binary (the scenario's arguments are ARG1..ARG3)
+    if [ "$scenario" = postgres ]; then
+        echo "$1 $(two_nodes "$2")"
+        return
+    fi
     port=$((port + 1))
     local data="$work/data-$port"
     # Sends and sign-ins are limited by default; a benchmark measures the server, not the limits.
@@ -39,7 +67,7 @@ run() { # label, binary (the scenario's arguments are ARG1..ARG3)
         line=$("$loadgen" idle --base "$base" --connections "${ARG1:-19000}" --server-pid "$server" --json 2>/dev/null)
         ;;
     *)
-        echo "unknown scenario $scenario (closed, open RATE, idle)" >&2
+        echo "unknown scenario $scenario (closed, open RATE, idle, postgres)" >&2
         exit 2
         ;;
     esac
