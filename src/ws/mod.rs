@@ -70,16 +70,21 @@ impl WsState {
     }
 }
 
-impl FromRef<WsState> for TrustForwardedFor {
-    fn from_ref(state: &WsState) -> Self {
+impl FromRef<Arc<WsState>> for TrustForwardedFor {
+    fn from_ref(state: &Arc<WsState>) -> Self {
         Self(state.trust_forwarded_for)
     }
 }
 
 /// The WebSocket endpoint, at the seed's path and its alias. The caller puts it
-/// behind the same middleware as the REST routes (`http::with_middleware`).
+/// behind the same middleware as the REST routes (`http::with_middleware`). The
+/// state is shared, not copied: each connection holds it for its life, and an
+/// `Arc` is 8 bytes where the state is about 200.
 pub fn router(state: WsState) -> Router {
-    Router::new().route("/ws/chat", get(connect_ws)).route("/ws/messaging", get(connect_ws)).with_state(state)
+    Router::new()
+        .route("/ws/chat", get(connect_ws))
+        .route("/ws/messaging", get(connect_ws))
+        .with_state(Arc::new(state))
 }
 
 /// An upgraded connection, its large client frames split (see `fragment`).
@@ -111,7 +116,7 @@ const TOKEN_PROTOCOLS: [&str; 4] = ["bearer", "access_token", "jwt", "confab"];
 /// `Sec-WebSocket-Protocol` header is checked now (401 when bad); without one, the
 /// client must send an `auth` frame first. The handshake is ours rather than
 /// axum's so that the socket can read through `fragment::Refragment`.
-async fn connect_ws(State(state): State<WsState>, ClientAddr(from): ClientAddr, mut request: Request) -> Response {
+async fn connect_ws(State(state): State<Arc<WsState>>, ClientAddr(from): ClientAddr, mut request: Request) -> Response {
     let query = match Query::<WsQuery>::try_from_uri(request.uri()) {
         Ok(Query(query)) => query,
         Err(e) => return ApiError::new(ErrorCode::ValidationFailed, format!("bad query string: {e}")).into_response(),

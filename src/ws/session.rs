@@ -49,7 +49,7 @@ const SYNC_PAGE: u32 = 200;
 pub(crate) struct Live {
     sink: SplitSink<Socket, WsMessage>,
     stream: SplitStream<Socket>,
-    state: WsState,
+    state: Arc<WsState>,
     user: User,
     expires: Timestamp,
     queue: QueueTx,
@@ -69,7 +69,7 @@ pub(crate) struct Live {
 /// pay for waits that ended when it started.
 pub(crate) async fn connect(
     socket: Socket,
-    state: WsState,
+    state: Arc<WsState>,
     user: Option<(User, Timestamp)>,
     held: (AddressSlot, Option<ConnectionSlot>),
 ) -> Option<Live> {
