@@ -81,10 +81,7 @@ impl FromRef<Arc<WsState>> for TrustForwardedFor {
 /// state is shared, not copied: each connection holds it for its life, and an
 /// `Arc` is 8 bytes where the state is about 200.
 pub fn router(state: WsState) -> Router {
-    Router::new()
-        .route("/ws/chat", get(connect_ws))
-        .route("/ws/messaging", get(connect_ws))
-        .with_state(Arc::new(state))
+    Router::new().route("/ws/chat", get(connect_ws)).route("/ws/messaging", get(connect_ws)).with_state(Arc::new(state))
 }
 
 /// An upgraded connection, its large client frames split (see `fragment`).
