@@ -47,9 +47,6 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Cancelled when the server stops: WebSocket readers stop taking frames.
     pub shutdown: CancellationToken,
-    /// Cancelled once every accepted send is stored: every socket's closer is its
-    /// child, so the writers flush their acks and close with 1001.
-    pub closing: CancellationToken,
     /// The WebSocket sessions, so shutdown can wait for them to close.
     pub sessions: TaskTracker,
 }
@@ -77,7 +74,6 @@ impl FromRef<AppState> for WsState {
             allowed_origins: Arc::new(state.config.allowed_origins.clone()),
             trust_forwarded_for: state.config.trust_forwarded_for,
             shutdown: state.shutdown.clone(),
-            closing: state.closing.clone(),
             sessions: state.sessions.clone(),
         }
     }
@@ -141,7 +137,6 @@ impl App {
             config: Arc::new(config),
             hub,
             shutdown: CancellationToken::new(),
-            closing: CancellationToken::new(),
             sessions: TaskTracker::new(),
         };
         let store = state.chat.store().clone();
@@ -188,7 +183,7 @@ impl App {
     /// # Errors
     /// An I/O error of the listener.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let (token, closing) = (self.state.shutdown.clone(), self.state.closing.clone());
+        let (token, hub) = (self.state.shutdown.clone(), self.state.hub.clone());
         let (sessions, chat) = (self.state.sessions.clone(), self.state.chat.clone());
         let stop_accepting = CancellationToken::new();
         let stopping = (token.clone(), stop_accepting.clone());
@@ -213,7 +208,7 @@ impl App {
         // let every writer flush and close with 1001.
         token.cancel();
         chat.finish_sends().await;
-        closing.cancel();
+        hub.close_all();
         sessions.close();
         if tokio::time::timeout(SESSIONS_GRACE, sessions.wait()).await.is_err() {
             tracing::warn!("some WebSocket sessions did not close in time");

@@ -5,6 +5,8 @@
 pub(crate) const NORMAL: u16 = 1000;
 /// The server is stopping (RFC 6455 "going away"); the client reconnects to another node.
 pub(crate) const SHUTTING_DOWN: u16 = 1001;
+/// The reason sent with [`SHUTTING_DOWN`].
+pub(crate) const SHUTTING_DOWN_REASON: &str = "the server is shutting down";
 /// The client was silent for the idle timeout. The same code as [`SHUTTING_DOWN`]
 /// ("going away" covers both): clients and the test suite read 1001 for it, so it
 /// keeps that code; the reason text tells the two apart.

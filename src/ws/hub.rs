@@ -5,16 +5,15 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
-use tokio_util::sync::CancellationToken;
 
 use super::close;
 use super::order::{Delivery, MessageItem, Outgoing};
 use super::protocol;
-use super::queue::{QueueTx, Refused};
+use super::queue::{Closer, QueueTx, Refused};
 use crate::bus::{Bus, ConnectionId, Event, Subscriber};
 use crate::domain::UserId;
 
@@ -23,45 +22,6 @@ use crate::domain::UserId;
 /// millisecond per connection, at most this long.
 const MISSED_CLOSE_WINDOW_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 const MISSED: &str = "events may have been missed; reconnect and sync";
-
-/// Ends a connection with a close code; the first reason given wins. A child of
-/// the server's shutdown token, so stopping the server closes every socket.
-#[derive(Debug, Clone)]
-pub(crate) struct Closer {
-    token: CancellationToken,
-    reason: Arc<Mutex<Option<(u16, &'static str)>>>,
-}
-
-impl Closer {
-    pub(crate) fn new(shutdown: &CancellationToken) -> Self {
-        Self { token: shutdown.child_token(), reason: Arc::default() }
-    }
-
-    pub(crate) fn close(&self, code: u16, reason: &'static str) {
-        self.reason.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert((code, reason));
-        self.token.cancel();
-    }
-
-    /// Closes for a write that did not complete. This reason replaces any earlier
-    /// one (a full queue, say): it decides that no close frame or closing handshake
-    /// is tried on a socket that cannot be written, so the connection leaves at once.
-    pub(crate) fn close_unwritable(&self, code: u16, reason: &'static str) {
-        *self.reason.lock().unwrap_or_else(PoisonError::into_inner) = Some((code, reason));
-        self.token.cancel();
-    }
-
-    pub(crate) async fn closed(&self) {
-        self.token.cancelled().await;
-    }
-
-    /// The close code and reason; a server shutdown is 1001.
-    pub(crate) fn reason(&self) -> (u16, &'static str) {
-        self.reason
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .unwrap_or((close::SHUTTING_DOWN, "the server is shutting down"))
-    }
-}
 
 #[derive(Debug, Clone)]
 struct Conn {
@@ -93,6 +53,9 @@ pub(crate) struct WriterMetrics {
 #[derive(Debug)]
 pub struct Hub {
     users: RwLock<HashMap<UserId, Vec<Conn>>>,
+    /// Set (under `users`' write lock) once the server closes every connection: one
+    /// that registers later is closed at once.
+    closed_all: AtomicBool,
     node: u64,
     next: AtomicU64,
     max_per_user: usize,
@@ -144,6 +107,7 @@ impl Hub {
         registry.register(Box::new(metrics.writers.gap_fills.clone()))?;
         Ok(Self {
             users: RwLock::default(),
+            closed_all: AtomicBool::new(false),
             node: rand::random::<u64>() << 32,
             next: AtomicU64::new(1),
             max_per_user,
@@ -199,16 +163,30 @@ impl Hub {
         }
         // Every connection asks, so each can wait until the subscription is in place.
         let subscribed = self.bus().and_then(|bus| bus.watch(user));
+        if self.closed_all.load(Ordering::Relaxed) {
+            closer.close(close::SHUTTING_DOWN, close::SHUTTING_DOWN_REASON);
+        }
         conns.push(Conn { id, queue, closer });
         self.metrics.connections.inc();
         Ok((HubSlot { hub: self.clone(), user, id }, subscribed))
+    }
+
+    /// Closes every connection with 1001, and any that registers from now on: the
+    /// server is stopping, and every accepted send is stored, so each writer flushes
+    /// its acks and closes.
+    pub fn close_all(&self) {
+        let users = self.users.write().unwrap_or_else(PoisonError::into_inner);
+        self.closed_all.store(true, Ordering::Relaxed);
+        for conn in users.values().flatten() {
+            conn.closer.close(close::SHUTTING_DOWN, close::SHUTTING_DOWN_REASON);
+        }
     }
 
     fn push(&self, conn: &Conn, item: Outgoing) {
         match conn.queue.try_send(item) {
             Ok(()) => self.metrics.frames.inc(),
             Err(Refused::Full) => {
-                if !conn.closer.token.is_cancelled() {
+                if !conn.closer.is_closed() {
                     self.metrics.slow_closes.inc();
                     conn.closer.close(close::TRY_AGAIN, "too slow to keep up; reconnect and sync");
                 }
@@ -354,5 +332,25 @@ impl Drop for HubSlot {
             }
         }
         self.hub.metrics.connections.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ws::queue;
+
+    #[test]
+    fn close_all_closes_every_connection_and_any_that_registers_after_it() {
+        let hub = Arc::new(Hub::new(4, &Registry::new()).unwrap());
+        let (tx, _rx, before) = queue::queue(4, 1 << 20);
+        let _first = hub.register(UserId(1), tx, before.clone()).unwrap();
+        assert!(!before.is_closed());
+        hub.close_all();
+        assert_eq!(before.reason(), (close::SHUTTING_DOWN, close::SHUTTING_DOWN_REASON));
+        assert!(before.is_closed());
+        let (tx, _rx, after) = queue::queue(4, 1 << 20);
+        let _second = hub.register(UserId(2), tx, after.clone()).unwrap();
+        assert!(after.is_closed(), "a connection that registers during shutdown is closed at once");
     }
 }

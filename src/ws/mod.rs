@@ -56,9 +56,6 @@ pub struct WsState {
     pub trust_forwarded_for: bool,
     /// Cancelled when the server stops: readers stop taking frames.
     pub shutdown: CancellationToken,
-    /// Cancelled once every accepted send is stored: every socket's closer is its
-    /// child, so the writers flush their acks and close with 1001.
-    pub closing: CancellationToken,
     /// The sessions, so shutdown can wait for them to close.
     pub sessions: TaskTracker,
 }

@@ -15,10 +15,10 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Message as WsMessage, Utf8Bytes};
 
 use super::close;
-use super::hub::{AddressSlot, Closer, HubSlot, WriterMetrics};
+use super::hub::{AddressSlot, HubSlot, WriterMetrics};
 use super::order::{Delivery, Gap, MessageItem, Outgoing, Sequencer};
 use super::protocol::{self, FrameError, RawFrame};
-use super::queue::{self, QueueRx, QueueTx};
+use super::queue::{self, Closer, QueueRx, QueueTx};
 use super::{Socket, WsState};
 use crate::auth::jwt::CLOCK_LEEWAY;
 use crate::bus::ConnectionId;
@@ -83,8 +83,7 @@ pub(crate) async fn connect(
             Err(_) => return close_now(&mut sink, close::UNAUTHORIZED, "no auth frame in time").await,
         },
     };
-    let (queue, rx) = queue::queue(limits.queue, limits.queue_bytes);
-    let closer = Closer::new(&state.closing);
+    let (queue, rx, closer) = queue::queue(limits.queue, limits.queue_bytes);
     let Ok((hub_slot, subscribed)) = state.hub.register(user.id, queue.clone(), closer.clone()) else {
         return close_now(&mut sink, close::POLICY, "too many connections for this user").await;
     };
@@ -542,9 +541,12 @@ async fn starting_order(filler: &Filler<'_>, rx: &mut QueueRx) -> (Sequencer, Ve
 }
 
 /// Waits for the earliest hold to run out; never, when nothing is held.
+///
+/// The timer is boxed: a deadline is set only while messages are held for a gap,
+/// and an idle connection's task should not keep room for it.
 async fn hold_expiry(deadline: Option<Instant>) {
     match deadline {
-        Some(at) => sleep_until(at).await,
+        Some(at) => Box::pin(sleep_until(at)).await,
         None => std::future::pending().await,
     }
 }
@@ -617,7 +619,8 @@ fn write_loop<'a>(
             }
         }
         if !frames.is_empty() {
-            write_all(&mut sink, frames.drain(..).map(WsMessage::Text), write_timeout).await.closes(closer, metrics);
+            let first = write_all(&mut sink, frames.drain(..).map(WsMessage::Text), write_timeout);
+            Box::pin(first).await.closes(closer, metrics);
         }
         'run: loop {
             tokio::select! {
@@ -660,7 +663,9 @@ fn write_loop<'a>(
                 rx.written();
                 continue;
             }
-            let stalled = write_all(&mut sink, out.drain(..), write_timeout).await.closes(closer, metrics);
+            // Boxed, like every await of this loop but the wait for work: the task keeps
+            // room for its largest state for all its life, and an idle connection waits.
+            let stalled = Box::pin(write_all(&mut sink, out.drain(..), write_timeout)).await.closes(closer, metrics);
             rx.written();
             if stalled {
                 break;
@@ -671,24 +676,36 @@ fn write_loop<'a>(
                 rx.shrink();
             }
         }
-        let (code, reason) = closer.reason();
-        if code == close::SHUTTING_DOWN {
-            // Shutting down: what is queued (the acks of the last stored messages) goes
-            // first, held or not. (An idle close has the same code and flushes too.)
-            let now = Instant::now();
-            while let Some(item) = rx.try_recv() {
-                let _ = order.accept(item, now, &mut frames);
-            }
-            order.flush(&mut frames);
-            let mut feed = futures::stream::iter(frames.drain(..).map(|f| Ok(WsMessage::Text(f))));
-            let _ = timeout(CLOSE_TIMEOUT, sink.send_all(&mut feed)).await;
-        }
-        if reason == NOT_READING {
-            // Its writes do not complete: a close frame would not either. Drop it now,
-            // so its memory goes at once.
-            return;
-        }
-        let frame = CloseFrame { code: code.into(), reason: Utf8Bytes::from_static(reason) };
-        let _ = timeout(CLOSE_TIMEOUT, sink.send(WsMessage::Close(Some(frame)))).await;
+        Box::pin(finish(&mut sink, &mut rx, order, frames, closer)).await;
     }
+}
+
+/// The writer's last words: on shutdown what is queued, then the close frame.
+/// Boxed by its caller, so an idle connection's task keeps no room for it.
+async fn finish(
+    sink: &mut SplitSink<Socket, WsMessage>,
+    rx: &mut QueueRx,
+    mut order: Sequencer,
+    mut frames: Vec<Utf8Bytes>,
+    closer: &Closer,
+) {
+    let (code, reason) = closer.reason();
+    if code == close::SHUTTING_DOWN {
+        // Shutting down: what is queued (the acks of the last stored messages) goes
+        // first, held or not. (An idle close has the same code and flushes too.)
+        let now = Instant::now();
+        while let Some(item) = rx.try_recv() {
+            let _ = order.accept(item, now, &mut frames);
+        }
+        order.flush(&mut frames);
+        let mut feed = futures::stream::iter(frames.drain(..).map(|f| Ok(WsMessage::Text(f))));
+        let _ = timeout(CLOSE_TIMEOUT, sink.send_all(&mut feed)).await;
+    }
+    if reason == NOT_READING {
+        // Its writes do not complete: a close frame would not either. Drop it now,
+        // so its memory goes at once.
+        return;
+    }
+    let frame = CloseFrame { code: code.into(), reason: Utf8Bytes::from_static(reason) };
+    let _ = timeout(CLOSE_TIMEOUT, sink.send(WsMessage::Close(Some(frame)))).await;
 }
