@@ -139,13 +139,12 @@ impl App {
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
         };
-        let store = state.chat.store().clone();
+        let (chat, hub) = (state.chat.clone(), state.hub.clone());
         let release = move || {
-            let store = store.clone();
+            let (chat, hub) = (chat.clone(), hub.clone());
             async move {
-                if let Err(e) = store.release_memory().await {
-                    tracing::warn!(error = %crate::domain::error_chain(&e), "freeing the store's caches failed");
-                }
+                chat.release_memory().await;
+                hub.release_memory();
             }
         };
         crate::memory::spawn_trimmer(release, state.metrics.registry(), state.shutdown.clone())

@@ -58,6 +58,14 @@ impl Members {
         self.by_thread.lock().unwrap_or_else(PoisonError::into_inner).retain(|_, m| !m.contains(user));
     }
 
+    /// Forgets everything, with the maps' memory: called when the node goes quiet
+    /// after load, so entries made during it do not pin the allocator's pages (each
+    /// is read back with one query when next needed).
+    pub(super) fn clear(&self) {
+        *self.by_thread.lock().unwrap_or_else(PoisonError::into_inner) = HashMap::new();
+        *self.direct.lock().unwrap_or_else(PoisonError::into_inner) = HashMap::new();
+    }
+
     pub(super) fn direct(&self, a: UserId, b: UserId) -> Option<ThreadId> {
         self.direct.lock().unwrap_or_else(PoisonError::into_inner).get(&pair(a, b)).copied()
     }

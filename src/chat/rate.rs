@@ -23,6 +23,16 @@ impl RateLimiter {
         Self { per_second: per_second.max(0.0), burst: f64::from(burst.max(1)), buckets: Mutex::default() }
     }
 
+    /// Forgets the buckets that have refilled (a full bucket is what a user without
+    /// one gets), and gives the map's spare room back: for when the node goes quiet.
+    pub(super) fn forget_full(&self) {
+        let now = Instant::now();
+        let (rate, burst) = (self.per_second, self.burst);
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * rate < burst);
+        buckets.shrink_to_fit();
+    }
+
     /// Takes one token for `user`; false when their bucket is empty.
     pub(super) fn allow(&self, user: UserId) -> bool {
         let now = Instant::now();
@@ -53,5 +63,20 @@ mod tests {
         let results: Vec<bool> = (0..5).map(|_| limiter.allow(UserId(1))).collect();
         assert_eq!(results, vec![true, true, true, false, false]);
         assert!(limiter.allow(UserId(2)), "buckets are per user");
+    }
+
+    #[test]
+    fn forgetting_full_buckets_keeps_the_ones_still_refilling() {
+        let limiter = RateLimiter::new(0.0, 3);
+        assert!(limiter.allow(UserId(1)));
+        let refilled = RateLimiter::new(1e9, 3);
+        assert!(refilled.allow(UserId(1)));
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        limiter.forget_full();
+        refilled.forget_full();
+        assert_eq!(limiter.buckets.lock().unwrap().len(), 1, "a bucket that is not full is kept");
+        assert!(refilled.buckets.lock().unwrap().is_empty(), "a full bucket is forgotten");
+        let results: Vec<bool> = (0..3).map(|_| limiter.allow(UserId(1))).collect();
+        assert_eq!(results, vec![true, true, false], "the kept bucket still counts what was taken");
     }
 }

@@ -182,6 +182,13 @@ impl Hub {
         }
     }
 
+    /// Gives the maps' spare room back (they keep the size of the busiest moment):
+    /// for when the node goes quiet.
+    pub fn release_memory(&self) {
+        self.users.write().unwrap_or_else(PoisonError::into_inner).shrink_to_fit();
+        self.addresses.lock().unwrap_or_else(PoisonError::into_inner).shrink_to_fit();
+    }
+
     fn push(&self, conn: &Conn, item: Outgoing) {
         match conn.queue.try_send(item) {
             Ok(()) => self.metrics.frames.inc(),
