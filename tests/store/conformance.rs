@@ -376,6 +376,39 @@ pub(crate) async fn the_inbox_lists_threads_by_latest_activity(store: Arc<dyn St
     assert!(!rest.has_more);
 }
 
+pub(crate) async fn a_batch_over_several_threads_moves_each_threads_seq_and_activity(store: Arc<dyn Store>) {
+    let me = user(&*store, "me", Role::Client).await;
+    let mut threads = Vec::new();
+    for i in 0..3 {
+        let other = user(&*store, &format!("o{i}"), Role::Freelancer).await;
+        threads.push(direct(&*store, &me, &other).await);
+    }
+    let new = |thread_id| NewMessage { thread_id, sender: me.id, text: "x".to_owned(), client_msg_id: None };
+    // Thread 2 gets none.
+    let batch = vec![new(threads[0]), new(threads[1]), new(threads[0]), new(threads[1]), new(threads[0])];
+    let seqs: Vec<i64> =
+        store.append_messages(batch).await.unwrap().into_iter().map(|r| r.unwrap().message.seq.0).collect();
+    assert_eq!(seqs, vec![1, 1, 2, 2, 3]);
+    let order = |page: confab::domain::Page<confab::domain::ThreadRecord>| {
+        page.results.into_iter().map(|t| t.id).collect::<Vec<_>>()
+    };
+    // Both of the batch's threads are now ahead of the one it did not touch (which
+    // of the two leads is the store's: they were committed at the same instant).
+    let inbox = order(store.inbox(me.id, InboxFrom::Start, 10).await.unwrap());
+    assert_eq!(inbox[2], threads[2]);
+    let mut heads = store.thread_heads(me.id).await.unwrap();
+    heads.sort();
+    let mut expected = vec![(threads[0], Seq(3)), (threads[1], Seq(2)), (threads[2], Seq(0))];
+    expected.sort();
+    assert_eq!(heads, expected, "each thread's seq is where its last message left it");
+    // A later batch goes on from there, and its thread leads the inbox.
+    for (thread, seq) in [(threads[1], 3), (threads[0], 4)] {
+        let next = store.append_messages(vec![new(thread)]).await.unwrap().remove(0).unwrap();
+        assert_eq!(next.message.seq, Seq(seq));
+        assert_eq!(order(store.inbox(me.id, InboxFrom::Start, 10).await.unwrap())[0], thread);
+    }
+}
+
 pub(crate) async fn a_proposal_and_its_thread_are_written_together_or_not_at_all(store: Arc<dyn Store>) {
     let client = user(&*store, "client", Role::Client).await;
     let freelancer = user(&*store, "freelancer", Role::Freelancer).await;
@@ -784,6 +817,7 @@ macro_rules! conformance_tests {
             an_inbox_walk_by_cursor_repeats_nothing_and_skips_only_what_moved,
             concurrent_proposals_of_one_freelancer_store_one_and_one_thread,
             a_batch_commits_together_and_refuses_only_its_bad_messages,
+            a_batch_over_several_threads_moves_each_threads_seq_and_activity,
             appending_to_an_unknown_thread_is_not_found,
             text_is_stored_verbatim,
             releasing_memory_loses_nothing_and_the_store_goes_on,
