@@ -356,13 +356,19 @@ pub(crate) async fn a_thread_is_invisible_to_outsiders(store: Arc<dyn Store>) {
     assert!(store.participants(ThreadId::generate()).await.unwrap().is_empty());
 }
 
-pub(crate) async fn the_inbox_lists_threads_by_latest_activity(store: Arc<dyn Store>) {
-    let me = user(&*store, "me", Role::Client).await;
+/// A client, "me", with a direct thread to each of three freelancers, oldest first.
+async fn three_direct_threads(store: &dyn Store) -> (User, Vec<ThreadId>) {
+    let me = user(store, "me", Role::Client).await;
     let mut threads = Vec::new();
     for i in 0..3 {
-        let other = user(&*store, &format!("o{i}"), Role::Freelancer).await;
-        threads.push(direct(&*store, &me, &other).await);
+        let other = user(store, &format!("o{i}"), Role::Freelancer).await;
+        threads.push(direct(store, &me, &other).await);
     }
+    (me, threads)
+}
+
+pub(crate) async fn the_inbox_lists_threads_by_latest_activity(store: Arc<dyn Store>) {
+    let (me, threads) = three_direct_threads(&*store).await;
     let first = send(&*store, threads[0], &me, "bump the oldest", None).await;
     let inbox = store.inbox(me.id, InboxFrom::Start, 2).await.unwrap();
     assert!(inbox.has_more);
@@ -377,12 +383,7 @@ pub(crate) async fn the_inbox_lists_threads_by_latest_activity(store: Arc<dyn St
 }
 
 pub(crate) async fn a_batch_over_several_threads_moves_each_threads_seq_and_activity(store: Arc<dyn Store>) {
-    let me = user(&*store, "me", Role::Client).await;
-    let mut threads = Vec::new();
-    for i in 0..3 {
-        let other = user(&*store, &format!("o{i}"), Role::Freelancer).await;
-        threads.push(direct(&*store, &me, &other).await);
-    }
+    let (me, threads) = three_direct_threads(&*store).await;
     let new = |thread_id| NewMessage { thread_id, sender: me.id, text: "x".to_owned(), client_msg_id: None };
     // Thread 2 gets none.
     let batch = vec![new(threads[0]), new(threads[1]), new(threads[0]), new(threads[1]), new(threads[0])];
