@@ -292,6 +292,72 @@ mod tests {
         client.close(None).await.unwrap();
     }
 
+    /// A socket that hands out `bytes` `chunk` at a time, pending before each.
+    struct Trickle {
+        bytes: Vec<u8>,
+        at: usize,
+        chunk: usize,
+        ready: bool,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            if !self.ready {
+                self.ready = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            self.ready = false;
+            let n = self.chunk.min(out.remaining()).min(self.bytes.len() - self.at);
+            out.put_slice(&self.bytes[self.at..self.at + n]);
+            self.at += n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Headers and payloads cut at every point, and many frames in one read, arrive
+    /// as the messages that were sent.
+    #[tokio::test]
+    async fn frames_arrive_whole_however_the_socket_cuts_them() {
+        let piece = PIECE as usize;
+        let sizes = [0, 5, 125, 126, 300, piece, piece + 7, 3 * piece + 1];
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let mut client = WebSocketStream::from_raw_socket(a, Role::Client, None).await;
+        let text = |size: usize| -> String { (0..size).map(|j| char::from(b'a' + (j % 26) as u8)).collect() };
+        for size in sizes {
+            client.send(Message::text(text(size))).await.unwrap();
+        }
+        drop(client);
+        let mut bytes = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut b, &mut bytes).await.unwrap();
+        let config = WebSocketConfig::default()
+            .read_buffer_size(256)
+            .max_frame_size(Some(piece))
+            .max_message_size(Some(4 << 20));
+        for chunk in [1, 2, 3, 13, 255, 4096, 1 << 20] {
+            let socket = Refragment::new(Trickle { bytes: bytes.clone(), at: 0, chunk, ready: false });
+            let mut server = WebSocketStream::from_raw_socket(socket, Role::Server, Some(config)).await;
+            for size in sizes {
+                match server.next().await.unwrap().unwrap() {
+                    Message::Text(got) => assert_eq!(got.as_str(), text(size), "{size} bytes in chunks of {chunk}"),
+                    other => panic!("{size} in chunks of {chunk}: {other:?}"),
+                }
+            }
+        }
+    }
+
     #[tokio::test]
     async fn the_server_still_refuses_a_message_over_its_limit() {
         let (mut client, mut server) = pair().await;
