@@ -181,6 +181,11 @@ pub struct ServeArgs {
     /// Serve `/metrics` on this address (e.g. 127.0.0.1:9100) instead of the public one.
     #[arg(long, env = "CONFAB_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Threads that run connections and requests. Default: one per core, less one
+    /// with SQLite, whose writer thread commits every message and needs a core of
+    /// its own. Nodes sharing a machine should split its cores between them.
+    #[arg(long, env = "CONFAB_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: Option<u16>,
     /// Sign-in and sign-up attempts one client address may make per minute; past it, 429.
     #[arg(
         long,
@@ -529,6 +534,25 @@ fn default_max_connections() -> usize {
 }
 
 /// The defaults of the flags that have no limits struct of their own (`--help` shows them).
+impl ServeArgs {
+    /// The runtime's worker threads: as given, or by [`default_workers`].
+    pub fn worker_threads(&self) -> usize {
+        let sqlite = self.store.database_url().expose().starts_with("sqlite:");
+        self.worker_threads.map_or_else(|| default_workers(sqlite, cores()), usize::from)
+    }
+}
+
+/// One worker per core; with SQLite one core is left to the message writer, whose
+/// commits every message waits for (on 2 cores, one worker carried 1.06× the
+/// messages a second of two: `docs/benchmarks.md`, 2026-12-04, fourth session).
+pub fn default_workers(sqlite: bool, cores: usize) -> usize {
+    if sqlite { cores.saturating_sub(1).max(1) } else { cores.max(1) }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
 impl Config {
     pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
     pub const DEFAULT_REDIS_PREFIX: &str = "confab";
@@ -658,6 +682,18 @@ mod tests {
         assert_eq!(config.database_url.expose(), "sqlite://./data/confab.db");
         assert_eq!(format!("{:?}", Secret::new("hunter2")), "***");
         assert!(config.allowed_origins.is_empty());
+    }
+
+    #[test]
+    fn sqlite_leaves_its_writer_a_core_and_a_given_count_wins() {
+        assert_eq!([1, 2, 4, 16].map(|cores| default_workers(true, cores)), [1, 1, 3, 15]);
+        assert_eq!([1, 2, 4].map(|cores| default_workers(false, cores)), [1, 2, 4]);
+        let given = Cli::try_parse_from(["confab", "--worker-threads", "3"]).unwrap();
+        assert_eq!(given.serve.worker_threads(), 3);
+        let pg = Cli::try_parse_from(["confab", "serve", "--database-url", "postgres://db/chat"]).unwrap();
+        let Some(Command::Serve(pg)) = pg.command else { panic!("serve") };
+        assert_eq!(pg.worker_threads(), cores());
+        assert!(Cli::try_parse_from(["confab", "--worker-threads", "0"]).is_err(), "a runtime needs a worker");
     }
 
     #[test]

@@ -17,10 +17,19 @@ use confab::ws::Hub;
 use serde_json::json;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     confab::memory::configure();
     let cli = Cli::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    match &cli.command {
+        Some(Command::Serve(args)) => runtime.worker_threads(args.worker_threads()),
+        None => runtime.worker_threads(cli.serve.worker_threads()),
+        _ => &mut runtime,
+    };
+    runtime.enable_all().build().context("starting the async runtime")?.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let format = match &cli.command {
         Some(Command::Serve(a)) => a.log_format,
         None => cli.serve.log_format,
@@ -59,7 +68,7 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         );
     }
     let addr = app.local_addr()?;
-    tracing::info!(%addr, "confab is listening on http://{addr}/ (API reference: http://{addr}/api/openapi.json)");
+    tracing::info!(%addr, workers = args.worker_threads(), "confab is listening on http://{addr}/ (API reference: http://{addr}/api/openapi.json)");
     app.run_until_stopped(app::shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())

@@ -28,7 +28,8 @@ two_nodes() { # binary
     local nodes=() bases=()
     for node in 1 2; do
         port=$((port + 1))
-        "$1" serve --listen "127.0.0.1:$port" --data-dir "$work/data-$port" \
+        # Two nodes share the machine's cores: one worker thread each.
+        CONFAB_WORKER_THREADS=1 "$1" serve --listen "127.0.0.1:$port" --data-dir "$work/data-$port" \
             --database-url postgres://postgres@127.0.0.1:5432/bench --redis-url redis://127.0.0.1:6379 \
             --redis-prefix bench --jwt-secret 0123456789abcdef0123456789abcdef0123 \
             --rate-limit 1000000 --rate-burst 1000000 --signin-attempts-per-minute 1000000 \
