@@ -6,8 +6,14 @@
 //! connection's events in seq order on a node. At low load a batch is one job and
 //! nothing waits. Under load a batch is published while the next one is stored, so
 //! the store's writer does not wait for the fan-out (pairs, closed loop: 1.19×).
+//! A store that queues batches (SQLite's one writer) is also handed the next batch
+//! before the one it is storing is done, so its writer goes from one batch to the
+//! next without waiting for this task to be scheduled again.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use prometheus::{Histogram, HistogramOpts, IntGauge, Registry};
@@ -114,18 +120,18 @@ pub(super) fn spawn(
     metrics: CommitMetrics,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let committer = Committer { store, bus, metrics };
+        let early = store.queues_batches();
+        let committer = Committer { store, bus, metrics, early };
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        // The last batch stored, published while the next one is stored.
-        let mut pending = None;
+        let mut flow = Flow::default();
         loop {
-            let first = if pending.is_some() {
-                // Another batch is ready: store it beside the publishing. None is: publish
-                // now, so an ack never waits for a later send.
+            let first = if flow.busy() {
+                // Another batch is ready: store it beside the publishing. None is: finish
+                // the batches in hand now, so an ack never waits for a later send.
                 match jobs.try_recv() {
                     Ok(job) => Some(job),
                     Err(mpsc::error::TryRecvError::Empty) => {
-                        committer.publish(&mut pending).await;
+                        committer.step(&mut flow).await;
                         continue;
                     }
                     Err(mpsc::error::TryRecvError::Disconnected) => None,
@@ -146,20 +152,20 @@ pub(super) fn spawn(
                 }
             }
             committer.metrics.queued.set(i64::try_from(jobs.len()).unwrap_or(i64::MAX));
-            committer.run(&mut batch, &mut pending).await;
+            committer.run(&mut batch, &mut flow).await;
         }
         // Stopping: store what was queued before the stop, then end.
         jobs.close();
         while let Some(job) = jobs.recv().await {
             batch.push(job);
             if batch.len() == MAX_BATCH {
-                committer.run(&mut batch, &mut pending).await;
+                committer.run(&mut batch, &mut flow).await;
             }
         }
         if !batch.is_empty() {
-            committer.run(&mut batch, &mut pending).await;
+            committer.run(&mut batch, &mut flow).await;
         }
-        committer.publish(&mut pending).await;
+        committer.settle(&mut flow).await;
     })
 }
 
@@ -175,36 +181,55 @@ struct Stored {
     outcome: Result<Vec<Result<Appended, StoreError>>, StoreError>,
 }
 
+/// A batch handed to the store and not yet answered.
+type Storing<'a> = Pin<Box<dyn Future<Output = Stored> + Send + 'a>>;
+
+/// The batches in hand, oldest first: one the store answered, waiting to be
+/// published, and one the store is storing (only with a store that queues batches).
+#[derive(Default)]
+struct Flow<'a> {
+    pending: Option<Stored>,
+    storing: Option<Storing<'a>>,
+}
+
+impl Flow<'_> {
+    fn busy(&self) -> bool {
+        self.pending.is_some() || self.storing.is_some()
+    }
+}
+
 struct Committer {
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
     metrics: CommitMetrics,
+    /// The store queues batches: hand it the next one before the last is answered.
+    early: bool,
 }
 
 impl Committer {
     /// Runs the jobs in queue order: consecutive sends as one transaction. Each
-    /// batch is left in `pending` to be published while the next one is stored;
-    /// a workflow or a system message first publishes what is pending, so every
-    /// event still goes out in commit order.
-    async fn run(&self, batch: &mut Vec<Job>, pending: &mut Option<Stored>) {
+    /// batch is left in `flow` to be published while the next one is stored; a
+    /// workflow or a system message first stores and publishes every batch in
+    /// hand, so every event still goes out in commit order.
+    async fn run<'a>(&'a self, batch: &mut Vec<Job>, flow: &mut Flow<'a>) {
         let mut sends = Vec::new();
         for job in batch.drain(..) {
             match job {
                 Job::Send(send) => sends.push(send),
                 Job::Open(open) => {
-                    self.commit(std::mem::take(&mut sends), pending).await;
-                    self.publish(pending).await;
+                    self.commit(std::mem::take(&mut sends), flow).await;
+                    self.settle(flow).await;
                     self.open(*open).await;
                 }
                 Job::System(job) => {
-                    self.commit(std::mem::take(&mut sends), pending).await;
-                    self.publish(pending).await;
+                    self.commit(std::mem::take(&mut sends), flow).await;
+                    self.settle(flow).await;
                     let SystemJob { new, reply } = *job;
                     let _ = reply.send(self.system(new).await);
                 }
             }
         }
-        self.commit(sends, pending).await;
+        self.commit(sends, flow).await;
     }
 
     async fn open(&self, job: OpenJob) {
@@ -252,15 +277,50 @@ impl Committer {
 
     /// Stores `sends` while the batch stored before them (`pending`) is published:
     /// the store's writer and the publishing (the frames, the fan-out) overlap
-    /// instead of taking turns. `sends` is then pending.
-    async fn commit(&self, sends: Vec<SendJob>, pending: &mut Option<Stored>) {
+    /// instead of taking turns. `sends` is then pending. A store that queues batches
+    /// is handed `sends` at once, behind the batch it is storing, which is then
+    /// awaited (and becomes pending) while `sends` waits in its queue.
+    async fn commit<'a>(&'a self, sends: Vec<SendJob>, flow: &mut Flow<'a>) {
         if sends.is_empty() {
             return;
         }
-        let mut previous = pending.take();
-        // The store goes first: it hands the batch to the writer, then publishing runs.
-        let (stored, ()) = futures::join!(self.store(sends), self.publish(&mut previous));
-        *pending = Some(stored);
+        if !self.early {
+            let mut previous = flow.pending.take();
+            // The store goes first: it hands the batch to the writer, then publishing runs.
+            let (stored, ()) = futures::join!(self.store(sends), self.publish(&mut previous));
+            flow.pending = Some(stored);
+            return;
+        }
+        let mut next: Storing<'a> = Box::pin(self.store(sends));
+        // Polled once, the batch is in the store's queue.
+        if let Poll::Ready(stored) = futures::poll!(next.as_mut()) {
+            next = Box::pin(std::future::ready(stored));
+        }
+        if flow.storing.is_some() {
+            self.step(flow).await;
+        }
+        flow.storing = Some(next);
+    }
+
+    /// Moves the oldest batch in hand on: the one being stored is awaited while the
+    /// one before it is published; with none being stored, the pending one is published.
+    async fn step(&self, flow: &mut Flow<'_>) {
+        match flow.storing.take() {
+            Some(storing) => {
+                let mut previous = flow.pending.take();
+                let (stored, ()) = futures::join!(storing, self.publish(&mut previous));
+                flow.pending = Some(stored);
+            }
+            None => self.publish(&mut flow.pending).await,
+        }
+    }
+
+    /// Stores and publishes every batch in hand, in order: before a workflow or a
+    /// system message, and at the end.
+    async fn settle(&self, flow: &mut Flow<'_>) {
+        while flow.busy() {
+            self.step(flow).await;
+        }
     }
 
     async fn store(&self, sends: Vec<SendJob>) -> Stored {

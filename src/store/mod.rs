@@ -271,6 +271,15 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Whether a batch handed to [`Store::append_messages`] while another is being
+    /// stored waits behind it and is stored after it, in the order handed over (one
+    /// writer with a queue). The committer then hands over the next batch early, so
+    /// the writer never waits for it. A store that may run two batches at once (a
+    /// pool of connections) keeps the default.
+    fn queues_batches(&self) -> bool {
+        false
+    }
+
     /// # Errors
     /// `Conflict` when the username is taken.
     async fn create_user(&self, new: NewUser) -> Result<User>;

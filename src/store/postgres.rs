@@ -40,6 +40,8 @@ impl Backend for PostgresBackend {
     /// A sequence: nodes take values without waiting on each other.
     const NEXT_ACTIVITY: &'static str = "nextval('thread_activity')";
     const NULL_SAFE_EQ: &'static str = "IS NOT DISTINCT FROM";
+    /// Batches run on pooled connections, two at once if handed over together.
+    const QUEUES_BATCHES: bool = false;
 
     fn writer(&self) -> &Pool<Postgres> {
         &self.pool

@@ -55,6 +55,8 @@ pub trait Backend: Send + Sync + 'static {
     fn append_batch(&self, batch: Vec<NewMessage>, events: bool) -> impl Future<Output = BatchResult> + Send;
     /// See [`Store::release_memory`].
     fn release_memory(&self) -> impl Future<Output = Result<()>> + Send;
+    /// See [`Store::queues_batches`].
+    const QUEUES_BATCHES: bool;
 }
 
 /// The answer to a batch: the outer error means nothing was stored.
@@ -407,6 +409,10 @@ where
 
     async fn release_memory(&self) -> Result<()> {
         self.backend.release_memory().await
+    }
+
+    fn queues_batches(&self) -> bool {
+        B::QUEUES_BATCHES
     }
 
     async fn create_user(&self, new: NewUser) -> Result<User> {

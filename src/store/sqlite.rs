@@ -51,6 +51,8 @@ impl Backend for SqliteBackend {
     /// `MAX(activity) + 1` race-free.
     const NEXT_ACTIVITY: &'static str = "(SELECT COALESCE(MAX(activity), 0) + 1 FROM threads)";
     const NULL_SAFE_EQ: &'static str = "IS";
+    /// Batches go to the message writer's thread through a channel, one at a time.
+    const QUEUES_BATCHES: bool = true;
 
     fn writer(&self) -> &Pool<Sqlite> {
         &self.writer
