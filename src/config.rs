@@ -533,7 +533,6 @@ fn default_max_connections() -> usize {
     usize::try_from(soft.saturating_sub(256)).unwrap_or(usize::MAX).max(64)
 }
 
-/// The defaults of the flags that have no limits struct of their own (`--help` shows them).
 impl ServeArgs {
     /// The runtime's worker threads: as given, or by [`default_workers`].
     pub fn worker_threads(&self) -> usize {
@@ -542,9 +541,9 @@ impl ServeArgs {
     }
 }
 
-/// One worker per core; with SQLite one core is left to the message writer, whose
-/// commits every message waits for (on 2 cores, one worker carried 1.06× the
-/// messages a second of two: `docs/benchmarks.md`, 2026-12-04, fourth session).
+/// One worker per core; with SQLite one core is left to the message writer, which
+/// every message waits for (on 2 cores, one worker carried 1.06× the messages a
+/// second of two: `docs/benchmarks.md`, 2026-12-04, fourth session).
 pub fn default_workers(sqlite: bool, cores: usize) -> usize {
     if sqlite { cores.saturating_sub(1).max(1) } else { cores.max(1) }
 }
@@ -553,6 +552,7 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
+/// The defaults of the flags that have no limits struct of their own (`--help` shows them).
 impl Config {
     pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
     pub const DEFAULT_REDIS_PREFIX: &str = "confab";
