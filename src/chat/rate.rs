@@ -26,11 +26,18 @@ impl RateLimiter {
     /// Forgets the buckets that have refilled (a full bucket is what a user without
     /// one gets), and gives the map's spare room back: for when the node goes quiet.
     pub(super) fn forget_full(&self) {
-        let now = Instant::now();
-        let (rate, burst) = (self.per_second, self.burst);
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * rate < burst);
+        self.drop_full(&mut buckets, Instant::now());
         buckets.shrink_to_fit();
+    }
+
+    /// The tokens a bucket holds at `now`, before the cap of `burst`.
+    fn level(&self, (tokens, at): (f64, Instant), now: Instant) -> f64 {
+        tokens + now.duration_since(at).as_secs_f64() * self.per_second
+    }
+
+    fn drop_full(&self, buckets: &mut HashMap<UserId, (f64, Instant)>, now: Instant) {
+        buckets.retain(|_, bucket| self.level(*bucket, now) < self.burst);
     }
 
     /// Takes one token for `user`; false when their bucket is empty.
@@ -38,12 +45,11 @@ impl RateLimiter {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         if buckets.len() >= MAX_USERS && !buckets.contains_key(&user) {
-            let (rate, burst) = (self.per_second, self.burst);
-            buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * rate < burst);
+            self.drop_full(&mut buckets, now);
         }
-        let (tokens, at) = buckets.entry(user).or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
-        *at = now;
+        let bucket = buckets.entry(user).or_insert((self.burst, now));
+        *bucket = (self.level(*bucket, now).min(self.burst), now);
+        let tokens = &mut bucket.0;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
             true
