@@ -122,7 +122,7 @@ pub(super) fn spawn(
     tokio::spawn(async move {
         let early = store.queues_batches();
         let committer = Committer { store, bus, metrics, early };
-        let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut batch = Vec::new();
         let mut flow = Flow::default();
         loop {
             let first = if flow.busy() {
@@ -137,6 +137,10 @@ pub(super) fn spawn(
                     Err(mpsc::error::TryRecvError::Disconnected) => None,
                 }
             } else {
+                // Nothing in hand: give the buffer back. A burst grows it to as many as
+                // MAX_BATCH jobs (~480 KiB), which kept after the burst would stay
+                // resident for good (`docs/benchmarks.md`, memory after load).
+                batch = Vec::new();
                 tokio::select! {
                     biased;
                     job = jobs.recv() => job,
@@ -144,6 +148,7 @@ pub(super) fn spawn(
                 }
             };
             let Some(first) = first else { break };
+            batch.reserve(jobs.len().min(MAX_BATCH - 1) + 1);
             batch.push(first);
             while batch.len() < MAX_BATCH {
                 match jobs.try_recv() {
