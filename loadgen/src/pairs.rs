@@ -203,8 +203,13 @@ async fn one_user(
     let mut next: u64 = 0;
     let mut sent_at: BTreeMap<u64, Instant> = BTreeMap::new();
     tokio::time::sleep_until(start).await;
-    let frame = |n: u64| {
-        let micros = epoch.elapsed().as_micros();
+    // One send time, in whole microseconds, goes both into `sent_at` (the ack's window)
+    // and into the text (the delivery's window): two readings of the clock, or one
+    // rounded and one not, could fall either side of `measure_from` or `stop`, and a
+    // message counted as acked but not as sent would read as lost.
+    let stamp = || epoch + Duration::from_micros(epoch.elapsed().as_micros() as u64);
+    let frame = |n: u64, at: Instant| {
+        let micros = at.duration_since(epoch).as_micros();
         let text = format!("lg:{me}:{n}:{micros}");
         Frame::text(
             json!({"type": "message", "recipient_id": partner, "text": text, "client_msg_id": format!("{run_id}-{me}-{n}")})
@@ -214,8 +219,9 @@ async fn one_user(
     let mut ticks = match pace {
         Pace::Closed { window } => {
             for _ in 0..window {
-                sent_at.insert(next, Instant::now());
-                sink.feed(frame(next)).await?;
+                let at = stamp();
+                sent_at.insert(next, at);
+                sink.feed(frame(next, at)).await?;
                 next += 1;
             }
             sink.flush().await?;
@@ -233,8 +239,9 @@ async fn one_user(
         let event = tokio::select! {
             event = stream.next() => event,
             _ = tick(&mut ticks), if Instant::now() < stop => {
-                sent_at.insert(next, Instant::now());
-                sink.send(frame(next)).await?;
+                let at = stamp();
+                sent_at.insert(next, at);
+                sink.send(frame(next, at)).await?;
                 next += 1;
                 continue;
             }
@@ -286,8 +293,9 @@ async fn one_user(
         }
         // Closed loop: one answered, one more sent; the window stays full until the end.
         if answered.is_some() && ticks.is_none() && now < stop {
-            sent_at.insert(next, Instant::now());
-            sink.send(frame(next)).await?;
+            let at = stamp();
+            sent_at.insert(next, at);
+            sink.send(frame(next, at)).await?;
             next += 1;
         }
     }
