@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::rows::group_participants;
 use super::sql::{Backend, BatchResult, SqlStore, participants_sql};
 use super::sqlite_checkpoint::{CHECKPOINT_EVERY, Checkpointer};
-use super::sqlite_writer::{MessageWriter, SHRINK_MEMORY, WAL_CHECKPOINT_PAGES};
+use super::sqlite_writer::{MessageWriter, WAL_CHECKPOINT_PAGES};
 use super::{NewMessage, Result, StoreError};
 use crate::domain::Participant;
 
@@ -82,15 +82,19 @@ impl Backend for SqliteBackend {
 
     async fn release_memory(&self) -> Result<()> {
         self.messages.shrink().await?;
-        // Only the connections no one is using: a busy one is not waited for, it
-        // is shrunk the next time.
+        // The pools' idle connections are closed, not just shrunk: each has a thread
+        // of its own (sqlx's SQLite worker), and glibc gives back a thread's cache of
+        // small free blocks only when the thread ends (`docs/benchmarks.md`,
+        // 2026-12-05). A pool opens a connection again when one is next needed. Only
+        // the connections no one is using: a busy one is not waited for, it goes the
+        // next time.
         for pool in [&self.writer, &self.reader] {
             let mut idle = Vec::new();
             while let Some(conn) = pool.try_acquire() {
                 idle.push(conn);
             }
-            for conn in &mut idle {
-                sqlx::query(SHRINK_MEMORY).execute(&mut **conn).await?;
+            for conn in idle {
+                conn.close().await?;
             }
         }
         Ok(())
