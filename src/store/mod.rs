@@ -262,11 +262,11 @@ pub trait Store: Send + Sync + 'static {
     /// Answers when the database does (for `/readyz`).
     async fn ping(&self) -> Result<()>;
 
-    /// Frees what the store holds in this process (page caches, idle connections), once a burst of
-    /// load is over, so the node's memory goes back to its idle level. Nothing is
-    /// lost: what was cached is read again when needed. A store that caches
-    /// nothing of note in the process (PostgreSQL's caches are the server's) keeps
-    /// this default.
+    /// Frees what the store holds in this process (page caches, idle connections),
+    /// once a burst of load is over, so the node's memory goes back to its idle
+    /// level. Nothing is lost: what was cached is read again when needed. A store
+    /// that caches nothing of note in the process (PostgreSQL's caches are the
+    /// server's) keeps this default.
     async fn release_memory(&self) -> Result<()> {
         Ok(())
     }
