@@ -11,6 +11,12 @@
 # crosses Redis.)
 # BEFORE and AFTER are paths to `confab` release binaries (build the older one from
 # a worktree of its commit); the load generator is this tree's release build.
+# With RELAY=1, `closed` also runs the load generator's bare relay under the same
+# load before, between and after the pairs (relay, before, after, relay, after,
+# before, relay): the baseline of the 0.70 target drifts within a session, so it
+# is measured beside what it is compared with.
+# Last comes a summary: each contender's mean msg/s, its runs' losses, and, with
+# the relay, each one's share of the relay's mean.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 before=$1 after=$2 scenario=$3
@@ -78,8 +84,42 @@ run() { # label, binary (the scenario's arguments are ARG1..ARG3)
     rm -rf "$data"
 }
 
+# The relay under the `closed` load; prints its JSON line.
+relay() {
+    port=$((port + 1))
+    "$loadgen" relay --listen "127.0.0.1:$port" >"$work/relay-$port.log" 2>&1 &
+    local relay=$!
+    for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+    echo "relay $("$loadgen" pairs --base "http://127.0.0.1:$port" --users "${ARG1:-1000}" --window "${ARG2:-8}" \
+        --seconds "${ARG3:-15}" --warmup 5 --verify-pairs 0 --server-pid "$relay" --json 2>/dev/null)"
+    kill "$relay"
+    wait "$relay" 2>/dev/null || true
+}
+
 ARG1=${1:-} ARG2=${2:-} ARG3=${3:-}
-for label in before after after before; do
-    if [ "$label" = before ]; then bin=$before; else bin=$after; fi
-    run "$label" "$bin"
-done
+order=(before after after before)
+if [ "${RELAY:-}" = 1 ] && [ "$scenario" = closed ]; then order=(relay before after relay after before relay); fi
+for label in "${order[@]}"; do
+    case $label in
+    relay) relay ;;
+    before) run before "$before" ;;
+    *) run after "$after" ;;
+    esac
+done | tee "$work/lines"
+python3 - "$work/lines" <<'PY'
+import json, sys
+runs = {}
+for line in open(sys.argv[1]):
+    label, _, body = line.partition(" ")
+    if body.startswith("{"):
+        runs.setdefault(label, []).append(json.loads(body))
+relay = [r["acked_per_second"] for r in runs.get("relay", []) if "acked_per_second" in r]
+for label, rs in runs.items():
+    rates = [r["acked_per_second"] for r in rs if "acked_per_second" in r]
+    if not rates:
+        continue
+    mean = sum(rates) / len(rates)
+    lost = sum((r.get("lost_undelivered") or 0) + (r.get("lost_in_store") or 0) for r in rs)
+    share = f", {mean / (sum(relay) / len(relay)):.2f} of the relay" if relay and label != "relay" else ""
+    print(f"# {label}: mean {mean:,.0f} msg/s over {len(rates)} runs, {lost} lost{share}")
+PY
