@@ -48,6 +48,15 @@ two_nodes() { # binary
     wait "${nodes[@]}" 2>/dev/null || true
 }
 
+# The `closed` scenario's load against BASE, whose process is PID; extra arguments go
+# to the load generator. Prints its JSON line.
+closed_load() { # base, pid, [arguments...]
+    local base=$1 pid=$2
+    shift 2
+    "$loadgen" pairs --base "$base" --users "${ARG1:-1000}" --window "${ARG2:-8}" --seconds "${ARG3:-15}" \
+        --warmup 5 --server-pid "$pid" --json "$@" 2>/dev/null
+}
+
 run() { # label, binary (the scenario's arguments are ARG1..ARG3)
     if [ "$scenario" = postgres ]; then
         echo "$1 $(two_nodes "$2")"
@@ -62,10 +71,7 @@ run() { # label, binary (the scenario's arguments are ARG1..ARG3)
     for _ in $(seq 100); do curl -sf "$base/healthz" >/dev/null && break; sleep 0.1; done
     local line
     case $scenario in
-    closed)
-        line=$("$loadgen" pairs --base "$base" --users "${ARG1:-1000}" --window "${ARG2:-8}" --seconds "${ARG3:-15}" \
-            --warmup 5 --server-pid "$server" --json 2>/dev/null)
-        ;;
+    closed) line=$(closed_load "$base" "$server") ;;
     open)
         line=$("$loadgen" pairs --base "$base" --rate "$ARG1" --users "${ARG2:-1000}" --seconds "${ARG3:-15}" \
             --warmup 5 --server-pid "$server" --json 2>/dev/null)
@@ -90,8 +96,7 @@ relay() {
     "$loadgen" relay --listen "127.0.0.1:$port" >"$work/relay-$port.log" 2>&1 &
     local relay=$!
     for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
-    echo "relay $("$loadgen" pairs --base "http://127.0.0.1:$port" --users "${ARG1:-1000}" --window "${ARG2:-8}" \
-        --seconds "${ARG3:-15}" --warmup 5 --verify-pairs 0 --server-pid "$relay" --json 2>/dev/null)"
+    echo "relay $(closed_load "http://127.0.0.1:$port" "$relay" --verify-pairs 0)"
     kill "$relay"
     wait "$relay" 2>/dev/null || true
 }
