@@ -15,6 +15,14 @@
 //! [`users`] registers and signs in the users; [`stats`] turns samples into the
 //! figures; [`proc`] samples a server process's CPU and memory.
 
+/// Bytes each busy WebSocket (`pairs` and the relay) reads at a time.
+/// tungstenite zeroes a buffer of this size before every read, and its default is
+/// 128 KiB: in the open loop, where a read brings one small frame, those `memset`s
+/// were a third of the load generator's CPU, CPU the server under test then did
+/// not have. 4 KiB cut them but split a commit's burst of acks and deliveries
+/// into more reads; 16 KiB did best in both loops (`docs/benchmarks.md`, 2026-12-06).
+pub const READ_BUFFER: usize = 16 * 1024;
+
 pub mod history;
 pub mod idle;
 pub mod pairs;

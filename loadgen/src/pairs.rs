@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as Frame;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::stats::Latency;
 use crate::users::SignedIn;
@@ -97,8 +98,10 @@ pub async fn run(bases: &[String], users: &[SignedIn], options: &Options) -> any
         let ws_base = bases[i % bases.len()].replacen("http", "ws", 1);
         let url = format!("{ws_base}/ws/chat/?token={}", user.token);
         // `true`: TCP_NODELAY, so a send is not held back waiting for an ACK.
-        let (socket, _) =
-            tokio_tungstenite::connect_async_with_config(url, None, true).await.context("opening a WebSocket")?;
+        let config = WebSocketConfig::default().read_buffer_size(crate::READ_BUFFER);
+        let (socket, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+            .await
+            .context("opening a WebSocket")?;
         sockets.push(socket);
     }
     let start = epoch + Duration::from_millis(50);

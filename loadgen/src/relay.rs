@@ -80,7 +80,7 @@ struct Token {
 }
 
 async fn connect(State(relay): State<Arc<Relay>>, Query(token): Query<Token>, upgrade: WebSocketUpgrade) -> Response {
-    upgrade.on_upgrade(move |socket| session(relay, token.token, socket))
+    upgrade.read_buffer_size(crate::READ_BUFFER).on_upgrade(move |socket| session(relay, token.token, socket))
 }
 
 async fn session(relay: Arc<Relay>, me: i64, socket: WebSocket) {
