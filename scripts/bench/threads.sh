@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Where a `pairs` load's CPU goes: each server thread's and the load generator's
+# CPU over 10 s of the measured window, per message, with the machine's idle
+# share (docs/benchmarks.md, 2026-12-06). A fresh server and data directory.
+#   bash scripts/bench/threads.sh [bin dir] [pairs arguments...]
+#   bash scripts/bench/threads.sh target/release --rate 24000     # open loop
+#   bash scripts/bench/threads.sh target/release --window 8       # closed loop
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bin=${1:-target/release}
+shift || true
+port=${PORT:-9720}
+data=$(mktemp -d)
+"$bin/confab" serve --listen "127.0.0.1:$port" --data-dir "$data" \
+    --rate-limit 1000000 --rate-burst 1000000 --signin-attempts-per-minute 1000000 >"$data.log" 2>&1 &
+server=$!
+trap 'kill $server $loadgen 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$data" "$data.log" "$data.err"' EXIT
+loadgen=
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+
+# The load: 1,000 users, 5 s of warm-up, 15 s measured; sampled from 7 s to 17 s.
+"$bin/confab-loadgen" pairs --base "http://127.0.0.1:$port" --users 1000 --warmup 5 --seconds 15 \
+    --server-pid "$server" --json "$@" 2>"$data.err" >"$data.json" &
+loadgen=$!
+for _ in $(seq 600); do grep -q "signed in 1000/1000" "$data.err" 2>/dev/null && break; sleep 0.1; done
+sleep 7
+
+# Clock ticks of each thread (name and tid), of the load generator, and of the machine.
+threads() { for t in /proc/"$server"/task/*; do echo "$(tr ' ' _ <"$t/comm")/${t##*/} $(awk '{print $14 + $15}' "$t/stat")"; done; }
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+before=$(threads) lg0=$(ticks "$loadgen") cpu0=$(head -1 /proc/stat)
+sleep 10
+after=$(threads) lg1=$(ticks "$loadgen") cpu1=$(head -1 /proc/stat)
+wait "$loadgen"
+loadgen=
+python3 - "$data.json" "$before" "$after" "$lg0" "$lg1" "$cpu0" "$cpu1" "$(getconf CLK_TCK)" <<'PY'
+import json, sys
+path, before, after, lg0, lg1, cpu0, cpu1, hz = sys.argv[1:]
+run = json.loads(open(path).read().splitlines()[-1])
+rate = run["delivered_per_second"]
+t0 = dict(line.split() for line in before.splitlines())
+per_message = lambda ticks: ticks / float(hz) / 10 / rate * 1e6  # µs of CPU per message
+print(f"reached {rate:,.0f} msg/s; delivery p50 {run['delivery_ms']['p50']} ms, p99 {run['delivery_ms']['p99']} ms")
+for line in after.splitlines():
+    name, ticks = line.split()
+    used = int(ticks) - int(t0.get(name, ticks))
+    if used > 0:
+        print(f"  {name:28} {used / float(hz) * 10:5.1f}% of a core  {per_message(used):5.1f} µs a message")
+used = int(lg1) - int(lg0)
+print(f"  {'load generator':28} {used / float(hz) * 10:5.1f}% of a core  {per_message(used):5.1f} µs a message")
+a, b = [list(map(int, c.split()[1:])) for c in (cpu0, cpu1)]
+delta = [y - x for x, y in zip(a, b)]
+print(f"  machine idle {100 * delta[3] / sum(delta):.1f}%")
+PY
