@@ -5,6 +5,7 @@
 #   bash scripts/bench/threads.sh [bin dir] [pairs arguments...]
 #   bash scripts/bench/threads.sh target/release --rate 24000     # open loop
 #   bash scripts/bench/threads.sh target/release --window 8       # closed loop
+# PORT sets the server's port (9720).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=${1:-target/release}
@@ -13,9 +14,8 @@ port=${PORT:-9720}
 data=$(mktemp -d)
 "$bin/confab" serve --listen "127.0.0.1:$port" --data-dir "$data" \
     --rate-limit 1000000 --rate-burst 1000000 --signin-attempts-per-minute 1000000 >"$data.log" 2>&1 &
-server=$!
-trap 'kill $server $loadgen 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$data" "$data.log" "$data.err"' EXIT
-loadgen=
+server=$! loadgen=
+trap 'kill $server $loadgen 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$data" "$data".{log,err,json}' EXIT
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
 
 # The load: 1,000 users, 5 s of warm-up, 15 s measured; sampled from 7 s to 17 s.
