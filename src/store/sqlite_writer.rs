@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use rusqlite::{Connection, ErrorCode as SqliteCode, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, ErrorCode as SqliteCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
 use super::events::{self, INSERT_EVENT, NewEvent, TAKE_EVENT_SEQS};
@@ -25,6 +25,7 @@ use super::rows::{MessageRow, sqlite_message_row};
 use super::sql::BatchResult;
 use super::sql::{Backend, select_by_key};
 use super::sqlite::SqliteBackend;
+use super::sqlite_wal_vfs;
 use super::{Appended, NewMessage, Result, StoreError, repeated};
 use crate::domain::{ClientMsgId, MessageRecord, Seq, ThreadId};
 
@@ -101,7 +102,10 @@ impl MessageWriter {
     /// Opens a connection to the database at `path` (already created and migrated)
     /// and starts the thread that owns it.
     pub(super) fn start(path: &Path, busy_timeout: Duration) -> Result<Self> {
-        let conn = Connection::open(path).map_err(from_sqlite)?;
+        sqlite_wal_vfs::register()
+            .map_err(|rc| StoreError::Other(format!("SQLite refused the WAL-gathering VFS (code {rc})").into()))?;
+        let conn = Connection::open_with_flags_and_vfs(path, OpenFlags::default(), sqlite_wal_vfs::NAME)
+            .map_err(from_sqlite)?;
         conn.busy_timeout(busy_timeout).map_err(from_sqlite)?;
         // FULL: a batch is on disk before any of its messages is acknowledged. The
         // cache: SQLite's default 2 MiB made a batch of a few thousand messages read
@@ -127,7 +131,7 @@ impl MessageWriter {
                             let _ = reply.send(append_batch(&mut conn, &statements, messages, events));
                         }
                         Job::Shrink(reply) => {
-                            let _ = reply.send(conn.execute_batch(SHRINK_MEMORY).map_err(from_sqlite));
+                            let _ = reply.send(shrink(&conn));
                         }
                     }
                 }
@@ -151,6 +155,13 @@ impl MessageWriter {
     }
 }
 
+/// Frees the page cache and the WAL's write buffer.
+fn shrink(conn: &Connection) -> Result<()> {
+    conn.execute_batch(SHRINK_MEMORY).map_err(from_sqlite)?;
+    sqlite_wal_vfs::release(conn);
+    Ok(())
+}
+
 fn stopped() -> StoreError {
     StoreError::Other("the SQLite writer thread has stopped".into())
 }
@@ -164,6 +175,8 @@ fn append_batch(
     messages: Vec<NewMessage>,
     events: bool,
 ) -> BatchResult {
+    // Frames a rolled-back batch spilled to the WAL and never wrote out.
+    sqlite_wal_vfs::discard(conn);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(from_sqlite)?;
     let mut tips: HashMap<ThreadId, Option<Tip>> = HashMap::new();
     let mut results = Vec::with_capacity(messages.len());
