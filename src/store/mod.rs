@@ -10,6 +10,7 @@ mod rows;
 mod sql;
 mod sqlite;
 mod sqlite_checkpoint;
+mod sqlite_wal_hook;
 mod sqlite_wal_vfs;
 mod sqlite_writer;
 

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::rows::group_participants;
 use super::sql::{Backend, BatchResult, SqlStore, participants_sql};
-use super::sqlite_checkpoint::{CHECKPOINT_EVERY, Checkpointer};
+use super::sqlite_checkpoint::{CHECKPOINT_EVERY, Checkpointer, WriterCheckpoints};
 use super::sqlite_writer::{MessageWriter, WAL_CHECKPOINT_PAGES};
 use super::{NewMessage, Result, StoreError};
 use crate::domain::Participant;
@@ -114,16 +114,17 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT)
-            // As the message writer's: a commit here must not checkpoint the WAL it fills.
-            .pragma("wal_autocheckpoint", WAL_CHECKPOINT_PAGES.to_string());
+            // Past where the message writer checkpoints: a commit here (accounts,
+            // threads, read markers) checkpoints only a WAL no one else keeps short.
+            .pragma("wal_autocheckpoint", WriterCheckpoints::other_writers_limit(WAL_CHECKPOINT_PAGES).to_string());
         if let Some(dir) = options.get_filename().parent()
             && !dir.as_os_str().is_empty()
         {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Other(Box::new(e)))?;
         }
         let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
-        let messages = MessageWriter::start(options.get_filename(), BUSY_TIMEOUT)?;
         let checkpoints = Checkpointer::start(options.get_filename(), BUSY_TIMEOUT, CHECKPOINT_EVERY)?;
+        let messages = MessageWriter::start(options.get_filename(), BUSY_TIMEOUT, checkpoints.passes())?;
         let reader = SqlitePoolOptions::new().max_connections(READERS).connect_with(options.read_only(true)).await?;
         Ok(Self::new(SqliteBackend { writer, reader, messages, _checkpoints: checkpoints }))
     }

@@ -4,11 +4,17 @@
 //! `WAL_CHECKPOINT_PAGES` checkpointed it itself, and that commit, with every
 //! message waiting on it, waited for a copy of up to 64 MiB. Here a thread copies
 //! while the writers go on (`PASSIVE`: it never takes the write lock). A pass
-//! between two batches copies everything and lets the WAL start over; under
-//! back-to-back batches, the commit past the limit still checkpoints, but copies
-//! only what came since the last pass.
+//! between two batches copies everything and lets the WAL start over.
+//!
+//! Under back-to-back batches no pass finds a moment without a commit, so the
+//! message writer finishes one itself once the WAL is past the limit
+//! ([`WriterCheckpoints`]): right after a background pass ends, when what is left
+//! to copy is only what was committed during that pass, instead of whenever a
+//! commit crossed the limit, when it was everything since the last pass.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
@@ -20,10 +26,18 @@ use super::{Result, StoreError};
 /// most this long's writes.
 pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
+/// How far past its limit the WAL may grow while the message writer waits for a
+/// background pass to end before checkpointing anyway.
+const PAST_LIMIT: u32 = 4;
+
+/// The number of background passes that have ended.
+pub(super) type Passes = Arc<AtomicU64>;
+
 /// The handle of the checkpointing thread; the thread ends when the last handle drops.
 #[derive(Debug, Clone)]
 pub(super) struct Checkpointer {
     _alive: mpsc::Sender<()>,
+    passes: Passes,
 }
 
 impl Checkpointer {
@@ -34,19 +48,70 @@ impl Checkpointer {
         // FULL: the database file is synced after each copy.
         conn.execute_batch("PRAGMA synchronous = FULL;").map_err(other)?;
         let (alive, until_dropped) = mpsc::channel::<()>();
+        let passes = Passes::default();
+        let ended = Arc::clone(&passes);
         std::thread::Builder::new()
             .name("sqlite-checkpoint".to_owned())
             .spawn(move || {
                 while let Err(RecvTimeoutError::Timeout) = until_dropped.recv_timeout(every) {
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                        // A full disk or a vanished file: the next pass tries again,
-                        // and the writers report the fault to their callers.
-                        tracing::warn!(error = %e, "a background WAL checkpoint failed");
-                    }
+                    checkpoint(&conn, "a background WAL checkpoint failed");
+                    ended.fetch_add(1, Ordering::Release);
                 }
             })
             .map_err(|e| StoreError::Other(Box::new(e)))?;
-        Ok(Self { _alive: alive })
+        Ok(Self { _alive: alive, passes })
+    }
+
+    /// The count of passes that have ended, as it goes up.
+    pub(super) fn passes(&self) -> Passes {
+        Arc::clone(&self.passes)
+    }
+}
+
+/// Copies what it can of the WAL without taking the write lock.
+pub(super) fn checkpoint(conn: &Connection, failed: &str) {
+    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        // A full disk or a vanished file: the next pass tries again, and the
+        // writers report the fault to their callers.
+        tracing::warn!(error = %e, "{failed}");
+    }
+}
+
+/// When the message writer checkpoints the WAL itself, after a commit: once the
+/// WAL is past `limit` frames, at the first commit after a background pass ends
+/// (what is left is what came during the pass), or at once past `PAST_LIMIT`
+/// times the limit.
+pub(super) struct WriterCheckpoints {
+    passes: Passes,
+    /// The passes ended when the WAL was last under the limit.
+    seen: u64,
+    limit: u32,
+}
+
+impl WriterCheckpoints {
+    pub(super) fn new(passes: Passes, limit: u32) -> Self {
+        let seen = passes.load(Ordering::Acquire);
+        Self { passes, seen, limit }
+    }
+
+    /// Whether to checkpoint now, after a commit that left `frames` in the WAL.
+    pub(super) fn due(&mut self, frames: u32) -> bool {
+        let passes = self.passes.load(Ordering::Acquire);
+        if frames < self.limit {
+            self.seen = passes;
+            return false;
+        }
+        if passes == self.seen && frames < self.limit.saturating_mul(PAST_LIMIT) {
+            return false;
+        }
+        self.seen = passes;
+        true
+    }
+
+    /// The WAL length past which any other writer's commit checkpoints it
+    /// (`wal_autocheckpoint`): past where this one would have.
+    pub(super) fn other_writers_limit(limit: u32) -> u32 {
+        limit.saturating_mul(PAST_LIMIT)
     }
 }
 
@@ -90,6 +155,24 @@ mod tests {
             }
             std::thread::sleep(every);
         }
+    }
+
+    #[test]
+    fn the_writer_checkpoints_past_the_limit_after_a_pass_ends_or_far_past_it() {
+        let passes = Passes::default();
+        let mut writer = WriterCheckpoints::new(Arc::clone(&passes), 100);
+        assert!(!writer.due(50), "under the limit");
+        assert!(!writer.due(150), "past it, but no pass has ended since");
+        passes.fetch_add(1, Ordering::Release);
+        assert!(writer.due(160), "a pass ended: what is left is small");
+        assert!(!writer.due(170), "not again before the next pass");
+        assert!(writer.due(400), "far past the limit: at once");
+        assert!(!writer.due(10), "the WAL started over");
+        passes.fetch_add(1, Ordering::Release);
+        assert!(!writer.due(20), "a pass ended while under the limit");
+        assert!(!writer.due(120), "past it: waits for the next pass");
+        passes.fetch_add(1, Ordering::Release);
+        assert!(writer.due(130));
     }
 
     #[test]

@@ -25,6 +25,8 @@ use super::rows::{MessageRow, sqlite_message_row};
 use super::sql::BatchResult;
 use super::sql::{Backend, select_by_key};
 use super::sqlite::SqliteBackend;
+use super::sqlite_checkpoint::{Passes, WriterCheckpoints, checkpoint};
+use super::sqlite_wal_hook::WalLength;
 use super::sqlite_wal_vfs;
 use super::{Appended, NewMessage, Result, StoreError, repeated};
 use crate::domain::{ClientMsgId, MessageRecord, Seq, ThreadId};
@@ -36,17 +38,17 @@ const CACHE_KIB: u32 = 32 * 1024;
 /// likely the OS's cache of it) as they are needed again.
 pub(super) const SHRINK_MEMORY: &str = "PRAGMA shrink_memory";
 
-/// The WAL's length, in pages, past which a commit copies it into the database
-/// (SQLite's default is 1,000). Every batch dirties the same hot pages (the tail of
-/// each busy thread in the `(thread_id, seq)` and key indexes): with 1,000 users a
-/// batch outgrew the default, so nearly every commit also checkpointed, copying
-/// those pages again and syncing the database file while every sender waited.
-/// At 16,384 pages (64 MiB at 4 KiB a page) the commits rarely checkpoint; the WAL
-/// file stays up to about that size on disk. Open loop at 16,500 msg/s: delivery
-/// p50 108 → 19 ms, p99 190 → 87 ms (`docs/benchmarks.md`, 2026-12-04). Since then
-/// `sqlite_checkpoint` copies the WAL in the background every 250 ms, so this is
-/// the fallback for back-to-back batches, and what such a commit copies is what
-/// came since the last background pass.
+/// The WAL's length, in pages, past which the message writer copies it into the
+/// database (SQLite's default is 1,000). Every batch dirties the same hot pages
+/// (the tail of each busy thread in the `(thread_id, seq)` and key indexes): with
+/// 1,000 users a batch outgrew the default, so nearly every commit also
+/// checkpointed, copying those pages again and syncing the database file while
+/// every sender waited. At 16,384 pages (64 MiB at 4 KiB a page) that is rare; the
+/// WAL file stays up to a few times that size on disk. Open loop at 16,500 msg/s:
+/// delivery p50 108 → 19 ms, p99 190 → 87 ms (`docs/benchmarks.md`, 2026-12-04).
+/// `sqlite_checkpoint` copies the WAL in the background every 250 ms, and past
+/// this length the writer finishes a background pass itself, after the batch's
+/// answers (`WriterCheckpoints`).
 pub(super) const WAL_CHECKPOINT_PAGES: u32 = 16_384;
 
 /// A batch's messages, inserted unless the sender already stored one under the key
@@ -101,7 +103,8 @@ pub(super) struct MessageWriter {
 impl MessageWriter {
     /// Opens a connection to the database at `path` (already created and migrated)
     /// and starts the thread that owns it.
-    pub(super) fn start(path: &Path, busy_timeout: Duration) -> Result<Self> {
+    /// `passes` counts the background checkpointer's passes (`sqlite_checkpoint`).
+    pub(super) fn start(path: &Path, busy_timeout: Duration, passes: Passes) -> Result<Self> {
         sqlite_wal_vfs::register()
             .map_err(|rc| StoreError::Other(format!("SQLite refused the WAL-gathering VFS (code {rc})").into()))?;
         let conn = Connection::open_with_flags_and_vfs(path, OpenFlags::default(), sqlite_wal_vfs::NAME)
@@ -112,7 +115,7 @@ impl MessageWriter {
         // its index pages back from the file and spill dirty pages mid-transaction.
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
-             PRAGMA cache_size = -{CACHE_KIB}; PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES};"
+             PRAGMA cache_size = -{CACHE_KIB};"
         ))
         .map_err(from_sqlite)?;
         let (jobs, queue) = mpsc::channel::<Job>();
@@ -120,6 +123,9 @@ impl MessageWriter {
             .name("sqlite-writer".to_owned())
             .spawn(move || {
                 let mut conn = conn;
+                // Declared after `conn`, so dropped before it.
+                let wal = WalLength::watch(&conn);
+                let mut checkpoints = WriterCheckpoints::new(passes, WAL_CHECKPOINT_PAGES);
                 let statements = Statements {
                     by_key: select_by_key(),
                     insert: format!("{INSERT_MESSAGE} {INSERT_UNLESS_KEY_USED}"),
@@ -129,6 +135,10 @@ impl MessageWriter {
                     match job {
                         Job::Batch { messages, events, reply } => {
                             let _ = reply.send(append_batch(&mut conn, &statements, messages, events));
+                            // After the answer: the batch's senders do not wait for it.
+                            if checkpoints.due(wal.frames()) {
+                                checkpoint(&conn, "the message writer's WAL checkpoint failed");
+                            }
                         }
                         Job::Shrink(reply) => {
                             let _ = reply.send(shrink(&conn));
