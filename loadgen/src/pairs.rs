@@ -301,7 +301,6 @@ async fn one_user(
     Ok(side)
 }
 
-/// The open loop's next tick; never, for a closed loop.
 /// An open-loop user's send times: `first`, then every `period`. A late tick is
 /// sent late, not made up in a burst, and the next one keeps its time: the
 /// schedule is the load. (`Delay`, used before, moved every later tick by the
@@ -314,6 +313,7 @@ fn schedule(first: Instant, period: Duration) -> tokio::time::Interval {
     ticks
 }
 
+/// The open loop's next tick; never, for a closed loop.
 async fn tick(ticks: &mut Option<tokio::time::Interval>) {
     match ticks {
         Some(ticks) => {
