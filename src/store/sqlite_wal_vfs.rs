@@ -159,7 +159,7 @@ unsafe fn inner(file: *mut ffi::sqlite3_file) -> *mut ffi::sqlite3_file {
     unsafe { file.cast::<u8>().add(INNER).cast() }
 }
 
-/// The wrapped file's methods; null only when its open failed before setting them.
+/// The wrapped file's methods.
 ///
 /// # Safety
 /// As [`inner`], for a file whose open set our methods.
@@ -176,13 +176,25 @@ unsafe fn pending<'a>(file: *mut ffi::sqlite3_file) -> Option<&'a mut Pending> {
     unsafe { (*file.cast::<Gathering>()).pending.as_mut() }
 }
 
-/// Passes the buffer down in one write; it is empty afterwards, whatever the outcome.
+/// Passes the buffer down in one write, if the file has one.
 ///
 /// # Safety
 /// As [`pending`].
 unsafe fn flush(file: *mut ffi::sqlite3_file) -> c_int {
     // SAFETY: the caller's.
-    let Some(p) = (unsafe { pending(file) }) else { return ffi::SQLITE_OK };
+    match unsafe { pending(file) } {
+        // SAFETY: the caller's.
+        Some(p) => unsafe { write_out(p, file) },
+        None => ffi::SQLITE_OK,
+    }
+}
+
+/// Writes `p`, the buffer of `file`, in one call; it is empty afterwards,
+/// whatever the outcome.
+///
+/// # Safety
+/// As [`methods`].
+unsafe fn write_out(p: &mut Pending, file: *mut ffi::sqlite3_file) -> c_int {
     if p.bytes.is_empty() {
         return ffi::SQLITE_OK;
     }
@@ -313,7 +325,7 @@ unsafe extern "C" fn write(file: *mut ffi::sqlite3_file, data: *const c_void, am
     let continues = !p.bytes.is_empty() && i64::try_from(p.bytes.len()).is_ok_and(|n| p.at + n == offset);
     if !(continues && p.bytes.len() + len <= GATHER_BYTES) {
         // SAFETY: as above.
-        let rc = unsafe { flush(file) };
+        let rc = unsafe { write_out(p, file) };
         if rc != ffi::SQLITE_OK {
             return rc;
         }
