@@ -108,6 +108,13 @@ impl WriterCheckpoints {
         true
     }
 
+    /// Checkpoints if it is due, after a commit that left `frames` in the WAL.
+    pub(super) fn after_commit(&mut self, conn: &Connection, frames: u32) {
+        if self.due(frames) {
+            checkpoint(conn, "the message writer's WAL checkpoint failed");
+        }
+    }
+
     /// The WAL length past which any other writer's commit checkpoints it
     /// (`wal_autocheckpoint`): past where this one would have.
     pub(super) fn other_writers_limit(limit: u32) -> u32 {
@@ -173,6 +180,32 @@ mod tests {
         assert!(!writer.due(120), "past it: waits for the next pass");
         passes.fetch_add(1, Ordering::Release);
         assert!(writer.due(130));
+    }
+
+    #[test]
+    fn a_writer_that_checkpoints_itself_keeps_its_wal_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("test.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB NOT NULL);")
+            .unwrap();
+        let wal = crate::store::sqlite_wal_hook::WalLength::watch(&conn);
+        // No background pass ever ends: only the bound of `PAST_LIMIT` applies.
+        let limit = 32;
+        let mut writer = WriterCheckpoints::new(Passes::default(), limit);
+        let mut longest = 0;
+        for i in 0..400 {
+            conn.execute("INSERT INTO t (id, b) VALUES (?1, zeroblob(4000))", [i]).unwrap();
+            longest = longest.max(wal.frames());
+            writer.after_commit(&conn, wal.frames());
+        }
+        // 400 rows written, each commit a few frames (1,201 in all): without the
+        // writer's checkpoints the WAL would hold them all.
+        assert!(longest <= limit * PAST_LIMIT + 4, "the WAL reached {longest} frames");
+        let file = std::fs::metadata(dir.path().join("test.db-wal")).unwrap().len();
+        assert!(file <= u64::from(limit * PAST_LIMIT + 4) * (4096 + 24) + 32, "the WAL file has {file} bytes");
+        let rows: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 400);
     }
 
     #[test]

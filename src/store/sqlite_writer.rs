@@ -25,7 +25,7 @@ use super::rows::{MessageRow, sqlite_message_row};
 use super::sql::BatchResult;
 use super::sql::{Backend, select_by_key};
 use super::sqlite::SqliteBackend;
-use super::sqlite_checkpoint::{Passes, WriterCheckpoints, checkpoint};
+use super::sqlite_checkpoint::{Passes, WriterCheckpoints};
 use super::sqlite_wal_hook::WalLength;
 use super::sqlite_wal_vfs;
 use super::{Appended, NewMessage, Result, StoreError, repeated};
@@ -136,9 +136,7 @@ impl MessageWriter {
                         Job::Batch { messages, events, reply } => {
                             let _ = reply.send(append_batch(&mut conn, &statements, messages, events));
                             // After the answer: the batch's senders do not wait for it.
-                            if checkpoints.due(wal.frames()) {
-                                checkpoint(&conn, "the message writer's WAL checkpoint failed");
-                            }
+                            checkpoints.after_commit(&conn, wal.frames());
                         }
                         Job::Shrink(reply) => {
                             let _ = reply.send(shrink(&conn));
