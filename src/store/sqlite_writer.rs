@@ -105,10 +105,15 @@ impl MessageWriter {
     /// and starts the thread that owns it.
     /// `passes` counts the background checkpointer's passes (`sqlite_checkpoint`).
     pub(super) fn start(path: &Path, busy_timeout: Duration, passes: Passes) -> Result<Self> {
-        sqlite_wal_vfs::register()
-            .map_err(|rc| StoreError::Other(format!("SQLite refused the WAL-gathering VFS (code {rc})").into()))?;
-        let conn = Connection::open_with_flags_and_vfs(path, OpenFlags::default(), sqlite_wal_vfs::NAME)
-            .map_err(from_sqlite)?;
+        let conn = match sqlite_wal_vfs::register() {
+            Ok(()) => Connection::open_with_flags_and_vfs(path, OpenFlags::default(), sqlite_wal_vfs::NAME),
+            // No `unix` VFS (not a Unix build): SQLite's own, one write a frame.
+            Err(code) => {
+                tracing::warn!(code, "the WAL-gathering VFS is unavailable; the message writer uses SQLite's default");
+                Connection::open(path)
+            }
+        }
+        .map_err(from_sqlite)?;
         conn.busy_timeout(busy_timeout).map_err(from_sqlite)?;
         // FULL: a batch is on disk before any of its messages is acknowledged. The
         // cache: SQLite's default 2 MiB made a batch of a few thousand messages read
