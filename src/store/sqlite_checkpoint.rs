@@ -23,8 +23,11 @@ use rusqlite::Connection;
 use super::{Result, StoreError};
 
 /// How often the background pass runs: a commit that restarts the WAL copies at
-/// most this long's writes.
-pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// most this long's writes. Each pass copies the hot pages (each busy thread's tail
+/// of its indexes) again however few messages they gained, so longer passes copy
+/// less per message: at 1 s instead of 250 ms this thread's CPU halved in a closed
+/// loop (1.5 → 0.6 µs a message; `docs/benchmarks.md`, 2026-12-06, third session).
+pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// How far past its limit the WAL may grow while the message writer waits for a
 /// background pass to end before checkpointing anyway.

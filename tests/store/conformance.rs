@@ -724,6 +724,50 @@ pub(crate) async fn a_host_system_message_is_idempotent_by_key_and_unread_for_ev
     assert!(matches!(store.append_system_message(unknown).await, Err(StoreError::NotFound(_))));
 }
 
+pub(crate) async fn seqs_stay_gapless_when_system_messages_come_between_sends(store: Arc<dyn Store>) {
+    let a = user(&*store, "a", Role::Client).await;
+    let b = user(&*store, "b", Role::Freelancer).await;
+    let thread = direct(&*store, &a, &b).await;
+    let other = direct(&*store, &a, &user(&*store, "c", Role::Freelancer).await).await;
+    let system = |text: &str| NewSystemMessage {
+        thread_id: thread,
+        text: text.to_owned(),
+        metadata: json!({}),
+        client_msg_id: None,
+    };
+    let batch = |n: usize| -> Vec<NewMessage> {
+        (0..n)
+            .flat_map(|i| {
+                [thread, other].map(|t| NewMessage {
+                    thread_id: t,
+                    sender: a.id,
+                    text: format!("m{i}"),
+                    client_msg_id: None,
+                })
+            })
+            .collect()
+    };
+    let seqs = |results: Vec<confab::store::Result<confab::store::Appended>>| -> Vec<(ThreadId, i64)> {
+        results.into_iter().map(|r| r.unwrap().message).map(|m| (m.thread_id, m.seq.0)).collect()
+    };
+    assert_eq!(
+        seqs(store.append_messages(batch(2)).await.unwrap()),
+        [(thread, 1), (other, 1), (thread, 2), (other, 2)]
+    );
+    // Another writer's seq in between: the next batch goes on after it.
+    assert_eq!(store.append_system_message(system("between")).await.unwrap().message.seq, Seq(3));
+    assert_eq!(seqs(store.append_messages(batch(1)).await.unwrap()), [(thread, 4), (other, 3)]);
+    // A commit that takes no seq (a read marker) changes nothing.
+    store.mark_read(thread, b.id, None).await.unwrap();
+    assert_eq!(seqs(store.append_messages(batch(1)).await.unwrap()), [(thread, 5), (other, 4)]);
+    assert_eq!(store.append_system_message(system("again")).await.unwrap().message.seq, Seq(6));
+    assert_eq!(send(&*store, thread, &a, "last", None).await.message.seq, Seq(7));
+    let stored = store.messages(thread, Cursor::Latest, 50).await.unwrap().results;
+    let mut stored: Vec<i64> = stored.iter().map(|m| m.seq.0).collect();
+    stored.sort_unstable();
+    assert_eq!(stored, (1..=7).collect::<Vec<_>>());
+}
+
 pub(crate) async fn events_are_recorded_with_what_they_describe_in_one_gapless_order(store: Arc<dyn Store>) {
     let a = user(&*store, "a", Role::Client).await;
     let b = user(&*store, "b", Role::Freelancer).await;
@@ -833,6 +877,7 @@ macro_rules! conformance_tests {
             host_users_are_provisioned_once_by_external_id_and_updated,
             host_jobs_are_upserted_by_external_id,
             a_host_system_message_is_idempotent_by_key_and_unread_for_everyone,
+            seqs_stay_gapless_when_system_messages_come_between_sends,
             events_are_recorded_with_what_they_describe_in_one_gapless_order,
             one_holder_has_the_event_lease_until_it_lapses
         );
