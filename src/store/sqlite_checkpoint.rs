@@ -26,7 +26,7 @@ use super::{Result, StoreError};
 /// most this long's writes. Each pass copies the hot pages (each busy thread's tail
 /// of its indexes) again however few messages they gained, so longer passes copy
 /// less per message: at 1 s instead of 250 ms this thread's CPU halved in a closed
-/// loop (1.5 → 0.6 µs a message; `docs/benchmarks.md`, 2026-12-06, third session).
+/// loop (1.4–2.0 → 0.6–0.8 µs a message; `docs/benchmarks.md`, 2026-12-06, third session).
 pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// How far past its limit the WAL may grow while the message writer waits for a
