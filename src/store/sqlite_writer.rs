@@ -102,17 +102,13 @@ impl KnownTips {
         }
     }
 
-    /// Remembers a committed batch's tips.
-    fn committed(&mut self, tips: impl Iterator<Item = (ThreadId, i64)>) {
-        for (thread, last_seq) in tips {
-            if self.last_seqs.len() >= KNOWN_TIPS && !self.last_seqs.contains_key(&thread) {
-                self.last_seqs.clear();
-            }
-            self.last_seqs.insert(thread, last_seq);
-        }
+    /// Keeps `last_seqs` (a committed batch's tips added to what was known before
+    /// it), or nothing if they are more than the bound.
+    fn remember(&mut self, last_seqs: HashMap<ThreadId, i64>) {
+        self.last_seqs = if last_seqs.len() <= KNOWN_TIPS { last_seqs } else { HashMap::new() };
     }
 
-    /// Forgets everything (a batch that failed may have left anything behind).
+    /// Forgets everything, and gives the memory back.
     fn forget(&mut self) {
         self.last_seqs = HashMap::new();
         self.data_version = None;
@@ -185,11 +181,7 @@ impl MessageWriter {
                 while let Ok(job) = queue.recv() {
                     match job {
                         Job::Batch { messages, events, reply } => {
-                            let appended = append_batch(&mut conn, &statements, &mut known, messages, events);
-                            if appended.is_err() {
-                                known.forget();
-                            }
-                            let _ = reply.send(appended);
+                            let _ = reply.send(append_batch(&mut conn, &statements, &mut known, messages, events));
                             // After the answer: the batch's senders do not wait for it.
                             checkpoints.after_commit(&conn, wal.frames());
                         }
@@ -233,7 +225,6 @@ fn stopped() -> StoreError {
 /// One transaction: each thread's seq is read once and written once, however many
 /// of the batch's messages it has (a batch of 3,300 messages over 500 threads made
 /// 3,300 updates of the threads table, each moving its activity index entry).
-/// `known` must be forgotten if this fails.
 fn append_batch(
     conn: &mut Connection,
     statements: &Statements,
@@ -245,7 +236,10 @@ fn append_batch(
     sqlite_wal_vfs::discard(conn);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(from_sqlite)?;
     // Read under the write lock: no other connection commits until this one ends.
-    known.check(tx.query_row(DATA_VERSION, [], |r| r.get(0)).map_err(from_sqlite)?);
+    let data_version = tx.prepare_cached(DATA_VERSION).and_then(|mut s| s.query_row([], |r| r.get(0)));
+    known.check(data_version.map_err(from_sqlite)?);
+    // Taken out for the batch: a batch that fails leaves nothing remembered.
+    let mut remembered = std::mem::take(&mut known.last_seqs);
     let mut tips: HashMap<ThreadId, Option<Tip>> = HashMap::new();
     let mut results = Vec::with_capacity(messages.len());
     {
@@ -254,7 +248,7 @@ fn append_batch(
             thread_seq: tx.prepare_cached(THREAD_SEQ).map_err(from_sqlite)?,
             insert: tx.prepare_cached(&statements.insert).map_err(from_sqlite)?,
             by_key: &statements.by_key,
-            known,
+            known: &remembered,
         };
         for (n, new) in messages.into_iter().enumerate() {
             results.push(append_one(&tx, &mut batch, &mut tips, n, new)?);
@@ -282,7 +276,8 @@ fn append_batch(
         record_events(&tx, &created)?;
     }
     tx.commit().map_err(from_sqlite)?;
-    known.committed(moved.into_iter().map(|(thread, last_seq, _)| (thread, last_seq)));
+    remembered.extend(moved.into_iter().map(|(thread, last_seq, _)| (thread, last_seq)));
+    known.remember(remembered);
     Ok(results)
 }
 
@@ -291,7 +286,7 @@ struct BatchStatements<'tx, 's> {
     thread_seq: rusqlite::CachedStatement<'tx>,
     insert: rusqlite::CachedStatement<'tx>,
     by_key: &'s str,
-    known: &'s KnownTips,
+    known: &'s HashMap<ThreadId, i64>,
 }
 
 /// The batch's events, with the next seqs (taken last: see `TAKE_EVENT_SEQS`).
@@ -333,7 +328,7 @@ fn append_one(
     let tip = match tips.entry(new.thread_id) {
         Entry::Occupied(seen) => seen.into_mut(),
         Entry::Vacant(unseen) => {
-            let last_seq = match statements.known.last_seqs.get(&new.thread_id) {
+            let last_seq = match statements.known.get(&new.thread_id) {
                 Some(&last_seq) => Some(last_seq),
                 None => statements
                     .thread_seq
@@ -409,15 +404,16 @@ mod tests {
         let mut known = KnownTips::default();
         known.check(7);
         let (a, b) = (ThreadId::generate(), ThreadId::generate());
-        known.committed([(a, 3), (b, 5)].into_iter());
+        known.remember(HashMap::from([(a, 3), (b, 5)]));
         known.check(7);
         assert_eq!((known.last_seqs.get(&a), known.last_seqs.get(&b)), (Some(&3), Some(&5)));
         known.check(8);
         assert!(known.last_seqs.is_empty(), "another connection committed");
-        known.committed((0..KNOWN_TIPS).map(|_| (ThreadId::generate(), 1)));
+        known.remember((0..KNOWN_TIPS).map(|_| (ThreadId::generate(), 1)).collect());
         assert_eq!(known.last_seqs.len(), KNOWN_TIPS);
-        known.committed([(a, 4)].into_iter());
-        assert_eq!(known.last_seqs.len(), 1, "past the bound, all are forgotten but the newest");
+        known.remember((0..=KNOWN_TIPS).map(|_| (ThreadId::generate(), 1)).collect());
+        assert!(known.last_seqs.is_empty(), "past the bound, nothing is remembered");
+        known.remember(HashMap::from([(a, 4)]));
         known.forget();
         known.check(8);
         assert!(known.last_seqs.is_empty());
