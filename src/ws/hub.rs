@@ -264,11 +264,18 @@ impl Subscriber for Hub {
     fn deliver(&self, event: &Event) {
         match event {
             Event::Message { message, recipients, ack } => {
+                // Written once for the delivery and the ack, and only if one is sent.
+                let json = std::cell::OnceCell::new();
+                let json = || json.get_or_init(|| protocol::MessageJson::new(message));
                 self.fan_out(recipients, ack.as_ref().map(|a| a.connection), || {
-                    Outgoing::Message(MessageItem::new(message.clone(), protocol::new_message(message), Delivery::Live))
+                    Outgoing::Message(MessageItem::new(
+                        message.clone(),
+                        protocol::new_message_of(json()),
+                        Delivery::Live,
+                    ))
                 });
                 if let Some(ack) = ack {
-                    let frame = protocol::message_ack(ack.client_msg_id.as_deref(), message);
+                    let frame = protocol::message_ack_of(ack.client_msg_id.as_deref(), json());
                     let delivery = Delivery::Ack { client_msg_id: ack.client_msg_id.clone() };
                     let item = Outgoing::Message(MessageItem::new(message.clone(), frame, delivery));
                     self.to_connection(ack.user, ack.connection, item);
