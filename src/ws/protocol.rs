@@ -110,12 +110,11 @@ impl MessageJson {
         // Sized for the fields around the text: serde_json starts at 128 bytes and
         // grew three times for a message of the load generator's.
         let mut json = Vec::with_capacity(MESSAGE_FIELDS_BYTES + message.text.len());
-        match serde_json::to_writer(&mut json, message).map(|()| String::from_utf8(json)) {
-            Ok(Ok(json)) => Self(Some(json)),
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "a serialized message is not UTF-8; its frames become internal errors");
-                Self(None)
-            }
+        let written = serde_json::to_writer(&mut json, message)
+            .map_err(|e| e.to_string())
+            .and_then(|()| String::from_utf8(json).map_err(|e| e.to_string()));
+        match written {
+            Ok(json) => Self(Some(json)),
             Err(e) => {
                 tracing::error!(error = %e, "serializing a message failed; its frames become internal errors");
                 Self(None)
