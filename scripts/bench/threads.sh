@@ -11,19 +11,11 @@ cd "$(dirname "$0")/../.."
 bin=${1:-target/release}
 shift || true
 port=${PORT:-9720}
-data=$(mktemp -d)
-"$bin/confab" serve --listen "127.0.0.1:$port" --data-dir "$data" \
-    --rate-limit 1000000 --rate-burst 1000000 --signin-attempts-per-minute 1000000 >"$data.log" 2>&1 &
-server=$! loadgen=
-trap 'kill $server $loadgen 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$data" "$data".{log,err,json}' EXIT
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
-
+server= loadgen= data=
+trap 'kill $server $loadgen 2>/dev/null || true; wait 2>/dev/null || true; [ -z "$data" ] || rm -rf "$data" "$data".{log,err,json}' EXIT
 # The load: 1,000 users, 5 s of warm-up, 15 s measured; sampled from 7 s to 17 s.
-"$bin/confab-loadgen" pairs --base "http://127.0.0.1:$port" --users 1000 --warmup 5 --seconds 15 \
-    --server-pid "$server" --json "$@" 2>"$data.err" >"$data.json" &
-loadgen=$!
-for _ in $(seq 600); do grep -q "signed in 1000/1000" "$data.err" 2>/dev/null && break; sleep 0.1; done
-sleep 7
+source scripts/bench/window.sh
+start_window "$bin" "$@"
 
 # Clock ticks of each thread (name and tid), of the load generator, and of the machine.
 threads() { for t in /proc/"$server"/task/*; do echo "$(tr ' ' _ <"$t/comm")/${t##*/} $(awk '{print $14 + $15}' "$t/stat")"; done; }
