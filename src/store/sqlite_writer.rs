@@ -4,12 +4,15 @@
 //! thread, and a batch of 256 messages (three statements each) spent ~47 ms waiting
 //! on those hand-offs; here the whole batch is one hand-off, and its statements run
 //! back to back on the thread that owns the connection. See `docs/benchmarks.md`.
+//! Ids are bound as borrowed 16-byte blobs (what rusqlite's `Uuid` binding stores,
+//! without its copy into a new `Vec` for every id of every message).
 //!
 //! Writes elsewhere in the store (accounts, threads, read markers) stay on sqlx's
 //! single writer connection. Both writers open their transactions with
 //! `BEGIN IMMEDIATE`, so they take SQLite's write lock before reading and never
 //! act on a stale snapshot; the busy timeout makes each wait for the other.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::path::Path;
@@ -261,7 +264,7 @@ fn append_batch(
     moved.sort_unstable_by_key(|&(_, _, n)| n);
     let mut set_tip = tx.prepare_cached(&statements.set_tip).map_err(from_sqlite)?;
     for &(thread, last_seq, _) in &moved {
-        if set_tip.execute(params![thread.0, last_seq]).map_err(from_sqlite)? != 1 {
+        if set_tip.execute(params![thread.0.as_bytes(), last_seq]).map_err(from_sqlite)? != 1 {
             return Err(StoreError::Other("a thread of the batch vanished before its seq was written".into()));
         }
     }
@@ -305,9 +308,9 @@ fn record_events(tx: &rusqlite::Transaction<'_>, events: &[NewEvent]) -> Result<
         insert
             .execute(params![
                 seq,
-                uuid::Uuid::new_v4(),
+                uuid::Uuid::new_v4().as_bytes(),
                 e.kind.as_str(),
-                e.thread_id.0,
+                e.thread_id.0.as_bytes(),
                 e.thread_seq.map(|s| s.0),
                 e.user_id.map(|u| u.0),
                 now
@@ -332,7 +335,7 @@ fn append_one(
                 Some(&last_seq) => Some(last_seq),
                 None => statements
                     .thread_seq
-                    .query_row(params![new.thread_id.0], |r| r.get(0))
+                    .query_row(params![new.thread_id.0.as_bytes()], |r| r.get(0))
                     .optional()
                     .map_err(from_sqlite)?,
             };
@@ -346,14 +349,14 @@ fn append_one(
     let inserted = statements
         .insert
         .execute(params![
-            m.id.0,
-            m.thread_id.0,
+            m.id.0.as_bytes(),
+            m.thread_id.0.as_bytes(),
             m.seq.0,
             m.kind.as_str(),
             m.sender_id.map(|u| u.0),
             m.actor_id.map(|u| u.0),
             m.text,
-            m.metadata.to_string(),
+            metadata_text(&m.metadata),
             m.client_msg_id,
             m.created_at.millis(),
         ])
@@ -363,8 +366,11 @@ fn append_one(
         let existing: Option<MessageRow> = tx
             .prepare_cached(statements.by_key)
             .and_then(|mut s| {
-                s.query_row(params![new.sender.0, new.thread_id.0, m.client_msg_id.as_deref()], sqlite_message_row)
-                    .optional()
+                s.query_row(
+                    params![new.sender.0, new.thread_id.0.as_bytes(), m.client_msg_id.as_deref()],
+                    sqlite_message_row,
+                )
+                .optional()
             })
             .map_err(from_sqlite)?;
         let Some(row) = existing else {
@@ -375,6 +381,15 @@ fn append_one(
     tip.last_seq = seq;
     tip.last_message = Some(n);
     Ok(Ok(Appended { message: m, duplicate: false }))
+}
+
+/// The text a message's metadata is stored as; a user message's empty object needs
+/// no allocation.
+fn metadata_text(metadata: &serde_json::Value) -> Cow<'static, str> {
+    match metadata {
+        serde_json::Value::Object(map) if map.is_empty() => Cow::Borrowed("{}"),
+        other => Cow::Owned(other.to_string()),
+    }
 }
 
 /// A full disk, a read-only or vanished file, or a lock held too long is worth
