@@ -58,7 +58,39 @@ impl Timestamp {
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_rfc3339())
+        match self.rfc3339_fast() {
+            Some(text) => s.serialize_str(std::str::from_utf8(&text).map_err(serde::ser::Error::custom)?),
+            None => s.serialize_str(&self.to_rfc3339()),
+        }
+    }
+}
+
+impl Timestamp {
+    /// What [`Self::to_rfc3339`] writes, without its `String`, for the years 0 to
+    /// 9999 (every message's timestamp, written into every frame); `None` for the
+    /// rest (a sign, more digits) and for a leap second, which chrono writes itself.
+    fn rfc3339_fast(self) -> Option<[u8; 24]> {
+        use chrono::{Datelike, Timelike};
+        let t = self.0;
+        let (year, nanos) = (t.year(), t.nanosecond());
+        if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
+            return None;
+        }
+        let mut out = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut n: u32| {
+            for i in (at..at + width).rev() {
+                out[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+        };
+        put(0, 4, year.unsigned_abs());
+        put(5, 2, t.month());
+        put(8, 2, t.day());
+        put(11, 2, t.hour());
+        put(14, 2, t.minute());
+        put(17, 2, t.second());
+        put(20, 3, nanos / 1_000_000);
+        Some(out)
     }
 }
 
@@ -80,6 +112,23 @@ mod tests {
         let t = Timestamp::from_millis(1_785_058_200_123).unwrap();
         assert_eq!(t.to_rfc3339(), "2026-07-26T09:30:00.123Z");
         assert_eq!(serde_json::from_value::<Timestamp>(serde_json::to_value(t).unwrap()).unwrap(), t);
+    }
+
+    #[test]
+    fn the_fast_rfc3339_is_what_chrono_writes() {
+        let shown = |t: Timestamp| serde_json::to_value(t).unwrap().as_str().unwrap().to_owned();
+        let edges =
+            [0, 1, 999, 1_000, 951_782_400_000, 1_785_058_200_123, 253_402_300_799_999, -1, -62_167_219_200_000];
+        // Spread over years 0 to 9999, and a step past each end (chrono's own path).
+        let spread = (-50..20_050).map(|i: i64| -62_167_219_200_000 + i * 15_778_476_543);
+        for ms in edges.into_iter().chain(spread) {
+            let t = Timestamp::from_millis(ms).unwrap();
+            assert_eq!(shown(t), t.to_rfc3339(), "{ms}");
+        }
+        assert!(Timestamp::from_millis(253_402_300_800_000).unwrap().rfc3339_fast().is_none());
+        assert!(Timestamp::from_millis(-62_167_219_200_001).unwrap().rfc3339_fast().is_none());
+        let leap: Timestamp = serde_json::from_str(r#""2016-12-31T23:59:60.500Z""#).unwrap();
+        assert_eq!(shown(leap), leap.to_rfc3339());
     }
 
     #[test]
