@@ -16,7 +16,7 @@ pub struct ConnectionId(pub u64);
 pub struct Ack {
     pub user: UserId,
     pub connection: ConnectionId,
-    pub client_msg_id: Option<String>,
+    pub client_msg_id: Option<Arc<str>>,
 }
 
 /// What happens in a thread that its participants' live connections must hear of.
@@ -33,7 +33,7 @@ pub enum Event {
     /// `user_id` has read `thread_id` up to `up_to_seq` (sent to the other participants only).
     Read { thread_id: ThreadId, user_id: UserId, up_to_seq: Seq, recipients: Arc<[UserId]> },
     /// A message sent over a WebSocket was refused after it was queued.
-    Refused { user: UserId, connection: ConnectionId, code: ErrorCode, detail: String, client_msg_id: Option<String> },
+    Refused { user: UserId, connection: ConnectionId, code: ErrorCode, detail: String, client_msg_id: Option<Arc<str>> },
 }
 
 impl Event {

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::members::ThreadMembers;
 use super::{Error, Sent};
 use crate::bus::{Ack, Bus, Event};
-use crate::domain::{ErrorCode, Message, Proposal, User, UserId, error_chain};
+use crate::domain::{ClientMsgId, ErrorCode, Message, Proposal, User, UserId, error_chain};
 use crate::store::{Appended, NewMessage, NewProposal, NewSystemMessage, OpenThread, Opened, Store, StoreError};
 
 /// A batch takes everything queued up to this. Larger batches amortize the
@@ -177,7 +177,7 @@ pub(super) fn spawn(
 /// Who sent a message and under which key, kept for its answer.
 struct Sender {
     user: UserId,
-    key: Option<String>,
+    key: Option<Arc<str>>,
 }
 
 /// A batch the store has answered, waiting to be published.
@@ -332,8 +332,7 @@ impl Committer {
         let mut news = Vec::with_capacity(sends.len());
         let mut rest = Vec::with_capacity(sends.len());
         for job in sends {
-            let sent =
-                Sender { user: job.new.sender, key: job.new.client_msg_id.as_ref().map(|k| k.as_str().to_owned()) };
+            let sent = Sender { user: job.new.sender, key: job.new.client_msg_id.as_ref().map(ClientMsgId::shared) };
             news.push(job.new);
             rest.push((job.members, job.reply, sent));
         }
@@ -384,12 +383,12 @@ impl Committer {
         match result {
             Ok(Appended { message, duplicate: false }) => {
                 let message = Arc::new(Message::fresh(message, members.users.iter()));
-                let ack = match &reply {
-                    Reply::Connection(ack) => Some(ack.clone()),
-                    Reply::Caller(_) => None,
+                let (ack, caller) = match reply {
+                    Reply::Connection(ack) => (Some(ack), None),
+                    Reply::Caller(tx) => (None, Some(tx)),
                 };
                 self.bus.publish(Event::Message { message: message.clone(), recipients: members.ids.clone(), ack });
-                if let Reply::Caller(tx) = reply {
+                if let Some(tx) = caller {
                     let _ = tx.send(Ok(Sent { message: Message::clone(&message), duplicate: false }));
                 }
             }

@@ -161,7 +161,7 @@ impl Chat {
         if metadata.to_string().len() > MAX_METADATA_BYTES {
             return Err(Error::validation("metadata must be at most 16 KiB of JSON"));
         }
-        let client_msg_id = client_msg_id.map(ClientMsgId::parse).transpose()?;
+        let client_msg_id = client_msg_id.as_deref().map(ClientMsgId::parse).transpose()?;
         let new = NewSystemMessage { thread_id, text, metadata, client_msg_id };
         let (reply, answer) = oneshot::channel();
         self.enqueue(Job::System(Box::new(SystemJob { new, reply }))).await?;

@@ -5,16 +5,17 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::domain::{ThreadId, User, UserId};
+use crate::domain::{ThreadId, User, UserId, UserRef};
 
 /// A bound so the cache cannot grow with the number of threads ever touched; when
 /// it is reached the cache starts over, which costs one query per thread again.
 const MAX_THREADS: usize = 100_000;
 
-/// A thread's participants, with their ids ready to address events.
+/// A thread's participants, as its messages name them (built once, shared by
+/// every message), with their ids ready to address events.
 #[derive(Debug)]
 pub(super) struct ThreadMembers {
-    pub(super) users: Vec<User>,
+    pub(super) users: Vec<UserRef>,
     pub(super) ids: Arc<[UserId]>,
 }
 
@@ -43,6 +44,7 @@ impl Members {
 
     pub(super) fn insert(&self, thread: ThreadId, users: Vec<User>) -> Arc<ThreadMembers> {
         let ids = users.iter().map(|u| u.id).collect();
+        let users = users.iter().map(UserRef::from).collect();
         let members = Arc::new(ThreadMembers { users, ids });
         let mut map = self.by_thread.lock().unwrap_or_else(PoisonError::into_inner);
         if map.len() >= MAX_THREADS {

@@ -41,6 +41,11 @@ impl PreparedSend {
     pub fn thread_id(&self) -> ThreadId {
         self.new.thread_id
     }
+
+    /// Its key, shared with the message (the sending connection awaits its ack by it).
+    pub fn client_msg_id(&self) -> Option<Arc<str>> {
+        self.new.client_msg_id.as_ref().map(ClientMsgId::shared)
+    }
 }
 
 /// A page of the inbox and the cursor of the page after it (`None` on the last).
@@ -106,7 +111,7 @@ impl Chat {
         sender: &User,
         target: SendTarget,
         text: String,
-        client_msg_id: Option<String>,
+        client_msg_id: Option<&str>,
     ) -> Result<PreparedSend> {
         self.check_rate(sender)?;
         let text = MessageText::parse(text, self.limits.max_text_chars)?.into_inner();
@@ -139,7 +144,7 @@ impl Chat {
         text: String,
         client_msg_id: Option<String>,
     ) -> Result<Sent> {
-        let PreparedSend { new, members } = self.prepare_send(sender, target, text, client_msg_id).await?;
+        let PreparedSend { new, members } = self.prepare_send(sender, target, text, client_msg_id.as_deref()).await?;
         let (tx, rx) = oneshot::channel();
         self.enqueue(Job::Send(SendJob { new, members, reply: Reply::Caller(tx) })).await?;
         rx.await.map_err(|_| Error::rejected(ErrorCode::Unavailable, "the server is shutting down; send again"))?
@@ -154,7 +159,7 @@ impl Chat {
     /// `unavailable` when the server is shutting down.
     pub async fn submit_message(&self, prepared: PreparedSend, connection: ConnectionId) -> Result<()> {
         let PreparedSend { new, members } = prepared;
-        let client_msg_id = new.client_msg_id.as_ref().map(|k| k.as_str().to_owned());
+        let client_msg_id = new.client_msg_id.as_ref().map(ClientMsgId::shared);
         let ack = Ack { user: new.sender, connection, client_msg_id };
         self.enqueue(Job::Send(SendJob { new, members, reply: Reply::Connection(ack) })).await
     }

@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -79,10 +81,12 @@ impl JobId {
     }
 }
 
-/// The sender's idempotency key: a repeated key returns the first message.
+/// The sender's idempotency key: a repeated key returns the first message. Shared,
+/// not copied: the stored message, its ack's routing and the sending connection's
+/// wait for the ack all hold the one key the frame brought.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
-pub struct ClientMsgId(String);
+pub struct ClientMsgId(Arc<str>);
 
 impl ClientMsgId {
     /// Long enough for a UUID with a prefix; a bound so keys cannot bloat the index.
@@ -90,18 +94,22 @@ impl ClientMsgId {
 
     /// # Errors
     /// An empty key, one over 100 characters, or one with control characters.
-    pub fn parse(s: String) -> Result<Self, ValidationError> {
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
         if s.is_empty() || s.chars().count() > Self::MAX_CHARS || s.chars().any(char::is_control) {
             return Err(ValidationError::new("client_msg_id must be 1 to 100 printable characters"));
         }
-        Ok(Self(s))
+        Ok(Self(s.into()))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
-    pub fn into_inner(self) -> String {
+    pub fn into_inner(self) -> Arc<str> {
         self.0
+    }
+
+    pub fn shared(&self) -> Arc<str> {
+        self.0.clone()
     }
 }

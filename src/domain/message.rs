@@ -1,7 +1,9 @@
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Job, MessageId, Participant, Seq, ThreadId, Timestamp, User, UserId, UserRef};
+use super::{Job, MessageId, Participant, Person, Seq, ThreadId, Timestamp, User, UserId, UserRef};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -41,13 +43,13 @@ pub struct MessageRecord {
     pub actor_id: Option<UserId>,
     pub text: String,
     pub metadata: serde_json::Value,
-    pub client_msg_id: Option<String>,
+    pub client_msg_id: Option<Arc<str>>,
     pub created_at: Timestamp,
 }
 
 impl MessageRecord {
     /// A new user message taking `seq` in its thread.
-    pub fn user(thread_id: ThreadId, seq: Seq, sender: UserId, text: String, client_msg_id: Option<String>) -> Self {
+    pub fn user(thread_id: ThreadId, seq: Seq, sender: UserId, text: String, client_msg_id: Option<Arc<str>>) -> Self {
         Self {
             id: MessageId::generate(),
             thread_id,
@@ -97,7 +99,8 @@ pub struct Message {
     #[schema(value_type = String, format = DateTime)]
     pub timestamp: Timestamp,
     pub is_read: bool,
-    pub client_msg_id: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub client_msg_id: Option<Arc<str>>,
 }
 
 impl Message {
@@ -111,20 +114,24 @@ impl Message {
     }
 
     /// The view of a message that was just stored: nobody else can have read it yet.
-    pub fn fresh<'a>(record: MessageRecord, users: impl IntoIterator<Item = &'a User> + Clone) -> Self {
+    pub fn fresh<'a, P: Person + 'a>(record: MessageRecord, users: impl IntoIterator<Item = &'a P> + Clone) -> Self {
         let actor = record.actor_id;
-        let is_read = !users.clone().into_iter().any(|u| Some(u.id) != actor);
+        let is_read = !users.clone().into_iter().any(|u| Some(u.id()) != actor);
         Self::build(record, users, is_read)
     }
 
-    fn build<'a>(record: MessageRecord, users: impl IntoIterator<Item = &'a User> + Clone, is_read: bool) -> Self {
-        let find = |id: Option<UserId>| id.and_then(|id| users.clone().into_iter().find(|u| u.id == id));
-        let sender = find(record.sender_id).map(UserRef::from);
+    fn build<'a, P: Person + 'a>(
+        record: MessageRecord,
+        users: impl IntoIterator<Item = &'a P> + Clone,
+        is_read: bool,
+    ) -> Self {
+        let find = |id: Option<UserId>| id.and_then(|id| users.clone().into_iter().find(|u| u.id() == id));
+        let sender = find(record.sender_id).map(P::to_ref);
         let mut everyone = users.clone().into_iter();
         let recipient = match (everyone.next(), everyone.next(), everyone.next()) {
             (Some(a), Some(b), None) => {
                 let from = record.actor_id.or(record.sender_id);
-                if Some(a.id) == from { Some(UserRef::from(b)) } else { Some(UserRef::from(a)) }
+                if Some(a.id()) == from { Some(b.to_ref()) } else { Some(a.to_ref()) }
             }
             _ => None,
         };

@@ -20,7 +20,7 @@ pub use message::{Message, MessageKind, MessageRecord, SystemMessage};
 pub use text::{FullName, LongText, MessageText, Password, ShortText, Username, ValidationError};
 pub use thread::{Participant, Thread, ThreadKind, ThreadRecord};
 pub use time::Timestamp;
-pub use user::{Role, User, UserRef};
+pub use user::{Person, Role, User, UserRef};
 
 /// A page request: the contract caps every list at 200 items so one call can never
 /// make the server read an unbounded result.

@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::{UserId, ValidationError};
@@ -46,16 +48,46 @@ pub struct User {
 }
 
 /// A user as a message names its sender and recipient (no role, as in the seed).
+/// The names are shared, not copied: every message sent into a thread names the
+/// same two people, from refs its members cache builds once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UserRef {
     #[schema(value_type = i64)]
     pub id: UserId,
-    pub username: String,
-    pub full_name: String,
+    #[schema(value_type = String)]
+    pub username: Arc<str>,
+    #[schema(value_type = String)]
+    pub full_name: Arc<str>,
 }
 
 impl From<&User> for UserRef {
     fn from(u: &User) -> Self {
-        Self { id: u.id, username: u.username.clone(), full_name: u.full_name.clone() }
+        Self { id: u.id, username: u.username.as_str().into(), full_name: u.full_name.as_str().into() }
+    }
+}
+
+/// Someone a message can name: a user as read from the store, or a ref already built.
+pub trait Person {
+    fn id(&self) -> UserId;
+    fn to_ref(&self) -> UserRef;
+}
+
+impl Person for User {
+    fn id(&self) -> UserId {
+        self.id
+    }
+
+    fn to_ref(&self) -> UserRef {
+        UserRef::from(self)
+    }
+}
+
+impl Person for UserRef {
+    fn id(&self) -> UserId {
+        self.id
+    }
+
+    fn to_ref(&self) -> UserRef {
+        self.clone()
     }
 }

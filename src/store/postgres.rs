@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::PgQueryResult;
@@ -187,7 +188,7 @@ const TAKE_SEQS: &str = "WITH v AS (SELECT * FROM UNNEST($1::uuid[], $2::bigint[
 async fn stored_keys(
     tx: &mut Transaction<'_, Postgres>,
     batch: &[NewMessage],
-) -> Result<HashMap<(i64, Uuid, String), MessageRecord>> {
+) -> Result<HashMap<(i64, Uuid, Arc<str>), MessageRecord>> {
     let (mut senders, mut threads, mut keys) = (Vec::new(), Vec::new(), Vec::new());
     for new in batch {
         if let Some(key) = &new.client_msg_id {
@@ -234,7 +235,7 @@ async fn insert_messages<'a>(
         c.actors.push(m.actor_id.map(|u| u.0));
         c.texts.push(m.text.clone());
         c.metadata.push(m.metadata.to_string());
-        c.keys.push(m.client_msg_id.clone());
+        c.keys.push(m.client_msg_id.as_deref().map(str::to_owned));
         c.created.push(m.created_at.millis());
     }
     if c.ids.is_empty() {
@@ -306,9 +307,9 @@ impl PostgresBackend {
         let mut first_in_batch: HashMap<(i64, Uuid, &str), usize> = HashMap::new();
         let mut per_thread: BTreeMap<Uuid, i64> = BTreeMap::new();
         for (i, new) in batch.iter().enumerate() {
-            let key = new.client_msg_id.as_ref().map(|k| (new.sender.0, new.thread_id.0, k.as_str()));
-            if let Some(k) = key {
-                if let Some(first) = stored.get(&(k.0, k.1, k.2.to_owned())) {
+            if let Some(shared) = &new.client_msg_id {
+                let k = (new.sender.0, new.thread_id.0, shared.as_str());
+                if let Some(first) = stored.get(&(k.0, k.1, shared.shared())) {
                     plan.push(Planned::Repeat(first.clone()));
                     continue;
                 }

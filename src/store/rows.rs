@@ -1,6 +1,8 @@
 //! Private row shapes shared by both backends, and their conversion into domain
 //! types. `FromRow` is generic over the database, so one struct serves both.
 
+use std::sync::Arc;
+
 use sqlx::FromRow;
 use uuid::Uuid;
 
@@ -176,7 +178,7 @@ impl TryFrom<MessageRow> for MessageRecord {
             actor_id: r.actor_id.map(UserId),
             text: r.text,
             metadata: serde_json::from_str(&r.metadata).map_err(|_| corrupt("messages.metadata"))?,
-            client_msg_id: r.client_msg_id,
+            client_msg_id: r.client_msg_id.map(Arc::from),
             created_at: Timestamp::from_millis(r.created_at).ok_or_else(|| corrupt("messages.created_at"))?,
         })
     }

@@ -206,18 +206,16 @@ impl Hub {
     /// (once) only if someone here gets it.
     fn fan_out(&self, recipients: &[UserId], skip: Option<ConnectionId>, make: impl FnOnce() -> Outgoing) {
         let users = self.users.read().unwrap_or_else(PoisonError::into_inner);
-        let (mut item, mut make) = (None, Some(make));
-        for conn in recipients.iter().filter_map(|u| users.get(u)).flatten() {
-            if Some(conn.id) == skip {
-                continue;
-            }
-            if item.is_none() {
-                item = make.take().map(|f| f());
-            }
-            if let Some(item) = &item {
-                self.push(conn, item.clone());
-            }
+        let mut targets = recipients.iter().filter_map(|u| users.get(u)).flatten().filter(|c| Some(c.id) != skip);
+        let Some(mut conn) = targets.next() else { return };
+        // The last connection takes the item itself: a frame's first clone copies
+        // nothing but allocates its shared count, and most events have one target.
+        let item = make();
+        for next in targets {
+            self.push(conn, item.clone());
+            conn = next;
         }
+        self.push(conn, item);
     }
 
     fn to_connection(&self, user: UserId, id: ConnectionId, item: Outgoing) {

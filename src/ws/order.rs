@@ -40,7 +40,7 @@ pub(crate) enum Delivery {
     /// Through the bus, to a device that did not send it.
     Live,
     /// Through the bus, to the connection that sent it (the frame is the ack).
-    Ack { client_msg_id: Option<String> },
+    Ack { client_msg_id: Option<Arc<str>> },
     /// Read from the store for a `sync`.
     Replay,
     /// Read from the store to fill a gap.
@@ -76,14 +76,14 @@ pub(crate) enum Outgoing {
     Frame(Utf8Bytes),
     /// An `error` about a queued message: the connection no longer awaits its ack.
     /// Its thread, when known (a refusal after queueing does not say).
-    Refused { thread: Option<ThreadId>, client_msg_id: Option<String>, frame: Utf8Bytes },
+    Refused { thread: Option<ThreadId>, client_msg_id: Option<Arc<str>>, frame: Utf8Bytes },
     /// A message, delivered once and in seq order per thread.
     Message(MessageItem),
     /// A `read` event: written only once message `up_to` of its thread is.
     Read { thread: ThreadId, up_to: Seq, frame: Utf8Bytes },
     /// The connection sent a message into this thread (with this key, if any) and
     /// awaits its ack.
-    Expect { thread: ThreadId, client_msg_id: Option<String> },
+    Expect { thread: ThreadId, client_msg_id: Option<Arc<str>> },
     /// Start of a `sync`: hold live events until [`Outgoing::Release`].
     Hold,
     /// End of a `sync`: this frame (`synced`, or an error), then the held events.
@@ -134,7 +134,7 @@ pub(crate) struct Sequencer {
     held: usize,
     /// Sends whose ack has not been written, by thread and key (`None`: sent
     /// without a key), with their count.
-    awaited: HashMap<(ThreadId, Option<String>), u32>,
+    awaited: HashMap<(ThreadId, Option<Arc<str>>), u32>,
     /// Own messages written as acks from the store, whose late ack must be dropped.
     converted: HashSet<(ThreadId, Seq)>,
 }
@@ -188,8 +188,8 @@ impl Sequencer {
             Outgoing::Frame(frame) => out.push(frame),
             Outgoing::Refused { thread, client_msg_id, frame } => {
                 match thread {
-                    Some(thread) => self.forget(thread, client_msg_id.as_deref()),
-                    None => self.forget_anywhere(client_msg_id.as_deref()),
+                    Some(thread) => self.forget(thread, client_msg_id.as_ref()),
+                    None => self.forget_anywhere(client_msg_id.as_ref()),
                 }
                 out.push(frame);
             }
@@ -381,7 +381,7 @@ impl Sequencer {
             return;
         }
         // Also the answer to a repeated key: the first message, delivered long ago.
-        self.forget(item.thread(), client_msg_id.as_deref());
+        self.forget(item.thread(), client_msg_id.as_ref());
         out.push(item.frame);
     }
 
@@ -393,7 +393,7 @@ impl Sequencer {
         }
         match &item.delivery {
             Delivery::Ack { client_msg_id } => {
-                self.forget(thread, client_msg_id.as_deref());
+                self.forget(thread, client_msg_id.as_ref());
                 out.push(item.frame);
             }
             Delivery::Live => out.push(item.frame),
@@ -401,7 +401,7 @@ impl Sequencer {
                 let own = item.message.sender.as_ref().is_some_and(|s| s.id == self.me);
                 let key = (thread, item.message.client_msg_id.clone());
                 if own && self.awaited.contains_key(&key) {
-                    self.forget(thread, key.1.as_deref());
+                    self.forget(thread, key.1.as_ref());
                     if self.converted.len() >= MAX_AWAITED {
                         self.converted.clear();
                     }
@@ -458,8 +458,8 @@ impl Sequencer {
     }
 
     /// One send into `thread` under `key` is answered.
-    fn forget(&mut self, thread: ThreadId, key: Option<&str>) {
-        let entry = (thread, key.map(str::to_owned));
+    fn forget(&mut self, thread: ThreadId, key: Option<&Arc<str>>) {
+        let entry = (thread, key.cloned());
         if let Some(n) = self.awaited.get_mut(&entry) {
             *n -= 1;
             if *n == 0 {
@@ -469,10 +469,10 @@ impl Sequencer {
     }
 
     /// A refusal that names only the key: forget one send with that key.
-    fn forget_anywhere(&mut self, key: Option<&str>) {
-        let found = self.awaited.keys().find(|(_, k)| k.as_deref() == key).cloned();
+    fn forget_anywhere(&mut self, key: Option<&Arc<str>>) {
+        let found = self.awaited.keys().find(|(_, k)| k.as_ref() == key).cloned();
         if let Some((thread, key)) = found {
-            self.forget(thread, key.as_deref());
+            self.forget(thread, key.as_ref());
         }
     }
 }
@@ -491,13 +491,13 @@ mod tests {
             thread_id: thread,
             seq: Seq(seq),
             kind: MessageKind::User,
-            sender: Some(UserRef { id: from, username: format!("u{}", from.0), full_name: String::new() }),
+            sender: Some(UserRef { id: from, username: format!("u{}", from.0).into(), full_name: "".into() }),
             recipient: None,
             text: format!("m{seq}"),
             metadata: serde_json::json!({}),
             timestamp: Timestamp::from_millis(0).unwrap(),
             is_read: false,
-            client_msg_id: key.map(str::to_owned),
+            client_msg_id: key.map(Arc::from),
         })
     }
 

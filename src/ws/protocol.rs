@@ -3,6 +3,7 @@
 //! echo it); server frames are serialized once per event and shared by every
 //! connection that receives them.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
@@ -12,18 +13,30 @@ use crate::domain::{ErrorCode, Message, Seq, ThreadId, User, UserId, flexible_id
 
 /// A client frame as sent; which fields matter depends on `type`. Unknown fields
 /// are ignored, so clients of the original system that send extra keys still work.
+/// `type`, `thread_id` and `client_msg_id` borrow from the frame's text unless
+/// they hold escapes.
 #[derive(Debug, Default, Deserialize)]
-pub(crate) struct RawFrame {
-    #[serde(rename = "type")]
-    pub(crate) kind: Option<String>,
+pub(crate) struct RawFrame<'a> {
+    #[serde(rename = "type", borrow, default, deserialize_with = "borrowed")]
+    pub(crate) kind: Option<Cow<'a, str>>,
     pub(crate) token: Option<String>,
     #[serde(default, deserialize_with = "flexible_id::deserialize_option")]
     pub(crate) recipient_id: Option<i64>,
-    pub(crate) thread_id: Option<String>,
+    #[serde(borrow, default, deserialize_with = "borrowed")]
+    pub(crate) thread_id: Option<Cow<'a, str>>,
     pub(crate) text: Option<String>,
-    pub(crate) client_msg_id: Option<String>,
+    #[serde(borrow, default, deserialize_with = "borrowed")]
+    pub(crate) client_msg_id: Option<Cow<'a, str>>,
     pub(crate) up_to_seq: Option<i64>,
     pub(crate) threads: Option<HashMap<String, i64>>,
+}
+
+/// A string that borrows when it can: serde's `Cow` borrows only as a field of its
+/// own marked `borrow`, never inside an `Option`.
+fn borrowed<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Borrowed<'de>>::deserialize(d)?.map(|b| b.0))
 }
 
 /// Why a frame could not be read: the code and detail of its `error` event.
@@ -35,8 +48,8 @@ pub(crate) struct FrameError {
 }
 
 /// Reads a text frame, telling malformed JSON from JSON of the wrong shape.
-pub(crate) fn parse(text: &str) -> Result<RawFrame, FrameError> {
-    match serde_json::from_str::<RawFrame>(text) {
+pub(crate) fn parse(text: &str) -> Result<RawFrame<'_>, FrameError> {
+    match serde_json::from_str::<RawFrame<'_>>(text) {
         Ok(frame) => Ok(frame),
         Err(e) => {
             // Slow path: find out what kind of error it is, and rescue the key.
@@ -122,21 +135,27 @@ impl MessageJson {
         }
     }
 
-    /// `{"type":"<kind>"`, then `"client_msg_id":<key>` when there is a key, then
-    /// `"message":<the message>}`, in a buffer of the exact size: byte for byte what
-    /// serializing a struct of those fields writes.
-    fn frame(&self, kind: &str, key: Option<&str>) -> Utf8Bytes {
+    /// `{"type":"<kind>"`, then `"client_msg_id":<key>` when the frame has the field
+    /// (`key` is `Some`; `null` for `Some(None)`), then `"message":<the message>}`, in
+    /// a buffer of the exact size: byte for byte what serializing a struct of those
+    /// fields writes.
+    fn frame(&self, kind: &str, key: Option<Option<&str>>) -> Utf8Bytes {
         let Some(message) = &self.0 else { return Utf8Bytes::from_static(INTERNAL_ERROR) };
-        let parts = [
-            r#"{"type":""#,
-            kind,
-            "\"",
-            key.map_or("", |_| r#","client_msg_id":"#),
-            key.unwrap_or(""),
-            r#","message":"#,
-            message,
-            "}",
-        ];
+        // A key with nothing to escape (any a client sensibly picks) is written as it
+        // is; serde_json escapes exactly `"`, `\` and control characters.
+        let plain = |k: &str| !k.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20);
+        let escaped;
+        let (open, key, close) = match key {
+            None => ("", "", ""),
+            Some(None) => (r#","client_msg_id":"#, "null", ""),
+            Some(Some(k)) if plain(k) => (r#","client_msg_id":""#, k, "\""),
+            Some(Some(k)) => {
+                // A string serializes without fail.
+                escaped = serde_json::to_string(k).unwrap_or_else(|_| "null".to_owned());
+                (r#","client_msg_id":"#, escaped.as_str(), "")
+            }
+        };
+        let parts = [r#"{"type":""#, kind, "\"", open, key, close, r#","message":"#, message, "}"];
         let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
         parts.iter().for_each(|p| out.push_str(p));
         out.into()
@@ -156,9 +175,7 @@ pub(crate) fn message_ack(client_msg_id: Option<&str>, message: &Message) -> Utf
 }
 
 pub(crate) fn message_ack_of(client_msg_id: Option<&str>, message: &MessageJson) -> Utf8Bytes {
-    // A string or `None` serializes without fail; `null` is what `None` writes.
-    let key = serde_json::to_string(&client_msg_id).unwrap_or_else(|_| "null".to_owned());
-    message.frame("message_ack", Some(&key))
+    message.frame("message_ack", Some(client_msg_id))
 }
 
 pub(crate) fn typing(thread_id: ThreadId, user: &User) -> Utf8Bytes {
@@ -198,6 +215,11 @@ mod tests {
         assert_eq!(parse("[1]").unwrap_err().code, ErrorCode::ValidationFailed);
         let ok = parse(r#"{"type":"message","recipient_id":"12","text":"hi","extra":true}"#).unwrap();
         assert_eq!((ok.kind.as_deref(), ok.recipient_id), (Some("message"), Some(12)));
+        assert!(matches!(ok.kind, Some(Cow::Borrowed(_))), "a plain type borrows from the frame");
+        let escaped = parse(r#"{"type":"mess\u0061ge","thread_id":"t\"1","client_msg_id":"k\u0031"}"#).unwrap();
+        let fields = (escaped.kind.as_deref(), escaped.thread_id.as_deref(), escaped.client_msg_id.as_deref());
+        assert_eq!(fields, (Some("message"), Some("t\"1"), Some("k1")));
+        assert_eq!(parse(r#"{"type":null}"#).unwrap().kind, None);
     }
 
     #[test]
@@ -230,14 +252,14 @@ mod tests {
         };
         let users = [user(1, Role::Client), user(2, Role::Freelancer)];
         let text = "line\nbreak \"quoted\" </script> \u{1F600} \u{7}".to_owned();
-        let record = MessageRecord::user(ThreadId::generate(), Seq(7), UserId(1), text, Some("k \"1\"".to_owned()));
+        let record = MessageRecord::user(ThreadId::generate(), Seq(7), UserId(1), text, Some("k \"1\"".into()));
         let message = Message::fresh(record, &users);
         let derived = |kind, client_msg_id| serde_json::to_string(&Derived { kind, client_msg_id, message: &message });
 
         assert_eq!(new_message(&message).as_str(), derived("new_message", None).unwrap());
         let json = MessageJson::new(&message);
         assert_eq!(new_message_of(&json).as_str(), derived("new_message", None).unwrap());
-        for key in [Some("k \"1\""), Some(""), None] {
+        for key in [Some("k \"1\""), Some("k\\\u{1}"), Some("plain-1 \u{e9}\u{7f}"), Some(""), None] {
             assert_eq!(message_ack_of(key, &json).as_str(), derived("message_ack", Some(key)).unwrap());
             assert_eq!(message_ack(key, &message).as_str(), derived("message_ack", Some(key)).unwrap());
         }

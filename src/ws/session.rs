@@ -372,7 +372,7 @@ impl Session<'_> {
         }
     }
 
-    async fn message(&mut self, frame: RawFrame) {
+    async fn message(&mut self, frame: RawFrame<'_>) {
         let key = frame.client_msg_id.as_deref();
         let target = match (frame.thread_id.as_deref(), frame.recipient_id) {
             (Some(_), Some(_)) => {
@@ -394,17 +394,16 @@ impl Session<'_> {
             return self.error(ErrorCode::ValidationFailed, "missing field `text`", key);
         };
         let chat = &self.state.chat;
-        let prepared = match chat.prepare_send(self.user, target, text, frame.client_msg_id.clone()).await {
+        let prepared = match chat.prepare_send(self.user, target, text, key).await {
             Ok(prepared) => prepared,
             Err(e) => return self.refused(&e, key),
         };
         // Before the send is queued, so the writer knows of it before its ack can come.
-        let thread = prepared.thread_id();
-        self.push(Outgoing::Expect { thread, client_msg_id: frame.client_msg_id.clone() });
+        let (thread, shared) = (prepared.thread_id(), prepared.client_msg_id());
+        self.push(Outgoing::Expect { thread, client_msg_id: shared.clone() });
         if let Err(e) = chat.submit_message(prepared, self.connection).await {
-            let key = frame.client_msg_id;
-            let frame = protocol::error(e.code(), &e.detail(), key.as_deref());
-            self.push(Outgoing::Refused { thread: Some(thread), client_msg_id: key, frame });
+            let frame = protocol::error(e.code(), &e.detail(), key);
+            self.push(Outgoing::Refused { thread: Some(thread), client_msg_id: shared, frame });
         }
     }
 

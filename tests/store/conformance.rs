@@ -50,7 +50,7 @@ async fn send(
         thread_id: thread,
         sender: from.id,
         text: text.to_owned(),
-        client_msg_id: key.map(|k| ClientMsgId::parse(k.to_owned()).unwrap()),
+        client_msg_id: key.map(|k| ClientMsgId::parse(k).unwrap()),
     };
     store.append_message(new).await.unwrap()
 }
@@ -199,7 +199,7 @@ pub(crate) async fn a_repeated_client_msg_id_returns_the_first_message(store: Ar
             thread_id: thread,
             sender: a.id,
             text: "racing".to_owned(),
-            client_msg_id: Some(ClientMsgId::parse("c-2".to_owned()).unwrap()),
+            client_msg_id: Some(ClientMsgId::parse("c-2").unwrap()),
         };
         tokio::spawn(async move { store.append_message(new).await.unwrap() })
     });
@@ -219,7 +219,7 @@ pub(crate) async fn a_batch_commits_together_and_refuses_only_its_bad_messages(s
         thread_id,
         sender: a.id,
         text: text.to_owned(),
-        client_msg_id: key.map(|k| ClientMsgId::parse(k.to_owned()).unwrap()),
+        client_msg_id: key.map(|k| ClientMsgId::parse(k).unwrap()),
     };
     let batch = vec![
         new("one", thread, Some("k")),
@@ -471,7 +471,7 @@ pub(crate) async fn a_client_msg_id_is_scoped_to_its_sender_and_thread(store: Ar
         thread_id: with_b,
         sender: a.id,
         text: "something else".to_owned(),
-        client_msg_id: Some(ClientMsgId::parse("c-1".to_owned()).unwrap()),
+        client_msg_id: Some(ClientMsgId::parse("c-1").unwrap()),
     };
     assert!(matches!(store.append_message(reused).await, Err(StoreError::KeyReused)));
     let stored = store.messages(with_b, Cursor::Latest, 10).await.unwrap().results;
@@ -493,7 +493,7 @@ pub(crate) async fn concurrent_reuses_of_a_key_store_one_message_and_refuse_othe
             thread_id: thread,
             sender: a.id,
             text: if i % 2 == 0 { "even".to_owned() } else { "odd".to_owned() },
-            client_msg_id: Some(ClientMsgId::parse("k".to_owned()).unwrap()),
+            client_msg_id: Some(ClientMsgId::parse("k").unwrap()),
         };
         tokio::spawn(async move { store.append_message(new).await })
     });
@@ -700,7 +700,7 @@ pub(crate) async fn a_host_system_message_is_idempotent_by_key_and_unread_for_ev
         thread_id: thread,
         text: text.to_owned(),
         metadata: json!({"event": "offer_accepted"}),
-        client_msg_id: key.map(|k| ClientMsgId::parse(k.to_owned()).unwrap()),
+        client_msg_id: key.map(|k| ClientMsgId::parse(k).unwrap()),
     };
     let first = store.append_system_message(new("Offer accepted", Some("k1"))).await.unwrap();
     assert!(!first.duplicate);
@@ -779,7 +779,7 @@ pub(crate) async fn events_are_recorded_with_what_they_describe_in_one_gapless_o
             thread_id: thread,
             sender: a.id,
             text: format!("m{i}"),
-            client_msg_id: Some(ClientMsgId::parse("same".to_owned()).unwrap()).filter(|_| i < 2),
+            client_msg_id: Some(ClientMsgId::parse("same").unwrap()).filter(|_| i < 2),
         })
         .collect();
     store.append_messages(batch).await.unwrap();
