@@ -2,7 +2,7 @@
 //! and neither does which thread is a pair's direct one, so checking them on every
 //! send must not cost a query.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::domain::{ThreadId, User, UserId, UserRef};

@@ -2,7 +2,7 @@
 //! with bursts up to `burst`, summed over all their devices and both REST and
 //! WebSocket, so one flooding client cannot take the server from everyone else.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 

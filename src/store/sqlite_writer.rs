@@ -12,8 +12,8 @@
 //! `BEGIN IMMEDIATE`, so they take SQLite's write lock before reading and never
 //! act on a stale snapshot; the busy timeout makes each wait for the other.
 
+use foldhash::{HashMap, HashMapExt};
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::path::Path;
 use std::sync::mpsc;
@@ -419,7 +419,7 @@ mod tests {
         let mut known = KnownTips::default();
         known.check(7);
         let (a, b) = (ThreadId::generate(), ThreadId::generate());
-        known.remember(HashMap::from([(a, 3), (b, 5)]));
+        known.remember([(a, 3), (b, 5)].into_iter().collect());
         known.check(7);
         assert_eq!((known.last_seqs.get(&a), known.last_seqs.get(&b)), (Some(&3), Some(&5)));
         known.check(8);
@@ -428,7 +428,7 @@ mod tests {
         assert_eq!(known.last_seqs.len(), KNOWN_TIPS);
         known.remember((0..=KNOWN_TIPS).map(|_| (ThreadId::generate(), 1)).collect());
         assert!(known.last_seqs.is_empty(), "past the bound, nothing is remembered");
-        known.remember(HashMap::from([(a, 4)]));
+        known.remember([(a, 4)].into_iter().collect());
         known.forget();
         known.check(8);
         assert!(known.last_seqs.is_empty());
