@@ -2,8 +2,9 @@
 //! and neither does which thread is a pair's direct one, so checking them on every
 //! send must not cost a query.
 
-use foldhash::{HashMap, HashMapExt};
 use std::sync::{Arc, Mutex, PoisonError};
+
+use foldhash::{HashMap, HashMapExt};
 
 use crate::domain::{ThreadId, User, UserId, UserRef};
 

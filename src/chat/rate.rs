@@ -2,9 +2,10 @@
 //! with bursts up to `burst`, summed over all their devices and both REST and
 //! WebSocket, so one flooding client cannot take the server from everyone else.
 
-use foldhash::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
+
+use foldhash::HashMap;
 
 use crate::domain::UserId;
 

@@ -109,6 +109,7 @@ impl ClientMsgId {
         self.0
     }
 
+    /// Another handle on the same key, for a holder that outlives this one (no copy).
     pub fn shared(&self) -> Arc<str> {
         self.0.clone()
     }

@@ -12,13 +12,13 @@
 //! `BEGIN IMMEDIATE`, so they take SQLite's write lock before reading and never
 //! act on a stale snapshot; the busy timeout makes each wait for the other.
 
-use foldhash::{HashMap, HashMapExt};
 use std::borrow::Cow;
 use std::collections::hash_map::Entry;
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use foldhash::{HashMap, HashMapExt};
 use rusqlite::{Connection, ErrorCode as SqliteCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 

@@ -3,11 +3,11 @@
 //! is closed with 1013 and recovers with `sync`, so one slow client costs the
 //! server a bounded queue, never unbounded memory or a stalled sender.
 
-use foldhash::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
 
+use foldhash::HashMap;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 
 use super::close;
