@@ -44,6 +44,15 @@ async fn postgres_repeatable_read() -> (Arc<dyn Store>, Schema) {
 
 mod sqlite {
     conformance_tests!(super::sqlite());
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unknown_sender_is_refused_alone_and_no_row_lacks_its_parent() {
+        let (store, dir) = super::sqlite().await;
+        crate::conformance::an_unknown_sender_is_refused_alone_in_its_batch(store).await;
+        let db = rusqlite::Connection::open(dir.path().join("test.db")).unwrap();
+        let orphans: i64 = db.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| r.get(0)).unwrap();
+        assert_eq!(orphans, 0);
+    }
 }
 
 mod postgres {

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use foldhash::{HashMap, HashMapExt};
+use foldhash::{HashMap, HashMapExt, HashSet};
 use rusqlite::{Connection, ErrorCode as SqliteCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
@@ -32,7 +32,7 @@ use super::sqlite_checkpoint::{Passes, WriterCheckpoints};
 use super::sqlite_wal_hook::WalLength;
 use super::sqlite_wal_vfs;
 use super::{Appended, NewMessage, Result, StoreError, repeated};
-use crate::domain::{ClientMsgId, MessageRecord, Seq, ThreadId};
+use crate::domain::{ClientMsgId, MessageRecord, Seq, ThreadId, UserId};
 
 /// The writer's page cache: the hot ends of the messages table and its indexes.
 const CACHE_KIB: u32 = 32 * 1024;
@@ -62,6 +62,9 @@ const INSERT_UNLESS_KEY_USED: &str =
 
 /// A thread's seq, read once per batch.
 const THREAD_SEQ: &str = "SELECT last_seq FROM threads WHERE id = $1";
+
+/// Whether a sender the writer has not seen before is a user.
+const USER_EXISTS: &str = "SELECT 1 FROM users WHERE id = $1";
 
 /// A thread's new last seq and activity, once per batch (in the order of each
 /// thread's last message, so the inbox orders them as if one by one).
@@ -118,6 +121,38 @@ impl KnownTips {
     }
 }
 
+/// The most senders the writer remembers as users; past it, it forgets them all.
+const KNOWN_SENDERS: usize = 65_536;
+
+/// Senders the writer has found in the users table. Its connection leaves foreign
+/// keys unchecked (see `MessageWriter::start`), so it checks each sender itself,
+/// once: users are never deleted, so a sender found once stays a user.
+#[derive(Default)]
+struct KnownSenders(HashSet<UserId>);
+
+impl KnownSenders {
+    /// Whether `sender` is a user, asking the database only the first time.
+    fn check(&mut self, tx: &rusqlite::Transaction<'_>, sender: UserId) -> Result<bool> {
+        if self.0.contains(&sender) {
+            return Ok(true);
+        }
+        let found =
+            tx.prepare_cached(USER_EXISTS).and_then(|mut s| s.exists(params![sender.0])).map_err(from_sqlite)?;
+        if found {
+            if self.0.len() >= KNOWN_SENDERS {
+                self.0.clear();
+            }
+            self.0.insert(sender);
+        }
+        Ok(found)
+    }
+
+    /// Forgets everything, and gives the memory back.
+    fn forget(&mut self) {
+        self.0 = HashSet::default();
+    }
+}
+
 /// Where a thread stands inside a batch.
 struct Tip {
     last_seq: i64,
@@ -162,8 +197,15 @@ impl MessageWriter {
         // FULL: a batch is on disk before any of its messages is acknowledged. The
         // cache: SQLite's default 2 MiB made a batch of a few thousand messages read
         // its index pages back from the file and spill dirty pages mid-transaction.
+        // Foreign keys unchecked on this connection only: the writer checks each
+        // message's parents itself, and once, where SQLite's checks cost three index
+        // seeks a message, 6-8% of this thread (`docs/benchmarks.md`, 2026-12-06,
+        // sixth session). A thread's row is read in the batch's transaction, or known
+        // from an earlier batch with no other commit since (`KnownTips`); a sender is
+        // looked up the first time (`KnownSenders`); neither is ever deleted. The
+        // schema keeps its foreign keys, and every other connection enforces them.
         conn.execute_batch(&format!(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF; \
              PRAGMA cache_size = -{CACHE_KIB};"
         ))
         .map_err(from_sqlite)?;
@@ -181,15 +223,19 @@ impl MessageWriter {
                     set_tip: set_thread_tip(),
                 };
                 let mut known = KnownTips::default();
+                let mut senders = KnownSenders::default();
                 while let Ok(job) = queue.recv() {
                     match job {
                         Job::Batch { messages, events, reply } => {
-                            let _ = reply.send(append_batch(&mut conn, &statements, &mut known, messages, events));
+                            let answer =
+                                append_batch(&mut conn, &statements, &mut known, &mut senders, messages, events);
+                            let _ = reply.send(answer);
                             // After the answer: the batch's senders do not wait for it.
                             checkpoints.after_commit(&conn, wal.frames());
                         }
                         Job::Shrink(reply) => {
                             known.forget();
+                            senders.forget();
                             let _ = reply.send(shrink(&conn));
                         }
                     }
@@ -232,6 +278,7 @@ fn append_batch(
     conn: &mut Connection,
     statements: &Statements,
     known: &mut KnownTips,
+    senders: &mut KnownSenders,
     messages: Vec<NewMessage>,
     events: bool,
 ) -> BatchResult {
@@ -252,6 +299,7 @@ fn append_batch(
             insert: tx.prepare_cached(&statements.insert).map_err(from_sqlite)?,
             by_key: &statements.by_key,
             known: &remembered,
+            senders,
         };
         for (n, new) in messages.into_iter().enumerate() {
             results.push(append_one(&tx, &mut batch, &mut tips, n, new)?);
@@ -290,6 +338,7 @@ struct BatchStatements<'tx, 's> {
     insert: rusqlite::CachedStatement<'tx>,
     by_key: &'s str,
     known: &'s HashMap<ThreadId, i64>,
+    senders: &'s mut KnownSenders,
 }
 
 /// The batch's events, with the next seqs (taken last: see `TAKE_EVENT_SEQS`).
@@ -343,6 +392,9 @@ fn append_one(
         }
     };
     let Some(tip) = tip else { return Ok(Err(StoreError::NotFound("thread"))) };
+    if !statements.senders.check(tx, new.sender)? {
+        return Ok(Err(StoreError::NotFound("user")));
+    }
     let seq = tip.last_seq + 1;
     let key = new.client_msg_id.map(ClientMsgId::into_inner);
     let m = MessageRecord::user(new.thread_id, Seq(seq), new.sender, new.text, key);
@@ -432,5 +484,21 @@ mod tests {
         known.forget();
         known.check(8);
         assert!(known.last_seqs.is_empty());
+    }
+
+    #[test]
+    fn a_sender_is_looked_up_until_found_and_then_remembered() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE users (id INTEGER PRIMARY KEY); INSERT INTO users VALUES (1);").unwrap();
+        let mut senders = KnownSenders::default();
+        let tx = conn.transaction().unwrap();
+        assert!(senders.check(&tx, UserId(1)).unwrap());
+        assert!(!senders.check(&tx, UserId(2)).unwrap());
+        tx.execute("INSERT INTO users VALUES (2)", []).unwrap();
+        assert!(senders.check(&tx, UserId(2)).unwrap(), "a refused sender is asked about again");
+        tx.execute("DELETE FROM users", []).unwrap();
+        assert!(senders.check(&tx, UserId(1)).unwrap() && senders.check(&tx, UserId(2)).unwrap(), "remembered");
+        senders.forget();
+        assert!(!senders.check(&tx, UserId(1)).unwrap(), "forgotten, so asked again");
     }
 }

@@ -250,6 +250,38 @@ pub(crate) async fn appending_to_an_unknown_thread_is_not_found(store: Arc<dyn S
     assert!(matches!(store.append_message(new).await, Err(StoreError::NotFound(_))));
 }
 
+pub(crate) async fn appending_as_an_unknown_sender_is_refused_and_stores_nothing(store: Arc<dyn Store>) {
+    let a = user(&*store, "a", Role::Client).await;
+    let b = user(&*store, "b", Role::Freelancer).await;
+    let thread = direct(&*store, &a, &b).await;
+    let before = store.messages(thread, Cursor::Latest, 10).await.unwrap().results;
+    let stranger = UserId(a.id.0.max(b.id.0) + 1000);
+    let new = NewMessage { thread_id: thread, sender: stranger, text: "x".into(), client_msg_id: None };
+    assert!(store.append_message(new).await.is_err());
+    assert_eq!(store.messages(thread, Cursor::Latest, 10).await.unwrap().results, before);
+    assert_eq!(send(&*store, thread, &a, "after", None).await.message.seq, Seq(before.len() as i64 + 1));
+}
+
+/// SQLite's message writer checks senders itself (its connection leaves foreign
+/// keys unchecked), so an unknown one is refused alone and the rest of its batch
+/// is stored. Returns the thread, so the caller can look for orphans.
+pub(crate) async fn an_unknown_sender_is_refused_alone_in_its_batch(store: Arc<dyn Store>) -> ThreadId {
+    let a = user(&*store, "a", Role::Client).await;
+    let b = user(&*store, "b", Role::Freelancer).await;
+    let thread = direct(&*store, &a, &b).await;
+    let stranger = UserId(a.id.0.max(b.id.0) + 1000);
+    let new =
+        |sender: UserId, text: &str| NewMessage { thread_id: thread, sender, text: text.into(), client_msg_id: None };
+    let batch = vec![new(a.id, "one"), new(stranger, "lost"), new(b.id, "two"), new(stranger, "lost again")];
+    let results = store.append_messages(batch).await.unwrap();
+    assert!(matches!(results[1], Err(StoreError::NotFound("user"))), "{:?}", results[1]);
+    assert!(matches!(results[3], Err(StoreError::NotFound("user"))), "{:?}", results[3]);
+    let stored: Vec<String> =
+        store.messages(thread, Cursor::Latest, 10).await.unwrap().results.into_iter().map(|m| m.text).collect();
+    assert_eq!(stored, vec!["one".to_owned(), "two".to_owned()]);
+    thread
+}
+
 pub(crate) async fn text_is_stored_verbatim(store: Arc<dyn Store>) {
     let a = user(&*store, "a", Role::Client).await;
     let b = user(&*store, "b", Role::Freelancer).await;
@@ -864,6 +896,7 @@ macro_rules! conformance_tests {
             a_batch_commits_together_and_refuses_only_its_bad_messages,
             a_batch_over_several_threads_moves_each_threads_seq_and_activity,
             appending_to_an_unknown_thread_is_not_found,
+            appending_as_an_unknown_sender_is_refused_and_stores_nothing,
             text_is_stored_verbatim,
             releasing_memory_loses_nothing_and_the_store_goes_on,
             message_pages_follow_their_cursor_in_seq_order,
