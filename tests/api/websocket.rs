@@ -711,6 +711,26 @@ async fn an_auth_frame_with_a_fresh_token_keeps_the_socket_open_until_that_one_e
 }
 
 #[tokio::test]
+async fn an_auth_frame_with_a_token_that_expires_sooner_brings_the_close_nearer() {
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice", "client").await;
+    let mut ws = app.ws(&alice).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let claims = json!({"token_type": "access", "user_id": alice.id, "sub": alice.id.to_string(), "iss": "confab", "aud": "confab",
+        "iat": now, "exp": now + 1, "jti": "sooner"});
+    let key = jsonwebtoken::EncodingKey::from_secret(crate::support::JWT_SECRET.as_bytes());
+    let sooner = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
+    let started = std::time::Instant::now();
+    ws.send(json!({"type": "auth", "token": sooner})).await;
+    assert_eq!(ws.next().await["type"], "authed");
+    let (code, _) = ws.until_close().await;
+    assert_eq!(code, 4401);
+    // At that token's expiry plus the 5 s clock leeway, long before the first one's.
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(8), "closed at {elapsed:?}");
+}
+
+#[tokio::test]
 async fn an_auth_frame_with_another_users_token_closes_at_once_and_a_bad_one_is_refused() {
     let app = TestApp::spawn().await;
     let alice = app.signup("alice", "client").await;
