@@ -226,21 +226,14 @@ impl Session<'_> {
         idle_timeout: Duration,
     ) -> bool {
         let mut deadline = Instant::now() + idle_timeout;
-        // Made once, not once a frame: each of the three registers itself (with the
-        // closer, the shutdown token, the timer wheel) when first polled and leaves
-        // when dropped, which was a few percent of the worker in a closed loop. One
-        // timer for both ends of the connection's life (idle and expiry): a timer is
-        // a large part of what an idle connection holds. Moving it later after a
-        // frame is one atomic update; only an `auth` frame can move it nearer.
-        let mut closed = std::pin::pin!(self.closer.closed());
-        let mut cancelled = std::pin::pin!(shutdown.cancelled());
-        let mut timer = std::pin::pin!(sleep_until(deadline.min(self.expires)));
         loop {
+            // One timer for both ends of the connection's life (idle and expiry): a
+            // timer is a large part of what an idle connection holds.
             let frame = tokio::select! {
                 biased;
-                () = &mut closed => return false,
-                () = &mut cancelled => return false,
-                () = &mut timer => {
+                () = self.closer.closed() => return false,
+                () = shutdown.cancelled() => return false,
+                () = sleep_until(deadline.min(self.expires)) => {
                     if self.expires <= deadline {
                         self.closer.close(close::UNAUTHORIZED, "the access token has expired; send auth with a fresh one before it does");
                     } else {
@@ -272,7 +265,6 @@ impl Session<'_> {
                 }
             }
             deadline = Instant::now() + idle_timeout;
-            timer.as_mut().reset(deadline.min(self.expires));
         }
     }
 
@@ -629,12 +621,10 @@ fn write_loop<'a>(
             let first = write_all(&mut sink, frames.drain(..).map(WsMessage::Text), write_timeout);
             Box::pin(first).await.closes(closer, metrics);
         }
-        // Made once, for the reason the read loop's are.
-        let mut closed = std::pin::pin!(closer.closed());
         'run: loop {
             tokio::select! {
                 biased;
-                () = &mut closed => break,
+                () = closer.closed() => break,
                 _ = ping.tick() => out.push(WsMessage::Ping(Bytes::new())),
                 () = hold_expiry(order.next_deadline()) => {
                     let now = Instant::now();
