@@ -41,6 +41,10 @@ enum Command {
         /// Pairs whose history is read back to check that every ack is stored (0: none).
         #[arg(long, default_value_t = 20)]
         verify_pairs: usize,
+        /// Idempotency keys spread at random over the key space, as clients' UUID v4
+        /// keys are, instead of growing within each user's run.
+        #[arg(long)]
+        random_keys: bool,
     },
     /// Many authenticated connections held open: accept rate, server memory per
     /// connection, and a sample sent through them to prove they are live.
@@ -109,6 +113,10 @@ enum Command {
         pages: usize,
         #[arg(long, default_value_t = 50)]
         page_limit: u32,
+        /// Idempotency keys spread at random over the key space, as clients' UUID v4
+        /// keys are, instead of growing within each user's run.
+        #[arg(long)]
+        random_keys: bool,
     },
     /// The baseline: a bare in-memory relay keeping just enough of the contract for `pairs`.
     Relay {
@@ -223,7 +231,7 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
-        Command::History { target, users: count, preload, window, seconds, pages, page_limit } => {
+        Command::History { target, users: count, preload, window, seconds, pages, page_limit, random_keys } => {
             let (base, signed_in) = target.users(count).await?;
             let send = pairs::Options {
                 window,
@@ -233,6 +241,7 @@ async fn main() -> anyhow::Result<()> {
                 grace: Duration::from_secs(5),
                 verify_pairs: 20,
                 server_pid: target.server_pid,
+                random_keys,
             };
             let options = history::Options { preload, send, pages, page_limit };
             let r = history::run(&base, &signed_in, &options).await?;
@@ -254,7 +263,7 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Pairs { target, users: count, window, rate, warmup, seconds, grace, verify_pairs } => {
+        Command::Pairs { target, users: count, window, rate, warmup, seconds, grace, verify_pairs, random_keys } => {
             let (base, signed_in) = target.users(count).await?;
             let options = pairs::Options {
                 window,
@@ -264,6 +273,7 @@ async fn main() -> anyhow::Result<()> {
                 grace: Duration::from_secs(grace),
                 verify_pairs,
                 server_pid: target.server_pid,
+                random_keys,
             };
             let report = pairs::run(&base, &signed_in, &options).await?;
             if target.json {

@@ -40,6 +40,10 @@ pub struct Options {
     pub verify_pairs: usize,
     /// The server's process, to sample its CPU and memory.
     pub server_pid: Option<u32>,
+    /// Idempotency keys that begin with 16 random-looking hex digits, as a client's
+    /// UUID v4 would, instead of growing within each user's run: the server's key
+    /// index then takes every insert at a random place (see [`key`]).
+    pub random_keys: bool,
 }
 
 /// What a run measured.
@@ -121,9 +125,10 @@ pub async fn run(bases: &[String], users: &[SignedIn], options: &Options) -> any
                 None => Pace::Closed { window: options.window.max(1) },
             };
             let grace = options.grace;
-            tokio::spawn(async move {
-                one_user(socket, (run_id, i), partner, pace, epoch, start, measure_from, stop, grace).await
-            })
+            let keys = Keys { run_id, me: i, random: options.random_keys };
+            tokio::spawn(
+                async move { one_user(socket, keys, partner, pace, epoch, start, measure_from, stop, grace).await },
+            )
         })
         .collect();
     let cpu_before = sample_at(options.server_pid, measure_from).await;
@@ -189,10 +194,41 @@ enum Pace {
     Open { period: Duration, phase: Duration },
 }
 
+/// How one user's idempotency keys are made.
+#[derive(Debug, Clone, Copy)]
+struct Keys {
+    run_id: u128,
+    me: usize,
+    random: bool,
+}
+
+impl Keys {
+    /// `<run>-<user>-<n>`, or the same behind 16 hex digits that spread the keys over
+    /// the whole key space; either way `n` is what follows the last `-` ([`key_number`]).
+    fn key(self, n: u64) -> String {
+        let Self { run_id, me, random } = self;
+        if random {
+            let spread = splitmix64((me as u64) << 40 ^ n);
+            format!("{spread:016x}-{run_id}-{me}-{n}")
+        } else {
+            format!("{run_id}-{me}-{n}")
+        }
+    }
+}
+
+/// SplitMix64's output function: a bijection of `u64` (so unique inputs give unique
+/// keys) whose outputs follow no order of its inputs.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 #[expect(clippy::too_many_arguments, reason = "one user's share of the run's settings")]
 async fn one_user(
     socket: Socket,
-    (run_id, me): (u128, usize),
+    keys: Keys,
     partner: i64,
     pace: Pace,
     epoch: Instant,
@@ -201,6 +237,7 @@ async fn one_user(
     stop: Instant,
     grace: Duration,
 ) -> anyhow::Result<Side> {
+    let me = keys.me;
     let (mut sink, mut stream) = socket.split();
     let mut side = Side::default();
     let mut next: u64 = 0;
@@ -215,8 +252,7 @@ async fn one_user(
         let micros = at.duration_since(epoch).as_micros();
         let text = format!("lg:{me}:{n}:{micros}");
         Frame::text(
-            json!({"type": "message", "recipient_id": partner, "text": text, "client_msg_id": format!("{run_id}-{me}-{n}")})
-                .to_string(),
+            json!({"type": "message", "recipient_id": partner, "text": text, "client_msg_id": keys.key(n)}).to_string(),
         )
     };
     let mut ticks = match pace {
@@ -385,6 +421,26 @@ mod tests {
         assert_eq!(parse_text("hello"), None);
         assert_eq!(key_number(&json!("3-17")), Some(17));
         assert_eq!(key_number(&json!(null)), None);
+    }
+
+    #[test]
+    fn random_keys_are_unique_out_of_order_and_carry_their_number() {
+        let mut seen = HashSet::new();
+        let mut in_order = 0;
+        let mut last = String::new();
+        for me in 0..50 {
+            let keys = Keys { run_id: 9, me, random: true };
+            for n in 0..200 {
+                let key = keys.key(n);
+                assert_eq!(key_number(&json!(key)), Some(n));
+                in_order += usize::from(key > last);
+                last.clone_from(&key);
+                assert!(seen.insert(key), "unique");
+            }
+        }
+        // Sequential keys of one user grow; these rise about half the time.
+        assert!((4_000..6_000).contains(&in_order), "{in_order} of 10,000 rose");
+        assert_eq!(Keys { run_id: 9, me: 3, random: false }.key(5), "9-3-5");
     }
 
     #[tokio::test(start_paused = true)]

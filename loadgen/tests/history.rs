@@ -19,6 +19,7 @@ async fn history_preloads_at_least_what_it_was_asked_then_measures_sends_and_pag
         grace: Duration::from_millis(500),
         verify_pairs: 2,
         server_pid: None,
+        random_keys: false,
     };
     let options = history::Options { preload: 200, send, pages: 20, page_limit: 10 };
     let report = history::run(std::slice::from_ref(&base), &signed, &options).await.unwrap();

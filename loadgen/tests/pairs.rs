@@ -17,6 +17,7 @@ fn options() -> pairs::Options {
         grace: Duration::from_millis(500),
         verify_pairs: 2,
         server_pid: Some(std::process::id()),
+        random_keys: false,
     }
 }
 
@@ -63,6 +64,18 @@ async fn the_real_server_stores_and_delivers_every_acked_message() {
     assert_eq!((report.lost_undelivered, report.lost_in_store), (0, Some(0)), "{report:?}");
     assert_eq!(report.verified_messages, report.acked, "both pairs were read back");
     assert_eq!(report.delivered, report.acked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_keys_are_counted_as_well_and_the_real_server_stores_every_one() {
+    let (base, _dir) = common::confab(|_| {}).await;
+    let signed = users::sign_up(&base, "t", 4, 4).await.unwrap();
+    let options = pairs::Options { random_keys: true, ..options() };
+    let report = pairs::run(std::slice::from_ref(&base), &signed, &options).await.unwrap();
+    assert!(report.acked > 20, "{report:?}");
+    assert_eq!(report.errors.len(), 0, "{report:?}");
+    assert_eq!((report.lost_undelivered, report.lost_in_store), (0, Some(0)), "{report:?}");
+    assert_eq!((report.verified_messages, report.delivered), (report.acked, report.acked), "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
