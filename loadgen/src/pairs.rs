@@ -42,7 +42,7 @@ pub struct Options {
     pub server_pid: Option<u32>,
     /// Idempotency keys that begin with 16 random-looking hex digits, as a client's
     /// UUID v4 would, instead of growing within each user's run: the server's key
-    /// index then takes every insert at a random place (see [`key`]).
+    /// index then takes every insert at a random place (`Keys::key`).
     pub random_keys: bool,
 }
 
