@@ -25,10 +25,9 @@ for f in malloc calloc realloc posix_memalign; do
     [[ $probes == *"probe_libc:$f "* ]] || { echo "perf probe on $f failed (root? tracefs?)" >&2; exit 1; }
 done
 
-server= loadgen= data=
-trap 'kill $server $loadgen 2>/dev/null || true; wait 2>/dev/null || true; [ -z "$data" ] || rm -rf "$data" "$data".{log,err,json,perf}' EXIT
 # The load: 1,000 users, 5 s of warm-up, 15 s measured; counted from 7 s to 17 s.
 source scripts/bench/window.sh
+trap stop_window EXIT
 start_window "$bin" "$@"
 # Messages committed in the window: the server's own counter, read before and after.
 committed() { curl -sf "http://127.0.0.1:$port/metrics" | awk '/^confab_commit_batch_messages_sum/ {print $2}'; }

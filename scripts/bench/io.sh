@@ -13,9 +13,8 @@ cd "$(dirname "$0")/../.."
 bin=${1:-target/release}
 shift || true
 port=${PORT:-9740}
-server= loadgen= data=
-trap 'kill $server $loadgen 2>/dev/null || true; wait 2>/dev/null || true; [ -z "$data" ] || rm -rf "$data" "$data".{log,err,json}' EXIT
 source scripts/bench/window.sh
+trap stop_window EXIT
 start_window "$bin" "$@"
 
 # Bytes written and write calls so far, of each thread (name and tid).

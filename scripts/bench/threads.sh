@@ -11,10 +11,9 @@ cd "$(dirname "$0")/../.."
 bin=${1:-target/release}
 shift || true
 port=${PORT:-9720}
-server= loadgen= data=
-trap 'kill $server $loadgen 2>/dev/null || true; wait 2>/dev/null || true; [ -z "$data" ] || rm -rf "$data" "$data".{log,err,json}' EXIT
 # The load: 1,000 users, 5 s of warm-up, 15 s measured; sampled from 7 s to 17 s.
 source scripts/bench/window.sh
+trap stop_window EXIT
 start_window "$bin" "$@"
 
 # Clock ticks of each thread (name and tid), of the load generator, and of the machine.

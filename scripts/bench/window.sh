@@ -1,8 +1,15 @@
-# Sourced by threads.sh and allocs.sh: starts a fresh server (on $port, data in
-# $data) and a `pairs` load of 1,000 users against it (5 s of warm-up, 15 s
-# measured; extra arguments go to the load generator), and returns 7 s into the
-# load, the start of the 10 s window both scripts look at. Sets $server,
-# $loadgen and $data; the caller's EXIT trap must stop them and remove $data*.
+# Sourced by threads.sh, allocs.sh and io.sh: starts a fresh server (on $port,
+# data in $data) and a `pairs` load of 1,000 users against it (5 s of warm-up,
+# 15 s measured; extra arguments go to the load generator), and returns 7 s into
+# the load, the start of the 10 s window the scripts look at. Sets $server,
+# $loadgen and $data; `stop_window` (the caller's EXIT trap) stops them and
+# removes $data and the files beside it.
+server= loadgen= data=
+stop_window() {
+    kill $server $loadgen 2>/dev/null || true
+    wait 2>/dev/null || true
+    [ -z "$data" ] || rm -rf "$data" "$data".*
+}
 start_window() { # bin dir, pairs arguments...
     local bin=$1
     shift
