@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-use super::{Result, StoreError, sqlite_vfs};
+use super::{Result, StoreError};
 
 /// How often the background pass runs: a commit that restarts the WAL copies at
 /// most this long's writes. Each pass copies the hot pages (each busy thread's tail
@@ -46,9 +46,7 @@ pub(super) struct Checkpointer {
 impl Checkpointer {
     /// Starts checkpointing the database at `path` (already in WAL mode) every `every`.
     pub(super) fn start(path: &Path, busy_timeout: Duration, every: Duration) -> Result<Self> {
-        // Through the bulk-writing VFS: a pass syncs the database file as it copies.
-        let conn = sqlite_vfs::open(path, "the WAL checkpointer").map_err(other)?;
-        sqlite_vfs::pace_checkpoints(&conn);
+        let conn = Connection::open(path).map_err(other)?;
         conn.busy_timeout(busy_timeout).map_err(other)?;
         // FULL: the database file is synced after each copy.
         conn.execute_batch("PRAGMA synchronous = FULL;").map_err(other)?;
