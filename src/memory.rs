@@ -29,7 +29,7 @@ const BUSY_SHARE: f64 = 0.02;
 const MMAP_THRESHOLD: i32 = 8 * 1024 * 1024;
 
 /// Sets the process's allocator up to give memory back (glibc); call once, first.
-#[allow(unsafe_code)] // with `give_back` and `store/sqlite_wal_vfs.rs`, the only unsafe: no safe wrapper exists
+#[allow(unsafe_code)] // with `give_back` and `store/sqlite_vfs.rs`, the only unsafe: no safe wrapper exists
 pub fn configure() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: `mallopt` takes two integers and only changes the allocator's settings.

@@ -10,8 +10,8 @@ mod rows;
 mod sql;
 mod sqlite;
 mod sqlite_checkpoint;
+mod sqlite_vfs;
 mod sqlite_wal_hook;
-mod sqlite_wal_vfs;
 mod sqlite_writer;
 
 use std::sync::Arc;

@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use foldhash::{HashMap, HashMapExt, HashSet};
-use rusqlite::{Connection, ErrorCode as SqliteCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, ErrorCode as SqliteCode, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
 use super::events::{self, INSERT_EVENT, NewEvent, TAKE_EVENT_SEQS};
@@ -29,8 +29,8 @@ use super::sql::BatchResult;
 use super::sql::{Backend, select_by_key};
 use super::sqlite::SqliteBackend;
 use super::sqlite_checkpoint::{Passes, WriterCheckpoints};
+use super::sqlite_vfs;
 use super::sqlite_wal_hook::WalLength;
-use super::sqlite_wal_vfs;
 use super::{Appended, NewMessage, Result, StoreError, repeated};
 use crate::domain::{ClientMsgId, MessageRecord, Seq, ThreadId, UserId};
 
@@ -184,15 +184,7 @@ impl MessageWriter {
     /// and starts the thread that owns it.
     /// `passes` counts the background checkpointer's passes (`sqlite_checkpoint`).
     pub(super) fn start(path: &Path, busy_timeout: Duration, passes: Passes) -> Result<Self> {
-        let conn = match sqlite_wal_vfs::register() {
-            Ok(()) => Connection::open_with_flags_and_vfs(path, OpenFlags::default(), sqlite_wal_vfs::NAME),
-            // No `unix` VFS (not a Unix build): SQLite's own, one write a frame.
-            Err(code) => {
-                tracing::warn!(code, "the WAL-gathering VFS is unavailable; the message writer uses SQLite's default");
-                Connection::open(path)
-            }
-        }
-        .map_err(from_sqlite)?;
+        let conn = sqlite_vfs::open(path, "the message writer").map_err(from_sqlite)?;
         conn.busy_timeout(busy_timeout).map_err(from_sqlite)?;
         // FULL: a batch is on disk before any of its messages is acknowledged. The
         // cache: SQLite's default 2 MiB made a batch of a few thousand messages read
@@ -263,7 +255,7 @@ impl MessageWriter {
 /// Frees the page cache and the WAL's write buffer.
 fn shrink(conn: &Connection) -> Result<()> {
     conn.execute_batch(SHRINK_MEMORY).map_err(from_sqlite)?;
-    sqlite_wal_vfs::release(conn);
+    sqlite_vfs::release(conn);
     Ok(())
 }
 
@@ -283,7 +275,7 @@ fn append_batch(
     events: bool,
 ) -> BatchResult {
     // Frames a rolled-back batch spilled to the WAL and never wrote out.
-    sqlite_wal_vfs::discard(conn);
+    sqlite_vfs::discard(conn);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(from_sqlite)?;
     // Read under the write lock: no other connection commits until this one ends.
     let data_version = tx.prepare_cached(DATA_VERSION).and_then(|mut s| s.query_row([], |r| r.get(0)));

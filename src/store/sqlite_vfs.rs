@@ -1,16 +1,17 @@
-//! The message writer's WAL writes, gathered into few large ones. SQLite writes
-//! each WAL frame with two `pwrite`s, its 24-byte header and then its page, and
-//! the kernel's write path costs per call and per 4 KiB of the file a call touches:
-//! a 4,120-byte frame touches three, so a batch that dirties 1,000 pages made
-//! 2,000 calls that touched 3,000. Under the closed loop those calls were 17.5% of
-//! the writer's time (`docs/benchmarks.md`, 2026-12-06, second session).
+//! The VFS of the two connections that write the SQLite files in bulk: the message
+//! writer and the background checkpointer. It is SQLite's own (`unix`) but for two
+//! things, each measured (`docs/benchmarks.md`). SQLite has no such options and no
+//! crate wraps its VFS this way, hence this module (with `src/memory.rs`, the
+//! crate's only unsafe code).
 //!
-//! The writer's connection opens its files through a VFS that is SQLite's own
-//! (`unix`) except for the WAL file: there, a write that continues the last one is
+//! **A WAL's writes are gathered into few large ones.** SQLite writes each WAL
+//! frame with two `pwrite`s, its 24-byte header and then its page, and the kernel's
+//! write path costs per call and per 4 KiB of the file a call touches: a 4,120-byte
+//! frame touches three, so a batch that dirties 1,000 pages made 2,000 calls that
+//! touched 3,000. Under the closed loop those calls were 17.5% of the writer's time
+//! (2026-12-06, second session). Here a write that continues the last one is
 //! appended to a buffer, and the buffer goes to the file in one call when it fills,
-//! and before a sync, a read, a truncation, a size query or a close. SQLite has no
-//! such option and no crate wraps its VFS this way, hence this module (with
-//! `src/memory.rs`, the crate's only unsafe code).
+//! and before a sync, a read, a truncation, a size query or a close.
 //!
 //! Why this is safe, by how SQLite uses a WAL:
 //! - Only the connection holding the WAL's write lock writes frames, and other
@@ -24,18 +25,27 @@
 //! - A device without power-safe overwrite makes SQLite pad a commit past a sync
 //!   and write the padding after it; such a WAL is written as SQLite asks, one call
 //!   per write.
+//!
+//! **A checkpoint syncs the database file as it goes**, every [`SYNC_EVERY`] bytes
+//! it copies, not only at its end. A pass copies tens of MiB into the file, and its
+//! one sync at the end made the disk write them all at once: each commit's own WAL
+//! sync, queued behind them, took 20-30 ms instead of 0.2, once a pass, and every
+//! message waiting on that commit took as long. Syncing early is always safe: what
+//! a checkpoint copies is already durable in the WAL, and SQLite still syncs the
+//! file before it lets the WAL start over.
 
 #![allow(unsafe_code, reason = "a SQLite VFS is a table of C callbacks: no safe wrapper exists")]
 
 use std::ffi::{CStr, c_char, c_int, c_void};
+use std::path::Path;
 use std::ptr;
 use std::sync::OnceLock;
 
-use rusqlite::{Connection, ffi};
+use rusqlite::{Connection, OpenFlags, ffi};
 
 /// The VFS's name, given when a connection is opened.
-pub(super) const NAME: &str = "confab-wal-gather";
-const NAME_C: &CStr = c"confab-wal-gather";
+pub(super) const NAME: &str = "confab-bulk";
+const NAME_C: &CStr = c"confab-bulk";
 
 /// The largest write the buffer gathers: 31 frames of 4 KiB pages. The `unix` VFS
 /// writes at most 128 KiB - 1 bytes a call (it masks the count with `0x1ffff`),
@@ -43,13 +53,33 @@ const NAME_C: &CStr = c"confab-wal-gather";
 /// The buffer is freed when the node goes quiet ([`release`]).
 const GATHER_BYTES: usize = 0x1ffff;
 
+/// How many bytes a paced checkpoint copies into the database file between two
+/// syncs: a WAL sync then waits for at most this much of the file to reach the
+/// disk. On the benchmark machine, beside a pass of 40 MiB, a small file's sync
+/// took up to 24-31 ms with one sync at the end of the pass, and at most 3-5 ms
+/// with one every 256 KiB; the pass took 40-64 ms instead of 30
+/// (`docs/benchmarks.md`, 2026-12-06, seventh session).
+const SYNC_EVERY: usize = 256 * 1024;
+
 /// A file opened through this VFS: SQLite's `sqlite3_file` header, then ours,
 /// then (at [`INNER`]) the `unix` VFS's file it wraps.
 #[repr(C)]
-struct Gathering {
+struct Wrapped {
     base: ffi::sqlite3_file,
-    /// `null` when writes pass straight through (no power-safe overwrite).
+    /// A WAL's gathered writes; `null` for a database file, and for a WAL whose
+    /// writes pass straight through (no power-safe overwrite).
     pending: *mut Pending,
+    /// A database file's writes since it was last synced; `None` for a WAL.
+    paced: Option<Paced>,
+}
+
+/// What a database file has had written since its last sync.
+#[derive(Default)]
+struct Paced {
+    unsynced: usize,
+    /// Syncs made before SQLite asked for one (for the tests).
+    #[cfg(test)]
+    early: u64,
 }
 
 /// The writes not yet passed down: `bytes` belong at offset `at` of the file.
@@ -65,7 +95,7 @@ struct Pending {
 }
 
 /// Where the wrapped file starts: after our header, 8-byte aligned as SQLite's are.
-const INNER: usize = size_of::<Gathering>().next_multiple_of(8);
+const INNER: usize = size_of::<Wrapped>().next_multiple_of(8);
 
 /// The `unix` VFS, wrapped (set once, by [`register`]).
 static UNIX: OnceLock<VfsPtr> = OnceLock::new();
@@ -102,7 +132,7 @@ pub(super) fn register() -> Result<(), c_int> {
         vfs.szOsFile += INNER as c_int;
         vfs.pNext = ptr::null_mut();
         vfs.zName = NAME_C.as_ptr();
-        vfs.xOpen = Some(open);
+        vfs.xOpen = Some(open_file);
         vfs.xSetSystemCall = None;
         vfs.xGetSystemCall = None;
         vfs.xNextSystemCall = None;
@@ -110,6 +140,18 @@ pub(super) fn register() -> Result<(), c_int> {
         unsafe { ffi::sqlite3_vfs_register(Box::into_raw(Box::new(vfs)), 0) }
     });
     if rc == ffi::SQLITE_OK { Ok(()) } else { Err(rc) }
+}
+
+/// Opens the database at `path` through this VFS; through SQLite's default, with
+/// a warning naming `who`, where this one is unavailable (not a Unix build).
+pub(super) fn open(path: &Path, who: &str) -> rusqlite::Result<Connection> {
+    match register() {
+        Ok(()) => Connection::open_with_flags_and_vfs(path, OpenFlags::default(), NAME),
+        Err(code) => {
+            tracing::warn!(code, "the bulk-writing SQLite VFS is unavailable; {who} uses SQLite's default");
+            Connection::open(path)
+        }
+    }
 }
 
 /// Drops what a rolled-back transaction left in the connection's WAL buffer.
@@ -125,29 +167,45 @@ pub(super) fn release(conn: &Connection) {
     with_pending(conn, |pending| pending.bytes = Vec::new());
 }
 
+/// Makes the connection's checkpoints sync the database file every [`SYNC_EVERY`]
+/// bytes they copy. For the background checkpointer only: the message writer's own
+/// checkpoints hold up every sender until they end, so they go at the disk's pace.
+pub(super) fn pace_checkpoints(conn: &Connection) {
+    if let Some(file) = database_of(conn) {
+        // SAFETY: a file with our database methods is a `Wrapped`, used only on the
+        // connection's thread, which is the caller.
+        unsafe { (*file.cast::<Wrapped>()).paced = Some(Paced::default()) };
+    }
+}
+
+/// The connection's database file, if it was opened through this VFS.
+fn database_of(conn: &Connection) -> Option<*mut ffi::sqlite3_file> {
+    file_of(conn, ffi::SQLITE_FCNTL_FILE_POINTER, &DATABASE_METHODS)
+}
+
 /// The connection's WAL file, if it is open and was opened through this VFS.
 fn wal_of(conn: &Connection) -> Option<*mut ffi::sqlite3_file> {
+    // The journal's file control: in WAL mode, the WAL.
+    file_of(conn, ffi::SQLITE_FCNTL_JOURNAL_POINTER, &WAL_METHODS)
+}
+
+/// The file a pointer-returning file control (`op`) gives, if it has `ours` methods.
+fn file_of(conn: &Connection, op: c_int, ours: &'static ffi::sqlite3_io_methods) -> Option<*mut ffi::sqlite3_file> {
     let mut file: *mut ffi::sqlite3_file = ptr::null_mut();
-    // SAFETY: the handle is valid while `conn` lives, and this file control only
-    // writes the journal's (here the WAL's) file pointer into `file`.
-    let rc = unsafe {
-        ffi::sqlite3_file_control(
-            conn.handle(),
-            c"main".as_ptr(),
-            ffi::SQLITE_FCNTL_JOURNAL_POINTER,
-            (&raw mut file).cast::<c_void>(),
-        )
-    };
-    // SAFETY: a non-null pointer SQLite returned is a file structure of the pager.
-    (rc == ffi::SQLITE_OK && !file.is_null() && unsafe { ptr::eq((*file).pMethods, &METHODS) }).then_some(file)
+    // SAFETY: the handle is valid while `conn` lives, and these file controls only
+    // write a file pointer into `file`.
+    let rc =
+        unsafe { ffi::sqlite3_file_control(conn.handle(), c"main".as_ptr(), op, (&raw mut file).cast::<c_void>()) };
+    // SAFETY: a non-null pointer SQLite returned is an open file of the pager.
+    (rc == ffi::SQLITE_OK && !file.is_null() && unsafe { ptr::eq((*file).pMethods, ours) }).then_some(file)
 }
 
 /// Runs `f` on the connection's WAL buffer, if its WAL was opened through this VFS.
 fn with_pending<R>(conn: &Connection, f: impl FnOnce(&mut Pending) -> R) -> Option<R> {
     let file = wal_of(conn)?;
-    // SAFETY: a file with our methods is a `Gathering`; its buffer is used only on
+    // SAFETY: a file with our methods is a `Wrapped`; its buffer is used only on
     // the connection's thread, which is the caller, and not past this call.
-    unsafe { (*file.cast::<Gathering>()).pending.as_mut() }.map(f)
+    unsafe { (*file.cast::<Wrapped>()).pending.as_mut() }.map(f)
 }
 
 /// The wrapped file inside one of ours.
@@ -164,7 +222,7 @@ unsafe fn inner(file: *mut ffi::sqlite3_file) -> *mut ffi::sqlite3_file {
 /// # Safety
 /// As [`inner`], for a file whose open set our methods.
 unsafe fn methods(file: *mut ffi::sqlite3_file) -> &'static ffi::sqlite3_io_methods {
-    // SAFETY: `open` sets our methods only once the wrapped file has its own, and
+    // SAFETY: `open_file` sets our methods only once the wrapped file has its own, and
     // the `unix` VFS's method tables are static.
     unsafe { &*(*inner(file)).pMethods }
 }
@@ -172,8 +230,8 @@ unsafe fn methods(file: *mut ffi::sqlite3_file) -> &'static ffi::sqlite3_io_meth
 /// # Safety
 /// As [`methods`]; on the thread using the file.
 unsafe fn pending<'a>(file: *mut ffi::sqlite3_file) -> Option<&'a mut Pending> {
-    // SAFETY: a file with our methods is a `Gathering` (see `open`).
-    unsafe { (*file.cast::<Gathering>()).pending.as_mut() }
+    // SAFETY: a file with our methods is a `Wrapped` (see `open_file`).
+    unsafe { (*file.cast::<Wrapped>()).pending.as_mut() }
 }
 
 /// Passes the buffer down in one write, if the file has one.
@@ -214,7 +272,7 @@ unsafe fn write_out(p: &mut Pending, file: *mut ffi::sqlite3_file) -> c_int {
     rc
 }
 
-unsafe extern "C" fn open(
+unsafe extern "C" fn open_file(
     _vfs: *mut ffi::sqlite3_vfs,
     name: *const c_char,
     file: *mut ffi::sqlite3_file,
@@ -224,18 +282,22 @@ unsafe extern "C" fn open(
     let Some(&VfsPtr(unix)) = UNIX.get() else { return ffi::SQLITE_ERROR };
     // SAFETY: `unix` is the registered `unix` VFS.
     let Some(unix_open) = (unsafe { (*unix).xOpen }) else { return ffi::SQLITE_ERROR };
-    if flags & ffi::SQLITE_OPEN_WAL == 0 {
-        // Not a WAL: the `unix` file itself, in the space SQLite allocated (larger
-        // than it needs).
+    let wal = flags & ffi::SQLITE_OPEN_WAL != 0;
+    if !wal && flags & ffi::SQLITE_OPEN_MAIN_DB == 0 {
+        // Neither a WAL nor a database: the `unix` file itself, in the space SQLite
+        // allocated (larger than it needs).
         // SAFETY: SQLite's arguments, passed on.
         return unsafe { unix_open(unix, name, file, flags, out_flags) };
     }
-    let gathering = file.cast::<Gathering>();
+    let ours = file.cast::<Wrapped>();
     // SAFETY: SQLite allocated `szOsFile` bytes at `file`, `INNER` more than the
-    // wrapped file needs; nothing there is initialized yet.
+    // wrapped file needs; nothing there is initialized yet, so ours is written
+    // without reading (or dropping) what was there.
     unsafe {
-        (*gathering).base.pMethods = ptr::null();
-        (*gathering).pending = ptr::null_mut();
+        ptr::write(
+            ours,
+            Wrapped { base: ffi::sqlite3_file { pMethods: ptr::null() }, pending: ptr::null_mut(), paced: None },
+        );
         let wrapped = inner(file);
         (*wrapped).pMethods = ptr::null();
         let rc = unix_open(unix, name, wrapped, flags, out_flags);
@@ -243,19 +305,31 @@ unsafe extern "C" fn open(
             return rc;
         }
         // From here SQLite calls our `close` even if the open failed.
-        let power_safe = (*(*wrapped).pMethods)
-            .xDeviceCharacteristics
-            .is_some_and(|dc| dc(wrapped) & ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE != 0);
-        if power_safe {
-            (*gathering).pending = Box::into_raw(Box::default());
+        let methods = &*(*wrapped).pMethods;
+        if wal {
+            let power_safe = methods
+                .xDeviceCharacteristics
+                .is_some_and(|dc| dc(wrapped) & ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE != 0);
+            if power_safe {
+                (*ours).pending = Box::into_raw(Box::default());
+            }
+            (*ours).base.pMethods = &WAL_METHODS;
+        } else if methods.iVersion >= DATABASE_METHODS.iVersion {
+            (*ours).base.pMethods = &DATABASE_METHODS;
+        } else {
+            // Methods older than ours would have us claim what the file cannot do
+            // (shared memory, for the WAL's index): the `unix` file itself, then.
+            if let Some(close) = methods.xClose {
+                close(wrapped);
+            }
+            return unix_open(unix, name, file, flags, out_flags);
         }
-        (*gathering).base.pMethods = &METHODS;
         rc
     }
 }
 
 /// Our methods for a WAL file; version 1, as a WAL needs no more.
-static METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
+static WAL_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     iVersion: 1,
     xClose: Some(close),
     xRead: Some(read),
@@ -277,10 +351,23 @@ static METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     xUnfetch: None,
 };
 
+/// Our methods for a database file: SQLite's version 3, with its shared memory
+/// (the WAL's index) and memory mapping passed on.
+static DATABASE_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
+    iVersion: 3,
+    xShmMap: Some(shm_map),
+    xShmLock: Some(shm_lock),
+    xShmBarrier: Some(shm_barrier),
+    xShmUnmap: Some(shm_unmap),
+    xFetch: Some(fetch),
+    xUnfetch: Some(unfetch),
+    ..WAL_METHODS
+};
+
 /// Calls one of the wrapped file's methods, or answers `missing` if it has none.
 macro_rules! wrapped {
     ($file:expr, $method:ident, $missing:expr $(, $arg:expr)*) => {
-        // SAFETY: SQLite calls our methods only on files `open` set them for.
+        // SAFETY: SQLite calls our methods only on files `open_file` set them for.
         match unsafe { methods($file) }.$method {
             // SAFETY: SQLite's arguments, passed on to the file they belong to.
             Some(f) => unsafe { f(inner($file) $(, $arg)*) },
@@ -293,12 +380,12 @@ macro_rules! wrapped {
 /// left belongs to a transaction that was rolled back.
 unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
     let closed = wrapped!(file, xClose, ffi::SQLITE_OK);
-    // SAFETY: `pending` came from `Box::into_raw` in `open`, and the file is gone.
+    // SAFETY: `pending` came from `Box::into_raw` in `open_file`, and the file is gone.
     unsafe {
-        let gathering = file.cast::<Gathering>();
-        if !(*gathering).pending.is_null() {
-            drop(Box::from_raw((*gathering).pending));
-            (*gathering).pending = ptr::null_mut();
+        let ours = file.cast::<Wrapped>();
+        if !(*ours).pending.is_null() {
+            drop(Box::from_raw((*ours).pending));
+            (*ours).pending = ptr::null_mut();
         }
     }
     closed
@@ -316,7 +403,11 @@ unsafe extern "C" fn write(file: *mut ffi::sqlite3_file, data: *const c_void, am
     let Ok(len) = usize::try_from(amount) else { return ffi::SQLITE_IOERR_WRITE };
     // SAFETY: SQLite's file, ours, used on its thread.
     let Some(p) = (unsafe { pending(file) }) else {
-        return wrapped!(file, xWrite, ffi::SQLITE_IOERR_WRITE, data, amount, offset);
+        return match wrapped!(file, xWrite, ffi::SQLITE_IOERR_WRITE, data, amount, offset) {
+            // SAFETY: as above.
+            ffi::SQLITE_OK => unsafe { pace(file, len) },
+            rc => rc,
+        };
     };
     #[cfg(test)]
     {
@@ -353,9 +444,44 @@ unsafe extern "C" fn truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int 
 unsafe extern "C" fn sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
     // SAFETY: SQLite's file, ours, used on its thread.
     match unsafe { flush(file) } {
-        ffi::SQLITE_OK => wrapped!(file, xSync, ffi::SQLITE_IOERR_FSYNC, flags),
-        rc => rc,
+        ffi::SQLITE_OK => {}
+        rc => return rc,
     }
+    let rc = wrapped!(file, xSync, ffi::SQLITE_IOERR_FSYNC, flags);
+    // SAFETY: as above.
+    if let (ffi::SQLITE_OK, Some(paced)) = (rc, unsafe { paced(file) }) {
+        paced.unsynced = 0;
+    }
+    rc
+}
+
+/// A database file's count of unsynced writes; `None` for a WAL.
+///
+/// # Safety
+/// As [`pending`].
+unsafe fn paced<'a>(file: *mut ffi::sqlite3_file) -> Option<&'a mut Paced> {
+    // SAFETY: a file with our methods is a `Wrapped` (see `open_file`).
+    unsafe { (*file.cast::<Wrapped>()).paced.as_mut() }
+}
+
+/// Counts `len` bytes written to a database file, and syncs it once [`SYNC_EVERY`]
+/// are unsynced.
+///
+/// # Safety
+/// As [`pending`].
+unsafe fn pace(file: *mut ffi::sqlite3_file, len: usize) -> c_int {
+    // SAFETY: the caller's.
+    let Some(paced) = (unsafe { paced(file) }) else { return ffi::SQLITE_OK };
+    paced.unsynced += len;
+    if paced.unsynced < SYNC_EVERY {
+        return ffi::SQLITE_OK;
+    }
+    paced.unsynced = 0;
+    #[cfg(test)]
+    {
+        paced.early += 1;
+    }
+    wrapped!(file, xSync, ffi::SQLITE_IOERR_FSYNC, ffi::SQLITE_SYNC_NORMAL)
 }
 
 unsafe extern "C" fn file_size(file: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
@@ -392,6 +518,48 @@ unsafe extern "C" fn sector_size(file: *mut ffi::sqlite3_file) -> c_int {
 
 unsafe extern "C" fn device_characteristics(file: *mut ffi::sqlite3_file) -> c_int {
     wrapped!(file, xDeviceCharacteristics, 0)
+}
+
+unsafe extern "C" fn shm_map(
+    file: *mut ffi::sqlite3_file,
+    region: c_int,
+    size: c_int,
+    extend: c_int,
+    out: *mut *mut c_void,
+) -> c_int {
+    wrapped!(file, xShmMap, ffi::SQLITE_IOERR_SHMMAP, region, size, extend, out)
+}
+
+unsafe extern "C" fn shm_lock(file: *mut ffi::sqlite3_file, offset: c_int, n: c_int, flags: c_int) -> c_int {
+    wrapped!(file, xShmLock, ffi::SQLITE_IOERR_SHMLOCK, offset, n, flags)
+}
+
+unsafe extern "C" fn shm_barrier(file: *mut ffi::sqlite3_file) {
+    wrapped!(file, xShmBarrier, ())
+}
+
+unsafe extern "C" fn shm_unmap(file: *mut ffi::sqlite3_file, delete: c_int) -> c_int {
+    wrapped!(file, xShmUnmap, ffi::SQLITE_OK, delete)
+}
+
+unsafe extern "C" fn fetch(file: *mut ffi::sqlite3_file, offset: i64, amount: c_int, out: *mut *mut c_void) -> c_int {
+    wrapped!(
+        file,
+        xFetch,
+        {
+            // Without the method, no mapping: SQLite reads the page instead.
+            // SAFETY: SQLite passes a pointer to write the mapping's address to.
+            unsafe { out.write(ptr::null_mut()) };
+            ffi::SQLITE_OK
+        },
+        offset,
+        amount,
+        out
+    )
+}
+
+unsafe extern "C" fn unfetch(file: *mut ffi::sqlite3_file, offset: i64, page: *mut c_void) -> c_int {
+    wrapped!(file, xUnfetch, ffi::SQLITE_OK, offset, page)
 }
 
 #[cfg(test)]
@@ -461,6 +629,57 @@ mod tests {
         assert_eq!(seen(&path), all);
         drop(conn);
         assert_eq!(seen(&path), all);
+    }
+
+    /// How often the connection's database file was synced before SQLite asked,
+    /// if it paces its checkpoints.
+    fn early_syncs(conn: &Connection) -> Option<u64> {
+        let file = database_of(conn).unwrap();
+        // SAFETY: one of our database files, used on this thread.
+        unsafe { (*file.cast::<Wrapped>()).paced.as_ref().map(|p| p.early) }
+    }
+
+    /// Writes 1,200 rows of a page each (about 4.8 MiB) and checkpoints them; gives
+    /// the database file's size and the syncs made before the end, if paced.
+    fn checkpointed(path: &std::path::Path, paced: bool) -> (u64, Option<u64>) {
+        let conn = gathering(path);
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0; CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB NOT NULL);")
+            .unwrap();
+        if paced {
+            pace_checkpoints(&conn);
+        }
+        for start in (0..1200).step_by(200) {
+            insert(&conn, start..start + 200);
+        }
+        assert_eq!(early_syncs(&conn).unwrap_or(0), 0, "nothing was copied yet");
+        // Another connection reads meanwhile: the WAL's index in shared memory
+        // works through our database file.
+        assert_eq!(seen(path).0.len(), 1200);
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+        let early = early_syncs(&conn);
+        let all = ((0..1200).collect(), "ok".to_owned());
+        assert_eq!(seen(path), all);
+        drop(conn);
+        assert_eq!(seen(path), all);
+        (std::fs::metadata(path).unwrap().len(), early)
+    }
+
+    #[test]
+    fn a_paced_checkpoint_syncs_the_database_file_as_it_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let (copied, early) = checkpointed(&dir.path().join("test.db"), true);
+        assert!(copied > 1200 * 4096, "the database file has {copied} bytes");
+        let early = early.unwrap();
+        let expected = copied / SYNC_EVERY as u64;
+        assert!(early.abs_diff(expected) <= 1, "{early} syncs while copying {copied} bytes");
+    }
+
+    #[test]
+    fn checkpoints_not_paced_sync_only_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (copied, early) = checkpointed(&dir.path().join("test.db"), false);
+        assert!(copied > 1200 * 4096, "the database file has {copied} bytes");
+        assert_eq!(early, None);
     }
 
     #[test]
