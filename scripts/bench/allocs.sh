@@ -27,7 +27,6 @@ done
 
 # The load: 1,000 users, 5 s of warm-up, 15 s measured; counted from 7 s to 17 s.
 source scripts/bench/window.sh
-trap stop_window EXIT
 start_window "$bin" "$@"
 # Messages committed in the window: the server's own counter, read before and after.
 committed() { curl -sf "http://127.0.0.1:$port/metrics" | awk '/^confab_commit_batch_messages_sum/ {print $2}'; }

@@ -14,7 +14,6 @@ bin=${1:-target/release}
 shift || true
 port=${PORT:-9740}
 source scripts/bench/window.sh
-trap stop_window EXIT
 start_window "$bin" "$@"
 
 # Bytes written and write calls so far, of each thread (name and tid).

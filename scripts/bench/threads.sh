@@ -13,7 +13,6 @@ shift || true
 port=${PORT:-9720}
 # The load: 1,000 users, 5 s of warm-up, 15 s measured; sampled from 7 s to 17 s.
 source scripts/bench/window.sh
-trap stop_window EXIT
 start_window "$bin" "$@"
 
 # Clock ticks of each thread (name and tid), of the load generator, and of the machine.

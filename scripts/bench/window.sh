@@ -2,8 +2,8 @@
 # data in $data) and a `pairs` load of 1,000 users against it (5 s of warm-up,
 # 15 s measured; extra arguments go to the load generator), and returns 7 s into
 # the load, the start of the 10 s window the scripts look at. Sets $server,
-# $loadgen and $data; `stop_window` (the caller's EXIT trap) stops them and
-# removes $data and the files beside it.
+# $loadgen and $data, and sets the caller's EXIT trap to `stop_window`, which
+# stops them and removes $data and the files beside it.
 server= loadgen= data=
 stop_window() {
     kill $server $loadgen 2>/dev/null || true
@@ -13,6 +13,7 @@ stop_window() {
 start_window() { # bin dir, pairs arguments...
     local bin=$1
     shift
+    trap stop_window EXIT
     data=$(mktemp -d)
     "$bin/confab" serve --listen "127.0.0.1:$port" --data-dir "$data" \
         --rate-limit 1000000 --rate-burst 1000000 --signin-attempts-per-minute 1000000 >"$data.log" 2>&1 &
