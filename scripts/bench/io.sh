@@ -10,11 +10,9 @@
 # PORT sets the server's port (9740).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-bin=${1:-target/release}
-shift || true
 port=${PORT:-9740}
 source scripts/bench/window.sh
-start_window "$bin" "$@"
+start_window "$@"
 
 # Bytes written and write calls so far, of each thread (name and tid).
 written() { for t in /proc/"$server"/task/*; do echo "$(tr ' ' _ <"$t/comm")/${t##*/} $(awk '/^wchar/ {w = $2} /^syscw/ {s = $2} END {print w, s}' "$t/io")"; done; }

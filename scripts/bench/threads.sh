@@ -9,12 +9,10 @@
 # PORT sets the server's port (9720).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-bin=${1:-target/release}
-shift || true
 port=${PORT:-9720}
 # The load: 1,000 users, 5 s of warm-up, 15 s measured; sampled from 7 s to 17 s.
 source scripts/bench/window.sh
-start_window "$bin" "$@"
+start_window "$@"
 
 # Clock ticks of each thread (name and tid), and the ns it waited for a core.
 threads() { for t in /proc/"$server"/task/*; do echo "$(tr ' ' _ <"$t/comm")/${t##*/} $(awk '{print $14 + $15}' "$t/stat") $(cut -d' ' -f2 "$t/schedstat")"; done; }

@@ -1,4 +1,4 @@
-# Sourced by threads.sh, allocs.sh and io.sh: starts a fresh server (on $port,
+# Sourced by threads.sh, allocs.sh, io.sh and slow_syscalls.sh: starts a fresh server (on $port,
 # data in $data) and a `pairs` load of 1,000 users against it (5 s of warm-up,
 # 15 s measured; extra arguments go to the load generator), and returns 7 s into
 # the load, the start of the 10 s window the scripts look at. Sets $server,
@@ -10,9 +10,9 @@ stop_window() {
     wait 2>/dev/null || true
     [ -z "$data" ] || rm -rf "$data" "$data".*
 }
-start_window() { # bin dir, pairs arguments...
-    local bin=$1
-    shift
+start_window() { # [bin dir, by default target/release] [pairs arguments...]
+    local bin=${1:-target/release}
+    shift || true
     trap stop_window EXIT
     data=$(mktemp -d)
     "$bin/confab" serve --listen "127.0.0.1:$port" --data-dir "$data" \
