@@ -218,10 +218,12 @@ impl Hub {
         self.push(conn, item);
     }
 
-    fn to_connection(&self, user: UserId, id: ConnectionId, item: Outgoing) {
+    /// Pushes the item `make` builds to one connection, building it only if that
+    /// connection is here: on the other nodes of a cluster it never is.
+    fn to_connection(&self, user: UserId, id: ConnectionId, make: impl FnOnce() -> Outgoing) {
         let users = self.users.read().unwrap_or_else(PoisonError::into_inner);
         if let Some(conn) = users.get(&user).and_then(|c| c.iter().find(|c| c.id == id)) {
-            self.push(conn, item);
+            self.push(conn, make());
         }
     }
 }
@@ -273,10 +275,11 @@ impl Subscriber for Hub {
                     ))
                 });
                 if let Some(ack) = ack {
-                    let frame = protocol::message_ack_of(ack.client_msg_id.as_deref(), json());
-                    let delivery = Delivery::Ack { client_msg_id: ack.client_msg_id.clone() };
-                    let item = Outgoing::Message(MessageItem::new(message.clone(), frame, delivery));
-                    self.to_connection(ack.user, ack.connection, item);
+                    self.to_connection(ack.user, ack.connection, || {
+                        let frame = protocol::message_ack_of(ack.client_msg_id.as_deref(), json());
+                        let delivery = Delivery::Ack { client_msg_id: ack.client_msg_id.clone() };
+                        Outgoing::Message(MessageItem::new(message.clone(), frame, delivery))
+                    });
                 }
             }
             Event::Typing { thread_id, user, recipients } => {
@@ -290,9 +293,11 @@ impl Subscriber for Hub {
                 });
             }
             Event::Refused { user, connection, code, detail, client_msg_id } => {
-                let frame = protocol::error(*code, detail, client_msg_id.as_deref());
-                let item = Outgoing::Refused { thread: None, client_msg_id: client_msg_id.clone(), frame };
-                self.to_connection(*user, *connection, item);
+                self.to_connection(*user, *connection, || Outgoing::Refused {
+                    thread: None,
+                    client_msg_id: client_msg_id.clone(),
+                    frame: protocol::error(*code, detail, client_msg_id.as_deref()),
+                });
             }
         }
     }
@@ -351,6 +356,7 @@ impl Drop for HubSlot {
 mod tests {
     use super::*;
     use crate::ws::queue;
+    use tokio_tungstenite::tungstenite::Utf8Bytes;
 
     #[test]
     fn close_all_closes_every_connection_and_any_that_registers_after_it() {
@@ -364,5 +370,25 @@ mod tests {
         let (tx, _rx, after) = queue::queue(4, 1 << 20);
         let _second = hub.register(UserId(2), tx, after.clone()).unwrap();
         assert!(after.is_closed(), "a connection that registers during shutdown is closed at once");
+    }
+
+    #[test]
+    fn an_item_for_one_connection_is_built_only_where_that_connection_is() {
+        let hub = Arc::new(Hub::new(4, &Registry::new()).unwrap());
+        let (tx, mut rx, closer) = queue::queue(4, 1 << 20);
+        let (slot, _) = hub.register(UserId(1), tx, closer).unwrap();
+        let mut built = 0;
+        let mut make = || {
+            built += 1;
+            Outgoing::Frame(Utf8Bytes::from_static(r#"{"type":"pong"}"#))
+        };
+        // A connection of another node (as an ack's is on every node but one), or
+        // the id under another user: nothing is built, nothing is sent.
+        hub.to_connection(UserId(1), ConnectionId(slot.id.0 + 1), &mut make);
+        hub.to_connection(UserId(2), slot.id, &mut make);
+        assert!(rx.try_recv().is_none());
+        hub.to_connection(UserId(1), slot.id, &mut make);
+        assert_eq!(built, 1, "built once, for the connection that is here");
+        assert!(matches!(rx.try_recv(), Some(Outgoing::Frame(_))));
     }
 }
