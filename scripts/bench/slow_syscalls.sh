@@ -40,7 +40,7 @@ for line in open(sys.argv[1]):
         continue
     took, call, fd = float(m.group(1)), m.group(2), m.group(3)
     if took > 3:
-        slow[(call, int(fd))].append(took)
+        slow[(call, fd)].append(took)
     if not files.get(fd, '').endswith('.db'):
         continue
     if call == 'pwrite64' and m.group(4):
@@ -51,7 +51,7 @@ for line in open(sys.argv[1]):
 print(f"reached {run['delivered_per_second']:,.0f} msg/s (traced); the writer's calls over 3 ms in 8 s:")
 for (call, fd), took in sorted(slow.items()):
     took.sort()
-    print(f"  {call}({files.get(str(fd), f'fd {fd}')}): {len(took)}, median {took[len(took) // 2]:.1f} ms, max {took[-1]:.1f} ms, "
+    print(f"  {call}({files.get(fd, f'fd {fd}')}): {len(took)}, median {took[len(took) // 2]:.1f} ms, max {took[-1]:.1f} ms, "
           f"over 10 ms {sum(t > 10 for t in took)}, over 25 ms {sum(t > 25 for t in took)}")
 if checkpoints:
     print(f"the writer's own checkpoints in 8 s: {len(checkpoints)} (the first may have begun before the trace)")
