@@ -57,6 +57,26 @@ mod sqlite {
 
 mod postgres {
     conformance_tests!(super::postgres());
+
+    /// The messages table has no foreign keys (migration 0005): the batch proves each
+    /// message's thread and sender itself.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unknown_sender_is_refused_alone_and_no_row_lacks_its_parent() {
+        let (store, schema) = super::postgres().await;
+        crate::conformance::an_unknown_sender_is_refused_alone_in_its_batch(store).await;
+        let db = sqlx::PgPool::connect(&schema.url()).await.unwrap();
+        let orphans: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM messages m WHERE NOT EXISTS (SELECT 1 FROM threads t WHERE t.id = m.thread_id) \
+             OR (m.sender_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM users u WHERE u.id = m.sender_id)) \
+             OR (m.actor_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM users u WHERE u.id = m.actor_id))",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        assert_eq!(orphans, 0);
+        let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM messages").fetch_one(&db).await.unwrap();
+        assert_eq!(stored, 2, "the known senders' messages are stored");
+    }
 }
 
 mod postgres_repeatable_read {

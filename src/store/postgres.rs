@@ -3,9 +3,10 @@
 //! exactly-once; a batch takes its thread locks in id order so that two nodes'
 //! batches can never deadlock, and is tried again when PostgreSQL aborts it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::PgQueryResult;
@@ -32,6 +33,28 @@ pub type PostgresStore = SqlStore<PostgresBackend>;
 #[derive(Debug, Clone)]
 pub struct PostgresBackend {
     pool: PgPool,
+    careful: Careful,
+}
+
+/// How many batches still look their keys up before inserting, shared by the
+/// node's batches. A batch that met a stored key sets it: a client that resends
+/// (after a reconnect, a node's restart) tends to resend many, and each batch
+/// that meets one otherwise runs twice.
+#[derive(Debug, Clone, Default)]
+struct Careful(Arc<AtomicU32>);
+
+/// Batches that look their keys up after one met a stored key.
+const CAREFUL_BATCHES: u32 = 64;
+
+impl Careful {
+    /// Whether this batch looks its keys up first (and counts it).
+    fn take_one(&self) -> bool {
+        self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok()
+    }
+
+    fn after_repeat(&self) {
+        self.0.store(CAREFUL_BATCHES, Ordering::Relaxed);
+    }
 }
 
 impl Backend for PostgresBackend {
@@ -62,19 +85,28 @@ impl Backend for PostgresBackend {
     }
 
     async fn append_batch(&self, batch: Vec<NewMessage>, events: bool) -> BatchResult {
-        // A deadlock or serialization failure (two nodes' batches waiting on each
-        // other's keys) aborts the whole transaction; nothing was stored, so try again.
+        // Keys are looked up first only for a while after a batch met a stored one
+        // (a client resending after a reconnect): otherwise the lookup costs a
+        // quarter of the batch's time and finds nothing (`docs/benchmarks.md`,
+        // 2026-12-07), and the unique index finds a repeat anyway.
+        let mut look_up = self.careful.take_one();
         let mut attempt = 1;
         loop {
-            match self.append_batch_once(batch.clone(), events).await {
+            match self.append_batch_once(batch.clone(), events, look_up).await {
                 Err(e) if attempt < BATCH_ATTEMPTS && is_transient(&e) => {
                     tracing::warn!(attempt, error = %e, "a batch of messages met a deadlock; retrying");
                     attempt += 1;
                 }
-                // Another node stored one of the batch's keys meanwhile: nothing of this
-                // batch was stored; the next try finds that message and answers with it.
+                // A key of the batch is stored already (by an earlier batch, or by another
+                // node meanwhile): nothing of this batch was stored; the next try looks
+                // the keys up and answers with those messages. Not counted as an attempt
+                // when the keys were not looked up.
                 Err(StoreError::Conflict(index)) if attempt < BATCH_ATTEMPTS && index == "messages_client_msg_id" => {
-                    attempt += 1;
+                    if look_up {
+                        attempt += 1;
+                    }
+                    look_up = true;
+                    self.careful.after_repeat();
                 }
                 other => return other,
             }
@@ -120,7 +152,7 @@ impl PostgresStore {
             })
             .connect_with(options)
             .await?;
-        Ok(Self::new(PostgresBackend { pool }))
+        Ok(Self::new(PostgresBackend { pool, careful: Careful::default() }))
     }
 
     /// Brings the schema up to date; safe to run from several nodes at once (the
@@ -173,6 +205,8 @@ enum Planned {
     Repeat(MessageRecord),
     /// Its key came earlier in the same batch, at this index.
     RepeatOf(usize),
+    /// Its sender is no user: refused alone, the rest of the batch goes on.
+    Stranger,
     New,
 }
 
@@ -183,6 +217,16 @@ const TAKE_SEQS: &str = "WITH v AS (SELECT * FROM UNNEST($1::uuid[], $2::bigint[
      locked AS (SELECT t.id FROM threads t WHERE t.id IN (SELECT id FROM v) ORDER BY t.id FOR UPDATE) \
      UPDATE threads t SET last_seq = t.last_seq + v.n, activity = nextval('thread_activity') \
      FROM v WHERE t.id = v.id AND t.id IN (SELECT id FROM locked) RETURNING t.id, t.last_seq";
+
+/// The batch's senders that are users.
+async fn known_senders(tx: &mut Transaction<'_, Postgres>, batch: &[NewMessage]) -> Result<HashSet<i64>> {
+    let mut senders: Vec<i64> = batch.iter().map(|new| new.sender.0).collect();
+    senders.sort_unstable();
+    senders.dedup();
+    let found: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM users WHERE id = ANY($1)").bind(&senders).fetch_all(&mut **tx).await?;
+    Ok(found.into_iter().collect())
+}
 
 /// The stored messages among a batch's (sender, thread, key)s.
 async fn stored_keys(
@@ -293,20 +337,30 @@ fn is_transient(e: &StoreError) -> bool {
 impl PostgresBackend {
     /// One attempt at [`super::Store::append_messages`]: thread locks in id order (stable, so
     /// one thread's messages keep their order), so batches rarely wait in a cycle.
-    /// One batch in a handful of statements, whatever its size: one read of the keys
-    /// already stored, one update that takes every thread's seqs (its row locks, in
-    /// thread order, serialize the threads across nodes), one multi-row insert. Per
-    /// message, three round trips to the server made a batch of thousands take
-    /// seconds.
-    async fn append_batch_once(&self, batch: Vec<NewMessage>, events: bool) -> BatchResult {
+    /// One batch in a handful of statements, whatever its size: one read of the
+    /// senders (and, when `look_up`, of the keys already stored), one update that
+    /// takes every thread's seqs (its row locks, in thread order, serialize the
+    /// threads across nodes), one multi-row insert. Per message, three round trips
+    /// to the server made a batch of thousands take seconds.
+    ///
+    /// The messages table has no foreign keys (migration 0005): their checks, three
+    /// a row, were half of the insert's time. A message's thread is proved by the
+    /// seq update (a thread that is not there takes no seq, and its locked row
+    /// cannot go; threads are never deleted), its sender by the read of the users.
+    async fn append_batch_once(&self, batch: Vec<NewMessage>, events: bool, look_up: bool) -> BatchResult {
         let mut tx = self.pool.begin().await?;
-        let stored = stored_keys(&mut tx, &batch).await?;
-        // What each message is: a repeat of a stored one, of an earlier one in this
-        // batch, or new (counted per thread).
+        let users = known_senders(&mut tx, &batch).await?;
+        let stored = if look_up { stored_keys(&mut tx, &batch).await? } else { HashMap::new() };
+        // What each message is: from no user, a repeat of a stored one, of an earlier
+        // one in this batch, or new (counted per thread).
         let mut plan: Vec<Planned> = Vec::with_capacity(batch.len());
         let mut first_in_batch: HashMap<(i64, Uuid, &str), usize> = HashMap::new();
         let mut per_thread: BTreeMap<Uuid, i64> = BTreeMap::new();
         for (i, new) in batch.iter().enumerate() {
+            if !users.contains(&new.sender.0) {
+                plan.push(Planned::Stranger);
+                continue;
+            }
             if let Some(shared) = &new.client_msg_id {
                 let k = (new.sender.0, new.thread_id.0, shared.as_str());
                 if let Some(first) = stored.get(&(k.0, k.1, shared.shared())) {
@@ -349,6 +403,7 @@ impl PostgresBackend {
         let mut results = Vec::with_capacity(batch.len());
         for (i, new) in batch.iter().enumerate() {
             results.push(match &plan[i] {
+                Planned::Stranger => Err(StoreError::NotFound("user")),
                 Planned::Repeat(first) => repeated(first.clone(), &new.text),
                 Planned::RepeatOf(earlier) => match &records[*earlier] {
                     Some(first) => repeated(first.clone(), &new.text),
@@ -362,5 +417,21 @@ impl PostgresBackend {
             });
         }
         Ok(results)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CAREFUL_BATCHES, Careful};
+
+    #[test]
+    fn batches_look_keys_up_for_a_while_after_one_met_a_stored_key() {
+        let careful = Careful::default();
+        assert!(!careful.take_one(), "none looks up before any repeat");
+        careful.after_repeat();
+        let shared = careful.clone();
+        let looked = (0..CAREFUL_BATCHES * 2).filter(|_| shared.take_one()).count();
+        assert_eq!(looked, CAREFUL_BATCHES as usize);
+        assert!(!careful.take_one());
     }
 }
