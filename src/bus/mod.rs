@@ -15,6 +15,9 @@ pub use redis::RedisBus;
 /// Where a node's bus delivers events: this node's hub of live connections.
 pub trait Subscriber: Send + Sync + 'static {
     fn deliver(&self, event: &Event);
+    /// An event from another node reached this one `lag` after it was published:
+    /// how late the bus runs now.
+    fn heard_after(&self, _lag: std::time::Duration) {}
     /// The users with a live connection here (to subscribe for after a reconnect).
     fn local_users(&self) -> Vec<UserId>;
     /// Events may have been lost (the bus was down): close every connection with

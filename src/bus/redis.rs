@@ -56,6 +56,18 @@ struct Envelope<E> {
     node: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     event: Option<E>,
+    /// When it was published (milliseconds since the Unix epoch, the publishing
+    /// node's clock): the receiving node learns how late the bus runs. Absent from
+    /// a node older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    at: Option<u64>,
+}
+
+/// The wall clock in milliseconds since the Unix epoch (a clock before 1970 gives 0).
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 enum Interest {
@@ -269,8 +281,9 @@ impl PublishTask {
         let missed: Vec<UserId> = self.missed.lock().unwrap_or_else(PoisonError::into_inner).drain().collect();
         // Serializing these cannot fail in practice; if it did, it is logged (never an
         // empty payload), and an event's recipients are told to sync instead.
+        let at = Some(unix_millis());
         if !missed.is_empty() {
-            match serde_json::to_vec(&Envelope::<&Event> { node: self.node, event: None }) {
+            match serde_json::to_vec(&Envelope::<&Event> { node: self.node, event: None, at }) {
                 Ok(notice) => {
                     for user in &missed {
                         pipe.publish(self.channels.user(*user), notice.as_slice()).ignore();
@@ -280,7 +293,7 @@ impl PublishTask {
             }
         }
         for event in batch {
-            match serde_json::to_vec(&Envelope { node: self.node, event: Some(event) }) {
+            match serde_json::to_vec(&Envelope { node: self.node, event: Some(event), at }) {
                 Ok(payload) => {
                     for user in event.recipients() {
                         pipe.publish(self.channels.user(*user), payload.as_slice()).ignore();
@@ -421,6 +434,10 @@ impl SubscribeTask {
         };
         if envelope.node == self.node {
             return;
+        }
+        if let Some(at) = envelope.at {
+            // A clock behind the publisher's reads as no lag at all.
+            self.subscriber.heard_after(Duration::from_millis(unix_millis().saturating_sub(at)));
         }
         match envelope.event {
             Some(event) => {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
 
 use foldhash::HashMap;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
+use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 
 use super::close;
 use super::order::{Delivery, MessageItem, Outgoing};
@@ -47,6 +47,8 @@ pub(crate) struct WriterMetrics {
     pub(crate) queue_depth: Histogram,
     pub(crate) write_timeouts: IntCounter,
     pub(crate) gap_fills: IntCounter,
+    /// How late the bus runs: a writer holds a gap longer while it is late.
+    pub(crate) bus_lag: Gauge,
 }
 
 /// This node's connections.
@@ -97,6 +99,11 @@ impl Hub {
                     "ws_gap_fills_total",
                     "Gaps in a thread's messages read from the store after a hold ran out (the bus was late or lost them)",
                 )?,
+                bus_lag: Gauge::new(
+                    "bus_lag_seconds",
+                    "How long the last event heard from another node took from its publication to this node \
+                     (as the two nodes' clocks tell)",
+                )?,
             },
         };
         registry.register(Box::new(metrics.connections.clone()))?;
@@ -105,6 +112,7 @@ impl Hub {
         registry.register(Box::new(metrics.writers.queue_depth.clone()))?;
         registry.register(Box::new(metrics.writers.write_timeouts.clone()))?;
         registry.register(Box::new(metrics.writers.gap_fills.clone()))?;
+        registry.register(Box::new(metrics.writers.bus_lag.clone()))?;
         Ok(Self {
             users: RwLock::default(),
             closed_all: AtomicBool::new(false),
@@ -229,6 +237,10 @@ impl Hub {
 }
 
 impl Subscriber for Hub {
+    fn heard_after(&self, lag: std::time::Duration) {
+        self.metrics.writers.bus_lag.set(lag.as_secs_f64());
+    }
+
     fn local_users(&self) -> Vec<UserId> {
         self.users.read().unwrap_or_else(PoisonError::into_inner).keys().copied().collect()
     }

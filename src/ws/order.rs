@@ -28,6 +28,20 @@ use crate::domain::{Message, Seq, ThreadId, UserId};
 /// they are read from the store: well above a cross-node hop through Redis (a
 /// millisecond or two), well below what a person notices.
 pub(crate) const HOLD: Duration = Duration::from_millis(200);
+/// While the bus runs late (a node behind on what Redis sends it), a hold lasts this
+/// many times the bus's lag: the missing message is most likely still on its way,
+/// and reading it from the store for every held connection was more work for a node
+/// already behind. On two nodes under a closed loop, 200 ms holds read ~12,000 gaps
+/// in 20 s on the node that fell behind, which then fell further behind and stored
+/// a third of what the other did (`docs/benchmarks.md`, 2026-12-07).
+const LAG_HOLDS: u32 = 2;
+/// The longest a hold lasts however late the bus runs.
+const MAX_HOLD: Duration = Duration::from_secs(5);
+
+/// How long a hold lasts while the bus's lag is `bus_lag`.
+fn hold_for(bus_lag: Duration) -> Duration {
+    (bus_lag * LAG_HOLDS).clamp(HOLD, MAX_HOLD)
+}
 /// Events held per connection (gaps and a `sync` together); a connection past it
 /// is closed with 1013 and syncs again.
 const MAX_HELD: usize = 8192;
@@ -119,13 +133,26 @@ struct Line {
     reads: Vec<(Seq, Utf8Bytes)>,
 }
 
+/// A thread's hold: since when it waits, and when it is next looked at.
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    since: Instant,
+    until: Instant,
+}
+
+impl Hold {
+    fn from(now: Instant) -> Self {
+        Self { since: now, until: now + HOLD }
+    }
+}
+
 /// The ordering state of one connection.
 #[derive(Debug)]
 pub(crate) struct Sequencer {
     me: UserId,
     lines: HashMap<ThreadId, Line>,
-    /// Threads with held events, and when their hold runs out.
-    deadlines: HashMap<ThreadId, Instant>,
+    /// Threads with held events, and their holds.
+    deadlines: HashMap<ThreadId, Hold>,
     /// Set by a completed `sync`: every thread of the user then has a line, so a
     /// thread without one is new and starts at seq 0. Before it, the first message
     /// seen on a thread sets where it starts.
@@ -244,13 +271,25 @@ impl Sequencer {
 
     /// When the earliest hold runs out, if anything is held.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.values().min().copied()
+        self.deadlines.values().map(|h| h.until).min()
     }
 
     /// The gaps whose hold has run out, to be read from the store and handed to
-    /// [`Sequencer::filled`].
-    pub(crate) fn due(&mut self, now: Instant) -> Vec<Gap> {
-        let due: Vec<ThreadId> = self.deadlines.iter().filter(|(_, at)| **at <= now).map(|(t, _)| *t).collect();
+    /// [`Sequencer::filled`]. `bus_lag` is how late the bus runs now: a hold lasts
+    /// longer while it is late ([`LAG_HOLDS`]).
+    pub(crate) fn due(&mut self, now: Instant, bus_lag: Duration) -> Vec<Gap> {
+        let wait = hold_for(bus_lag);
+        let mut due = Vec::new();
+        for (thread, hold) in &mut self.deadlines {
+            if hold.until > now {
+                continue;
+            }
+            if hold.since + wait > now {
+                hold.until = hold.since + wait;
+            } else {
+                due.push(*thread);
+            }
+        }
         let mut gaps = Vec::with_capacity(due.len());
         for thread in due {
             self.deadlines.remove(&thread);
@@ -342,7 +381,7 @@ impl Sequencer {
             if line.held.insert(seq, item).is_none() {
                 self.held += 1;
             }
-            self.deadlines.entry(thread).or_insert(now + HOLD);
+            self.deadlines.entry(thread).or_insert(Hold::from(now));
         }
         Ok(())
     }
@@ -370,7 +409,7 @@ impl Sequencer {
         }
         line.reads.push((up_to, frame));
         self.held += 1;
-        self.deadlines.entry(thread).or_insert(now + HOLD);
+        self.deadlines.entry(thread).or_insert(Hold::from(now));
         Ok(())
     }
 
@@ -454,7 +493,7 @@ impl Sequencer {
         if let Some(line) = self.lines.get(&thread)
             && (!line.held.is_empty() || !line.reads.is_empty())
         {
-            self.deadlines.entry(thread).or_insert(now + HOLD);
+            self.deadlines.entry(thread).or_insert(Hold::from(now));
         }
     }
 
@@ -544,7 +583,7 @@ mod tests {
         /// Lets every hold run out and fills each gap with `have` (seq → frame tag).
         fn expire(&mut self, store: impl Fn(Gap) -> Vec<MessageItem>) -> Vec<Gap> {
             self.now += HOLD;
-            let gaps = self.order.due(self.now);
+            let gaps = self.order.due(self.now, Duration::ZERO);
             for gap in &gaps {
                 self.order.filled(*gap, store(*gap), self.now, &mut self.out);
             }
@@ -580,6 +619,30 @@ mod tests {
         run.feed(live(t, 2));
         assert_eq!(run.written(), ["live 2", "live 3", "ack 4"]);
         assert_eq!(run.order.next_deadline(), None, "nothing left held");
+    }
+
+    #[test]
+    fn a_hold_lasts_longer_while_the_bus_runs_late_and_the_late_copy_ends_it() {
+        let t = ThreadId::generate();
+        let mut run = Run::new();
+        let since = run.now;
+        run.feed(live(t, 1));
+        run.feed(live(t, 3));
+        run.now += HOLD;
+        let lag = Duration::from_millis(300);
+        assert_eq!(run.order.due(run.now, lag), vec![], "the bus is 300 ms late: not yet");
+        assert_eq!(run.order.next_deadline(), Some(since + lag * LAG_HOLDS));
+        run.feed(live(t, 2));
+        assert_eq!(run.written(), ["live 1", "live 2", "live 3"], "no read from the store");
+        assert_eq!(run.order.next_deadline(), None);
+        // Held again: past twice the lag, the gap is read.
+        run.feed(live(t, 5));
+        run.now += lag * LAG_HOLDS;
+        assert_eq!(run.order.due(run.now, lag), vec![Gap { thread: t, after: Seq(3), before: Seq(5) }]);
+        // However late the bus runs, a hold ends.
+        run.feed(live(t, 7));
+        run.now += MAX_HOLD;
+        assert_eq!(run.order.due(run.now, Duration::from_secs(3600)).len(), 1);
     }
 
     #[test]

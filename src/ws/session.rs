@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Message as WsMessage, Utf8Bytes};
 
 use super::close;
 use super::hub::{AddressSlot, HubSlot, WriterMetrics};
-use super::order::{Delivery, Gap, MessageItem, Outgoing, Sequencer};
+use super::order::{Delivery, Gap, MessageItem, Outgoing, Overflow, Sequencer};
 use super::protocol::{self, FrameError, RawFrame};
 use super::queue::{self, Closer, QueueRx, QueueTx};
 use super::{Socket, WsState};
@@ -539,6 +539,22 @@ async fn starting_order(filler: &Filler<'_>, rx: &mut QueueRx) -> (Sequencer, Ve
     (order, early)
 }
 
+/// Hands the connection's order what is queued, up to a write batch.
+fn accept_queued(
+    order: &mut Sequencer,
+    rx: &mut QueueRx,
+    now: Instant,
+    frames: &mut Vec<Utf8Bytes>,
+) -> Result<(), Overflow> {
+    while frames.len() < WRITE_BATCH {
+        match rx.try_recv() {
+            Some(item) => order.accept(item, now, frames)?,
+            None => break,
+        }
+    }
+    Ok(())
+}
+
 /// Waits for the earliest hold to run out; never, when nothing is held.
 ///
 /// The timer is boxed: a deadline is set only while messages are held for a gap,
@@ -628,7 +644,14 @@ fn write_loop<'a>(
                 _ = ping.tick() => out.push(WsMessage::Ping(Bytes::new())),
                 () = hold_expiry(order.next_deadline()) => {
                     let now = Instant::now();
-                    for gap in order.due(now) {
+                    // What is queued first: a writer woken late may have the missing
+                    // message in its own queue.
+                    if accept_queued(&mut order, &mut rx, now, &mut frames).is_err() {
+                        closer.close(close::TRY_AGAIN, too_slow);
+                        break;
+                    }
+                    let bus_lag = Duration::try_from_secs_f64(metrics.bus_lag.get()).unwrap_or_default();
+                    for gap in order.due(now, bus_lag) {
                         metrics.gap_fills.inc();
                         match Box::pin(filler.read(gap)).await {
                             Ok(items) => order.filled(gap, items, now, &mut frames),
@@ -644,13 +667,8 @@ fn write_loop<'a>(
                     let Some(item) = item else { break };
                     metrics.queue_depth.observe((rx.len() + 1) as f64);
                     let now = Instant::now();
-                    let mut accepted = order.accept(item, now, &mut frames);
-                    while accepted.is_ok() && frames.len() < WRITE_BATCH {
-                        match rx.try_recv() {
-                            Some(item) => accepted = order.accept(item, now, &mut frames),
-                            None => break,
-                        }
-                    }
+                    let accepted =
+                        order.accept(item, now, &mut frames).and_then(|()| accept_queued(&mut order, &mut rx, now, &mut frames));
                     if accepted.is_err() {
                         closer.close(close::TRY_AGAIN, too_slow);
                         break;

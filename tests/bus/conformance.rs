@@ -150,6 +150,20 @@ pub(crate) async fn a_recipient_of_events_a_node_could_not_publish_is_told<C: Lo
 
 /// Stamps every behaviour as a `#[tokio::test]` for `$cluster`; with `lossy`, the
 /// behaviours of nodes that can lose the bus too.
+/// (e) A node learns how late the bus runs from each event another node published
+/// (a writer holds a gap longer while it is late); its own echoes tell it nothing.
+pub(crate) async fn a_node_hears_how_late_other_nodes_events_come<C: LossyCluster>() {
+    let cluster = C::start(2).await;
+    cluster.node(1).watch(ALICE).await;
+    cluster.node(0).watch(ALICE).await;
+    cluster.node(0).publish(1..=20, &[ALICE]);
+    cluster.node(1).subscriber.wait_for_seq(ALICE, 20).await;
+    let lags = cluster.node(1).subscriber.heard().lags.clone();
+    assert_eq!(lags.len(), 20, "one per event heard from the other node");
+    assert!(lags.iter().all(|lag| *lag < WAIT), "{lags:?}");
+    assert!(cluster.node(0).subscriber.heard().lags.is_empty(), "the publisher hears nothing of its own");
+}
+
 macro_rules! bus_conformance_tests {
     ($cluster:ty) => {
         $crate::conformance::bus_conformance_tests!(@tests $cluster; each_recipient_hears_each_event_once_in_publish_order);
@@ -160,6 +174,7 @@ macro_rules! bus_conformance_tests {
             a_node_hears_only_the_users_it_watches,
             a_node_back_on_the_bus_is_told_it_may_have_missed_events,
             a_recipient_of_events_a_node_could_not_publish_is_told,
+            a_node_hears_how_late_other_nodes_events_come,
         );
     };
     (@tests $cluster:ty; $($behaviour:ident),+ $(,)?) => {

@@ -20,6 +20,8 @@ pub(crate) struct Heard {
     pub(crate) all_missed: usize,
     /// Arguments of [`Subscriber::user_missed_events`].
     pub(crate) users_missed: Vec<UserId>,
+    /// Arguments of [`Subscriber::heard_after`].
+    pub(crate) lags: Vec<Duration>,
 }
 
 impl Heard {
@@ -90,6 +92,10 @@ impl Recorder {
 impl Subscriber for Recorder {
     fn deliver(&self, event: &Event) {
         self.heard.send_modify(|h| h.events.push(event.clone()));
+    }
+
+    fn heard_after(&self, lag: Duration) {
+        self.heard.send_modify(|h| h.lags.push(lag));
     }
 
     fn local_users(&self) -> Vec<UserId> {
