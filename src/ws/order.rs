@@ -42,6 +42,7 @@ const MAX_HOLD: Duration = Duration::from_secs(5);
 fn hold_for(bus_lag: Duration) -> Duration {
     (bus_lag * LAG_HOLDS).clamp(HOLD, MAX_HOLD)
 }
+
 /// Events held per connection (gaps and a `sync` together); a connection past it
 /// is closed with 1013 and syncs again.
 const MAX_HELD: usize = 8192;
