@@ -148,8 +148,6 @@ pub(crate) async fn a_recipient_of_events_a_node_could_not_publish_is_told<C: Lo
     assert!(!node.subscriber.heard().users_missed.contains(&BOB), "Bob missed nothing");
 }
 
-/// Stamps every behaviour as a `#[tokio::test]` for `$cluster`; with `lossy`, the
-/// behaviours of nodes that can lose the bus too.
 /// (e) A node learns how late the bus runs from each event another node published
 /// (a writer holds a gap longer while it is late); its own echoes tell it nothing.
 pub(crate) async fn a_node_hears_how_late_other_nodes_events_come<C: LossyCluster>() {
@@ -164,6 +162,8 @@ pub(crate) async fn a_node_hears_how_late_other_nodes_events_come<C: LossyCluste
     assert!(cluster.node(0).subscriber.heard().lags.is_empty(), "the publisher hears nothing of its own");
 }
 
+/// Stamps every behaviour as a `#[tokio::test]` for `$cluster`; with `lossy`, the
+/// behaviours of nodes that can lose the bus too.
 macro_rules! bus_conformance_tests {
     ($cluster:ty) => {
         $crate::conformance::bus_conformance_tests!(@tests $cluster; each_recipient_hears_each_event_once_in_publish_order);
