@@ -27,22 +27,13 @@ loadgen=${LOADGEN:-target/release/confab-loadgen}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 port=9600
+# shellcheck source=two_nodes_start.sh
+source scripts/bench/two_nodes_start.sh
 
 # Two nodes on PostgreSQL and Redis; prints the load's JSON line.
 two_nodes() { # binary
-    psql -q -h 127.0.0.1 -U postgres -d test -c "DROP DATABASE IF EXISTS bench" -c "CREATE DATABASE bench"
-    local nodes=() bases=()
-    for node in 1 2; do
-        port=$((port + 1))
-        # Two nodes share the machine's cores: one worker thread each.
-        CONFAB_WORKER_THREADS=1 "$1" serve --listen "127.0.0.1:$port" --data-dir "$work/data-$port" \
-            --database-url postgres://postgres@127.0.0.1:5432/bench --redis-url redis://127.0.0.1:6379 \
-            --redis-prefix bench --jwt-secret 0123456789abcdef0123456789abcdef0123 \
-            --rate-limit 1000000 --rate-burst 1000000 --signin-attempts-per-minute 1000000 \
-            >"$work/server-$port.log" 2>&1 &
-        nodes+=($!) bases+=("http://127.0.0.1:$port")
-        for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
-    done
+    start_two_nodes "$1" $((port + 1)) "$work"
+    port=$((port + 2))
     "$loadgen" pairs --base "${bases[0]},${bases[1]}" --warmup 5 --seconds "${ARG1:-20}" --json 2>/dev/null
     kill "${nodes[@]}"
     wait "${nodes[@]}" 2>/dev/null || true

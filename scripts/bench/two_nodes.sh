@@ -35,18 +35,9 @@ loadgen=${LOADGEN:-target/release/confab-loadgen}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
-psql_test -qc "DROP DATABASE IF EXISTS bench" -c "CREATE DATABASE bench"
-nodes=() bases=()
-for port in 9701 9702; do
-    # Two nodes share the machine's cores: one worker thread each.
-    CONFAB_WORKER_THREADS=1 "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/data-$port" \
-        --database-url postgres://postgres@127.0.0.1:5432/bench --redis-url redis://127.0.0.1:6379 \
-        --redis-prefix bench --jwt-secret 0123456789abcdef0123456789abcdef0123 \
-        --rate-limit 1000000 --rate-burst 1000000 --signin-attempts-per-minute 1000000 \
-        >"$work/server-$port.log" 2>&1 &
-    nodes+=($!) bases+=("http://127.0.0.1:$port")
-    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
-done
+# shellcheck source=two_nodes_start.sh
+source scripts/bench/two_nodes_start.sh
+start_two_nodes "$bin" 9701 "$work"
 if [ -n "$sql" ]; then psql -q -h 127.0.0.1 -U postgres -d bench -c "$sql"; fi
 psql_test -qAtc "SELECT pg_stat_statements_reset()" >/dev/null
 
