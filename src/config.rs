@@ -460,6 +460,9 @@ pub struct Limits {
     pub workflow_burst: u32,
     /// Password guessing: attempts per address, failures per account.
     pub sign_in: SignInLimits,
+    /// Sends waiting for the committer; past this, senders wait (back-pressure).
+    /// The default is two of the committer's largest batches.
+    pub send_queue: usize,
 }
 
 impl Limits {
@@ -471,6 +474,7 @@ impl Limits {
         workflows_per_minute: 30,
         workflow_burst: 60,
         sign_in: SignInLimits::DEFAULT,
+        send_queue: 8192,
     };
 }
 
@@ -608,6 +612,7 @@ impl From<&ServeArgs> for Config {
                     failures_per_account: a.signin_failures_per_account.max(1),
                     failure_window: Duration::from_secs(a.signin_failure_window.max(1)),
                 },
+                ..Limits::DEFAULT
             },
             max_body_bytes: a.max_body_bytes,
             http: HttpLimits {

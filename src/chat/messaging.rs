@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::committer::{Job, Reply, SendJob};
 use super::members::ThreadMembers;
@@ -46,6 +46,41 @@ impl PreparedSend {
     pub fn client_msg_id(&self) -> Option<Arc<str>> {
         self.new.client_msg_id.as_ref().map(ClientMsgId::shared)
     }
+
+    /// The committer's job for it, acknowledged on `connection`.
+    fn acked_on(self, connection: ConnectionId) -> Job {
+        let ack = Ack { user: self.new.sender, connection, client_msg_id: self.client_msg_id() };
+        Job::Send(SendJob { new: self.new, members: self.members, reply: Reply::Connection(ack) })
+    }
+}
+
+/// How far [`Chat::prepare_send_now`] got.
+#[derive(Debug)]
+pub enum Preparing {
+    /// Every check passed: ready to submit.
+    Ready(PreparedSend),
+    /// Every check passed but the thread's, which needs the store
+    /// ([`Chat::finish_prepare`]).
+    Pending(PendingSend),
+}
+
+/// A send whose thread or members are not cached yet.
+#[derive(Debug)]
+pub struct PendingSend {
+    sender: UserId,
+    target: SendTarget,
+    text: String,
+    client_msg_id: Option<ClientMsgId>,
+}
+
+/// `members` when `user` is one of them; outsiders are never told that a thread exists.
+fn member_of(members: Arc<ThreadMembers>, user: UserId) -> Result<Arc<ThreadMembers>> {
+    if members.contains(user) { Ok(members) } else { Err(Error::not_found("thread")) }
+}
+
+/// A send refused because the committer is gone: the server is stopping.
+fn shutting_down() -> Error {
+    Error::rejected(ErrorCode::Unavailable, "the server is shutting down; send again")
 }
 
 /// A page of the inbox and the cursor of the page after it (`None` on the last).
@@ -88,7 +123,7 @@ impl Chat {
                 self.members.insert(thread, users)
             }
         };
-        if members.contains(user) { Ok(members) } else { Err(Error::not_found("thread")) }
+        member_of(members, user)
     }
 
     fn check_rate(&self, user: &User) -> Result<()> {
@@ -113,22 +148,64 @@ impl Chat {
         text: String,
         client_msg_id: Option<&str>,
     ) -> Result<PreparedSend> {
+        match self.prepare_send_now(sender, target, text, client_msg_id)? {
+            Preparing::Ready(prepared) => Ok(prepared),
+            Preparing::Pending(pending) => self.finish_prepare(pending).await,
+        }
+    }
+
+    /// [`Chat::prepare_send`] as far as it goes without the store: all of it when
+    /// the thread and its members are cached, as they are for every send but a
+    /// pair's or a thread's first. A WebSocket send that ends here costs its
+    /// connection no future (`ws::session`).
+    ///
+    /// # Errors
+    /// Those of [`Chat::prepare_send`]; a `Pending` send has passed all but the
+    /// thread's.
+    pub fn prepare_send_now(
+        &self,
+        sender: &User,
+        target: SendTarget,
+        text: String,
+        client_msg_id: Option<&str>,
+    ) -> Result<Preparing> {
         self.check_rate(sender)?;
         let text = MessageText::parse(text, self.limits.max_text_chars)?.into_inner();
         let client_msg_id = client_msg_id.map(ClientMsgId::parse).transpose()?;
         let thread_id = match target {
+            SendTarget::Thread(id) => Some(id),
+            SendTarget::Recipient(to) => self.members.direct(sender.id, to),
+        };
+        let sender = sender.id;
+        match thread_id.and_then(|id| Some((id, self.members.get(id)?))) {
+            Some((thread_id, members)) => {
+                let members = member_of(members, sender)?;
+                Ok(Preparing::Ready(PreparedSend {
+                    new: NewMessage { thread_id, sender, text, client_msg_id },
+                    members,
+                }))
+            }
+            None => Ok(Preparing::Pending(PendingSend { sender, target, text, client_msg_id })),
+        }
+    }
+
+    /// The rest of [`Chat::prepare_send`]: the thread and its members, read from
+    /// the store.
+    ///
+    /// # Errors
+    /// `not_found` for a thread the sender is not in or an unknown recipient.
+    pub async fn finish_prepare(&self, pending: PendingSend) -> Result<PreparedSend> {
+        let PendingSend { sender, target, text, client_msg_id } = pending;
+        let thread_id = match target {
             SendTarget::Thread(id) => id,
             SendTarget::Recipient(to) => self.direct_thread_with(sender, to).await?,
         };
-        let members = self.members_for(thread_id, sender.id).await?;
-        Ok(PreparedSend { new: NewMessage { thread_id, sender: sender.id, text, client_msg_id }, members })
+        let members = self.members_for(thread_id, sender).await?;
+        Ok(PreparedSend { new: NewMessage { thread_id, sender, text, client_msg_id }, members })
     }
 
     pub(super) async fn enqueue(&self, job: Job) -> Result<()> {
-        self.sends
-            .send(job)
-            .await
-            .map_err(|_| Error::rejected(ErrorCode::Unavailable, "the server is shutting down; send again"))
+        self.sends.send(job).await.map_err(|_| shutting_down())
     }
 
     /// Stores a message and delivers it to every participant's connections; it is
@@ -147,7 +224,7 @@ impl Chat {
         let PreparedSend { new, members } = self.prepare_send(sender, target, text, client_msg_id.as_deref()).await?;
         let (tx, rx) = oneshot::channel();
         self.enqueue(Job::Send(SendJob { new, members, reply: Reply::Caller(tx) })).await?;
-        rx.await.map_err(|_| Error::rejected(ErrorCode::Unavailable, "the server is shutting down; send again"))?
+        rx.await.map_err(|_| shutting_down())?
     }
 
     /// Queues a message sent over a WebSocket. Once stored, the sending connection
@@ -158,10 +235,22 @@ impl Chat {
     /// # Errors
     /// `unavailable` when the server is shutting down.
     pub async fn submit_message(&self, prepared: PreparedSend, connection: ConnectionId) -> Result<()> {
-        let PreparedSend { new, members } = prepared;
-        let client_msg_id = new.client_msg_id.as_ref().map(ClientMsgId::shared);
-        let ack = Ack { user: new.sender, connection, client_msg_id };
-        self.enqueue(Job::Send(SendJob { new, members, reply: Reply::Connection(ack) })).await
+        self.enqueue(prepared.acked_on(connection)).await
+    }
+
+    /// [`Chat::submit_message`] without waiting: `Ok(Some(prepared))` gives the send
+    /// back when the committer's queue is full, for `submit_message` to wait for room.
+    ///
+    /// # Errors
+    /// `unavailable` when the server is shutting down.
+    pub fn try_submit_message(&self, prepared: PreparedSend, connection: ConnectionId) -> Result<Option<PreparedSend>> {
+        let permit = match self.sends.try_reserve() {
+            Ok(permit) => permit,
+            Err(mpsc::error::TrySendError::Full(())) => return Ok(Some(prepared)),
+            Err(mpsc::error::TrySendError::Closed(())) => return Err(shutting_down()),
+        };
+        permit.send(prepared.acked_on(connection));
+        Ok(None)
     }
 
     /// Tells the other participants that `user` is typing.
@@ -176,22 +265,22 @@ impl Chat {
     }
 
     /// The direct thread of `sender` and `to`, created (with no system message) if needed.
-    async fn direct_thread_with(&self, sender: &User, to: UserId) -> Result<ThreadId> {
-        if to == sender.id {
+    async fn direct_thread_with(&self, sender: UserId, to: UserId) -> Result<ThreadId> {
+        if to == sender {
             return Err(Error::validation("you cannot message yourself"));
         }
-        if let Some(id) = self.members.direct(sender.id, to) {
+        if let Some(id) = self.members.direct(sender, to) {
             return Ok(id);
         }
-        let id = match self.store().direct_thread(sender.id, to).await? {
+        let id = match self.store().direct_thread(sender, to).await? {
             Some(id) => id,
             None => {
                 self.store().user(to).await?.ok_or_else(|| Error::not_found("recipient"))?;
-                let open = OpenThread { key: ThreadKey::Direct { a: sender.id, b: to }, first_message: None };
+                let open = OpenThread { key: ThreadKey::Direct { a: sender, b: to }, first_message: None };
                 self.store().open_thread(open).await?.thread_id
             }
         };
-        self.members.remember_direct(sender.id, to, id);
+        self.members.remember_direct(sender, to, id);
         Ok(id)
     }
 

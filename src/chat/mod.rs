@@ -27,7 +27,7 @@ use crate::store::{Store, StoreError};
 
 pub use accounts::Registration;
 pub use host::{HostJob, HostUser};
-pub use messaging::{Inbox, PreparedSend, SendTarget, Sent, SyncPlan, UnreadTotals};
+pub use messaging::{Inbox, PendingSend, PreparedSend, Preparing, SendTarget, Sent, SyncPlan, UnreadTotals};
 pub(crate) use throttle::client_key;
 pub use workflows::{Opening, ProposalSubmitted};
 
@@ -35,9 +35,6 @@ use committer::{CommitMetrics, Job};
 use members::Members;
 use rate::RateLimiter;
 use throttle::SignInThrottle;
-
-/// Sends waiting for the committer; past this, senders wait (back-pressure).
-const SEND_QUEUE: usize = 8192;
 
 /// The application's use-cases over a store and a bus.
 #[derive(Clone)]
@@ -70,7 +67,7 @@ impl Chat {
     pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, limits: Limits) -> std::io::Result<Self> {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let hasher = Hasher::start(cores)?;
-        let (sends, jobs) = mpsc::channel(SEND_QUEUE);
+        let (sends, jobs) = mpsc::channel(limits.send_queue.max(1));
         let stop = CancellationToken::new();
         let metrics = CommitMetrics::new().map_err(std::io::Error::other)?;
         let task = committer::spawn(store.clone(), bus.clone(), jobs, stop.clone(), metrics.clone());

@@ -301,10 +301,11 @@ impl QueueRx {
         }
     }
 
-    /// Gives the queue's memory back if it is empty: an idle connection holds none.
-    pub(crate) fn shrink(&mut self) {
+    /// Gives the queue's memory back if it is empty and holds room for more than
+    /// `keep` items: an idle connection holds none.
+    pub(crate) fn shrink(&mut self, keep: usize) {
         let mut state = self.shared.lock();
-        if state.items.is_empty() && state.items.capacity() > 0 {
+        if state.items.is_empty() && state.items.capacity() > keep {
             state.items = VecDeque::new();
         }
     }
@@ -366,10 +367,14 @@ mod tests {
         }
         while rx.try_recv().is_some() {}
         rx.written();
-        rx.shrink();
+        rx.shrink(16);
         assert_eq!(tx.shared.lock().items.capacity(), 0, "given back once drained");
         assert!(tx.try_send(frame(10)).is_ok());
-        rx.shrink();
+        assert!(rx.try_recv().is_some());
+        rx.shrink(16);
+        assert!(tx.shared.lock().items.capacity() > 0, "a busy connection's small queue keeps its room");
+        assert!(tx.try_send(frame(10)).is_ok());
+        rx.shrink(0);
         assert_eq!(rx.len(), 1, "a queue that holds items is not shrunk");
     }
 

@@ -4,6 +4,7 @@
 //! order, each once (see `order`), reading from the store the gaps the bus does
 //! not fill.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,7 @@ use super::queue::{self, Closer, QueueRx, QueueTx};
 use super::{Socket, WsState};
 use crate::auth::jwt::CLOCK_LEEWAY;
 use crate::bus::ConnectionId;
-use crate::chat::{self, SendTarget};
+use crate::chat::{self, PendingSend, PreparedSend, Preparing, SendTarget};
 use crate::domain::{Cursor, ErrorCode, Seq, ThreadId, Timestamp, User, UserId, error_chain};
 use crate::server::ConnectionSlot;
 
@@ -31,6 +32,13 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames written per wakeup before a flush: enough to batch a burst into few
 /// syscalls, few enough that one flush is never huge.
 const WRITE_BATCH: usize = 128;
+/// Frames a busy connection's writer keeps room for between batches (in its
+/// queue and its two buffers): without it, every batch grew them again from
+/// nothing, a handful of allocations a batch.
+const KEPT: usize = 16;
+/// A connection whose last item came longer ago than this is idle: its next write
+/// (a ping at the latest) gives its buffers back.
+const BUSY_FOR: Duration = Duration::from_secs(1);
 /// How long a new connection waits for the bus to subscribe for its user.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(3);
 /// A deadline beyond any token's life.
@@ -217,6 +225,16 @@ struct Session<'a> {
     typing_sent: HashMap<ThreadId, Instant>,
 }
 
+/// A frame's handling that waits: the store, a token check, room in a queue.
+enum Later<'t> {
+    /// Any frame but a `message`.
+    Frame(RawFrame<'t>),
+    /// A send whose thread is not cached, with its key.
+    Prepare(PendingSend, Option<Cow<'t, str>>),
+    /// A send that waits for room in the committer's queue; its `Expect` is queued.
+    Submit(PreparedSend, Option<Cow<'t, str>>),
+}
+
 impl Session<'_> {
     /// Reads frames until the connection ends; true when the client closed it.
     async fn read_loop(
@@ -246,9 +264,14 @@ impl Session<'_> {
             match frame {
                 // The client is silent from the end of the work it asked for: a `sync`
                 // slower than the idle timeout does not make it look idle.
-                // Boxed (one allocation per frame): handling a frame is most of this
-                // future's size, and an idle connection is not handling one.
-                Some(Ok(WsMessage::Text(text))) => Box::pin(self.handle(text.as_str())).await,
+                // What needs no wait (most sends) is handled at once; the rest is boxed:
+                // waiting on it is most of this future's size, and an idle connection
+                // is not handling a frame.
+                Some(Ok(WsMessage::Text(text))) => {
+                    if let Some(later) = self.handle_now(text.as_str()) {
+                        Box::pin(self.handle_later(later)).await;
+                    }
+                }
                 Some(Ok(WsMessage::Binary(_))) => self.error(
                     ErrorCode::ValidationFailed,
                     "binary frames are not supported; send JSON text frames",
@@ -312,15 +335,50 @@ impl Session<'_> {
         self.error(e.code(), &e.detail(), client_msg_id);
     }
 
-    async fn handle(&mut self, text: &str) {
-        let frame = match protocol::parse(text) {
+    /// Handles a frame as far as it can without waiting: all of a `message` whose
+    /// thread is cached while the committer's queue has room. What is left is
+    /// returned for [`Session::handle_later`].
+    fn handle_now<'t>(&mut self, text: &'t str) -> Option<Later<'t>> {
+        let mut frame = match protocol::parse(text) {
             Ok(frame) => frame,
             Err(FrameError { code, detail, client_msg_id }) => {
-                return self.error(code, &detail, client_msg_id.as_deref());
+                self.error(code, &detail, client_msg_id.as_deref());
+                return None;
             }
         };
+        if frame.kind.as_deref() != Some("message") {
+            return Some(Later::Frame(frame));
+        }
+        let key = frame.client_msg_id.take();
+        let (target, text) = self.message_fields(frame, key.as_deref())?;
+        let chat = &self.state.chat;
+        match chat.prepare_send_now(self.user, target, text, key.as_deref()) {
+            Ok(Preparing::Ready(prepared)) => self.submit_now(prepared, key),
+            Ok(Preparing::Pending(pending)) => Some(Later::Prepare(pending, key)),
+            Err(e) => {
+                self.refused(&e, key.as_deref());
+                None
+            }
+        }
+    }
+
+    /// What [`Session::handle_now`] left: the frames that wait for the store, a
+    /// token check or room.
+    async fn handle_later(&mut self, later: Later<'_>) {
+        let frame = match later {
+            Later::Frame(frame) => frame,
+            Later::Prepare(pending, key) => match self.state.chat.finish_prepare(pending).await {
+                Ok(prepared) => {
+                    if let Some(Later::Submit(prepared, key)) = self.submit_now(prepared, key) {
+                        self.submit(prepared, key).await;
+                    }
+                    return;
+                }
+                Err(e) => return self.refused(&e, key.as_deref()),
+            },
+            Later::Submit(prepared, key) => return self.submit(prepared, key).await,
+        };
         match frame.kind.as_deref() {
-            Some("message") => self.message(frame).await,
             Some("typing") => {
                 let Some(thread) = self.thread_field(frame.thread_id.as_deref(), None) else { return };
                 // A typing indicator says "still typing" for seconds; more often is noise.
@@ -372,37 +430,56 @@ impl Session<'_> {
         }
     }
 
-    async fn message(&mut self, frame: RawFrame<'_>) {
-        let key = frame.client_msg_id.as_deref();
+    /// A `message` frame's target and text; `None` when it lacks them (the
+    /// client is told).
+    fn message_fields(&self, frame: RawFrame<'_>, key: Option<&str>) -> Option<(SendTarget, String)> {
         let target = match (frame.thread_id.as_deref(), frame.recipient_id) {
             (Some(_), Some(_)) => {
-                return self.error(ErrorCode::ValidationFailed, "give thread_id or recipient_id, not both", key);
+                self.error(ErrorCode::ValidationFailed, "give thread_id or recipient_id, not both", key);
+                return None;
             }
             (None, None) => {
-                return self.error(ErrorCode::ValidationFailed, "missing field `thread_id` or `recipient_id`", key);
+                self.error(ErrorCode::ValidationFailed, "missing field `thread_id` or `recipient_id`", key);
+                return None;
             }
-            (Some(raw), None) => match self.thread_field(Some(raw), key) {
-                Some(id) => SendTarget::Thread(id),
-                None => return,
-            },
+            (Some(raw), None) => SendTarget::Thread(self.thread_field(Some(raw), key)?),
             (None, Some(to)) => match UserId::parse(to, "recipient_id") {
                 Ok(to) => SendTarget::Recipient(to),
-                Err(e) => return self.error(ErrorCode::ValidationFailed, e.detail(), key),
+                Err(e) => {
+                    self.error(ErrorCode::ValidationFailed, e.detail(), key);
+                    return None;
+                }
             },
         };
         let Some(text) = frame.text else {
-            return self.error(ErrorCode::ValidationFailed, "missing field `text`", key);
+            self.error(ErrorCode::ValidationFailed, "missing field `text`", key);
+            return None;
         };
-        let chat = &self.state.chat;
-        let prepared = match chat.prepare_send(self.user, target, text, key).await {
-            Ok(prepared) => prepared,
-            Err(e) => return self.refused(&e, key),
-        };
+        Some((target, text))
+    }
+
+    /// Queues a prepared send if the committer has room; else it is left for
+    /// [`Session::submit`].
+    fn submit_now<'t>(&self, prepared: PreparedSend, key: Option<Cow<'t, str>>) -> Option<Later<'t>> {
         // Before the send is queued, so the writer knows of it before its ack can come.
         let (thread, shared) = (prepared.thread_id(), prepared.client_msg_id());
         self.push(Outgoing::Expect { thread, client_msg_id: shared.clone() });
-        if let Err(e) = chat.submit_message(prepared, self.connection).await {
-            let frame = protocol::error(e.code(), &e.detail(), key);
+        match self.state.chat.try_submit_message(prepared, self.connection) {
+            Ok(None) => None,
+            Ok(Some(prepared)) => Some(Later::Submit(prepared, key)),
+            Err(e) => {
+                let frame = protocol::error(e.code(), &e.detail(), key.as_deref());
+                self.push(Outgoing::Refused { thread: Some(thread), client_msg_id: shared, frame });
+                None
+            }
+        }
+    }
+
+    /// Queues a prepared send whose `Expect` is queued, waiting for room.
+    async fn submit(&self, prepared: PreparedSend, key: Option<Cow<'_, str>>) {
+        let (thread, shared) = (prepared.thread_id(), prepared.client_msg_id());
+        if let Err(e) = self.state.chat.submit_message(prepared, self.connection).await {
+            let frame = protocol::error(e.code(), &e.detail(), key.as_deref());
             self.push(Outgoing::Refused { thread: Some(thread), client_msg_id: shared, frame });
         }
     }
@@ -623,10 +700,12 @@ fn write_loop<'a>(
         let too_slow = "too slow to keep up; reconnect and sync";
         let (mut order, early) = starting_order(filler, &mut rx).await;
         let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
-        // Grown on demand and given back when the queue runs dry: an idle connection
-        // keeps no batch buffers (they were most of its memory).
+        // Grown on demand. A busy connection keeps room for `KEPT` frames from batch
+        // to batch; an idle one gives them back by its next ping, so it keeps no batch
+        // buffers (they were most of its memory).
         let mut frames = Vec::new();
         let mut out = Vec::new();
+        let mut last_item = Instant::now();
         let now = Instant::now();
         for item in early {
             if order.accept(item, now, &mut frames).is_err() {
@@ -667,6 +746,7 @@ fn write_loop<'a>(
                     let Some(item) = item else { break };
                     metrics.queue_depth.observe((rx.len() + 1) as f64);
                     let now = Instant::now();
+                    last_item = now;
                     let accepted =
                         order.accept(item, now, &mut frames).and_then(|()| accept_queued(&mut order, &mut rx, now, &mut frames));
                     if accepted.is_err() {
@@ -688,9 +768,15 @@ fn write_loop<'a>(
                 break;
             }
             if rx.is_empty() {
-                frames.shrink_to(0);
-                out.shrink_to(0);
-                rx.shrink();
+                // What a burst grew is given back at once, the rest once idle.
+                let keep = if last_item.elapsed() < BUSY_FOR { KEPT } else { 0 };
+                if frames.capacity() > keep {
+                    frames = Vec::new();
+                }
+                if out.capacity() > keep {
+                    out = Vec::new();
+                }
+                rx.shrink(keep);
             }
         }
         Box::pin(finish(&mut sink, &mut rx, order, frames, closer)).await;

@@ -786,3 +786,47 @@ async fn a_sync_loop_is_paced_one_sync_per_interval() {
     assert!(synced[2] >= Duration::from_secs(2), "then one a second: {synced:?}");
     ws.assert_nothing_pending().await;
 }
+
+#[tokio::test]
+async fn sends_past_a_full_committer_queue_wait_for_room_and_are_all_stored_and_acked_in_order() {
+    let app = TestApp::spawn_with(|c| {
+        c.limits.send_queue = 4;
+        c.limits.messages_per_second = 1_000;
+        c.limits.message_burst = 1_000;
+    })
+    .await;
+    let (alice, bob) = pair(&app).await;
+    let thread = app.hire(&alice, &bob).await;
+    let mut a = app.ws(&alice).await;
+
+    // Another connection holds SQLite's write lock: the committer's first batch
+    // waits for it, and the sends behind it fill the queue of 4.
+    let db = rusqlite::Connection::open(app.data_dir.join("confab.db")).expect("the database opens");
+    db.execute_batch("BEGIN IMMEDIATE").expect("the write lock");
+    for i in 0..40 {
+        a.send(
+            json!({"type": "message", "thread_id": thread, "text": format!("m{i}"), "client_msg_id": format!("k-{i}")}),
+        )
+        .await;
+    }
+    a.send(json!({"type": "ping"})).await;
+    let early = tokio::time::timeout(Duration::from_millis(500), a.next()).await;
+    assert!(early.is_err(), "the connection waits for room and reads no frame meanwhile: {early:?}");
+
+    db.execute_batch("ROLLBACK").expect("the write lock released");
+    // The pong answers a frame read once the last send was queued, not stored, so
+    // it may come before the last acks.
+    let (mut keys, mut pong) = (Vec::new(), false);
+    while keys.len() < 40 || !pong {
+        let event = a.next().await;
+        match event["type"].as_str() {
+            Some("message_ack") => keys.push(event["client_msg_id"].as_str().unwrap().to_owned()),
+            Some("pong") => pong = true,
+            _ => panic!("only acks and the pong: {event}"),
+        }
+    }
+    let sent: Vec<String> = (0..40).map(|i| format!("k-{i}")).collect();
+    assert_eq!(keys, sent, "every send acked once, in the order sent");
+    let stored = app.seqs(&bob, &thread).await;
+    assert_eq!(stored, (1..=41).collect::<Vec<_>>(), "the hire's message and the 40");
+}
