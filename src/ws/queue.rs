@@ -301,11 +301,10 @@ impl QueueRx {
         }
     }
 
-    /// Gives the queue's memory back if it is empty and holds room for more than
-    /// `keep` items: an idle connection holds none.
-    pub(crate) fn shrink(&mut self, keep: usize) {
+    /// Gives the queue's memory back if it is empty: an idle connection holds none.
+    pub(crate) fn shrink(&mut self) {
         let mut state = self.shared.lock();
-        if state.items.is_empty() && state.items.capacity() > keep {
+        if state.items.is_empty() && state.items.capacity() > 0 {
             state.items = VecDeque::new();
         }
     }
@@ -367,14 +366,10 @@ mod tests {
         }
         while rx.try_recv().is_some() {}
         rx.written();
-        rx.shrink(16);
+        rx.shrink();
         assert_eq!(tx.shared.lock().items.capacity(), 0, "given back once drained");
         assert!(tx.try_send(frame(10)).is_ok());
-        assert!(rx.try_recv().is_some());
-        rx.shrink(16);
-        assert!(tx.shared.lock().items.capacity() > 0, "a busy connection's small queue keeps its room");
-        assert!(tx.try_send(frame(10)).is_ok());
-        rx.shrink(0);
+        rx.shrink();
         assert_eq!(rx.len(), 1, "a queue that holds items is not shrunk");
     }
 

@@ -32,13 +32,6 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames written per wakeup before a flush: enough to batch a burst into few
 /// syscalls, few enough that one flush is never huge.
 const WRITE_BATCH: usize = 128;
-/// Frames a busy connection's writer keeps room for between batches (in its
-/// queue and its two buffers): without it, every batch grew them again from
-/// nothing, a handful of allocations a batch.
-const KEPT: usize = 16;
-/// A connection whose last item came longer ago than this is idle: its next write
-/// (a ping at the latest) gives its buffers back.
-const BUSY_FOR: Duration = Duration::from_secs(1);
 /// How long a new connection waits for the bus to subscribe for its user.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(3);
 /// A deadline beyond any token's life.
@@ -700,12 +693,12 @@ fn write_loop<'a>(
         let too_slow = "too slow to keep up; reconnect and sync";
         let (mut order, early) = starting_order(filler, &mut rx).await;
         let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
-        // Grown on demand. A busy connection keeps room for `KEPT` frames from batch
-        // to batch; an idle one gives them back by its next ping, so it keeps no batch
-        // buffers (they were most of its memory).
+        // Grown on demand and given back when the queue runs dry: an idle connection
+        // keeps no batch buffers (they were most of its memory). Keeping them while
+        // the connection is busy broke the memory target: see `docs/benchmarks.md`,
+        // 2026-12-07, eleventh session.
         let mut frames = Vec::new();
         let mut out = Vec::new();
-        let mut last_item = Instant::now();
         let now = Instant::now();
         for item in early {
             if order.accept(item, now, &mut frames).is_err() {
@@ -746,7 +739,6 @@ fn write_loop<'a>(
                     let Some(item) = item else { break };
                     metrics.queue_depth.observe((rx.len() + 1) as f64);
                     let now = Instant::now();
-                    last_item = now;
                     let accepted =
                         order.accept(item, now, &mut frames).and_then(|()| accept_queued(&mut order, &mut rx, now, &mut frames));
                     if accepted.is_err() {
@@ -768,15 +760,9 @@ fn write_loop<'a>(
                 break;
             }
             if rx.is_empty() {
-                // What a burst grew is given back at once, the rest once idle.
-                let keep = if last_item.elapsed() < BUSY_FOR { KEPT } else { 0 };
-                if frames.capacity() > keep {
-                    frames = Vec::new();
-                }
-                if out.capacity() > keep {
-                    out = Vec::new();
-                }
-                rx.shrink(keep);
+                frames.shrink_to(0);
+                out.shrink_to(0);
+                rx.shrink();
             }
         }
         Box::pin(finish(&mut sink, &mut rx, order, frames, closer)).await;
