@@ -16,12 +16,8 @@ cd "$(dirname "$0")/../.."
 bin=${1:-target/release}
 shift || true
 port=${PORT:-9740}
-libc=$(ldd "$bin/confab" | awk '/libc.so.6/ {print $3}')
-[ -e /sys/kernel/tracing/README ] || mount -t tracefs nodev /sys/kernel/tracing
-perf probe -q -x "$libc" --add 'mallocsz=malloc bytes=%di:u64' 2>/dev/null || true
-perf probe -q -x "$libc" --add 'reallocsz=realloc bytes=%si:u64' 2>/dev/null || true
-probes=$(perf list 2>/dev/null)
-[[ $probes == *"probe_libc:mallocsz "* ]] || { echo "perf probe on malloc failed (root? tracefs?)" >&2; exit 1; }
+source scripts/bench/probes.sh
+libc_probes "$bin" 'mallocsz=malloc bytes=%di:u64' 'reallocsz=realloc bytes=%si:u64'
 
 source scripts/bench/window.sh
 start_window "$bin" "$@"

@@ -12,18 +12,9 @@ cd "$(dirname "$0")/../.."
 bin=${1:-target/release}
 shift || true
 port=${PORT:-9730}
-libc=$(ldd "$bin/confab" | awk '/libc.so.6/ {print $3}')
-# Uprobes live in tracefs, which a container may not have mounted.
-[ -e /sys/kernel/tracing/README ] || mount -t tracefs nodev /sys/kernel/tracing
-events=()
-for f in malloc calloc realloc posix_memalign; do
-    perf probe -q -x "$libc" "$f" 2>/dev/null || true # already there is fine
-    events+=(-e "probe_libc:$f")
-done
-probes=$(perf list 2>/dev/null)
-for f in malloc calloc realloc posix_memalign; do
-    [[ $probes == *"probe_libc:$f "* ]] || { echo "perf probe on $f failed (root? tracefs?)" >&2; exit 1; }
-done
+source scripts/bench/probes.sh
+libc_probes "$bin" malloc calloc realloc posix_memalign
+events=(-e probe_libc:malloc -e probe_libc:calloc -e probe_libc:realloc -e probe_libc:posix_memalign)
 
 # The load: 1,000 users, 5 s of warm-up, 15 s measured; counted from 7 s to 17 s.
 source scripts/bench/window.sh

@@ -461,8 +461,7 @@ impl Session<'_> {
             Ok(None) => None,
             Ok(Some(prepared)) => Some(Later::Submit(prepared, key)),
             Err(e) => {
-                let frame = protocol::error(e.code(), &e.detail(), key.as_deref());
-                self.push(Outgoing::Refused { thread: Some(thread), client_msg_id: shared, frame });
+                self.refused_send(&e, thread, shared, key.as_deref());
                 None
             }
         }
@@ -472,9 +471,15 @@ impl Session<'_> {
     async fn submit(&self, prepared: PreparedSend, key: Option<Cow<'_, str>>) {
         let (thread, shared) = (prepared.thread_id(), prepared.client_msg_id());
         if let Err(e) = self.state.chat.submit_message(prepared, self.connection).await {
-            let frame = protocol::error(e.code(), &e.detail(), key.as_deref());
-            self.push(Outgoing::Refused { thread: Some(thread), client_msg_id: shared, frame });
+            self.refused_send(&e, thread, shared, key.as_deref());
         }
+    }
+
+    /// A send refused after its `Expect` was queued: the writer forgets the send as
+    /// it writes the error.
+    fn refused_send(&self, e: &chat::Error, thread: ThreadId, shared: Option<Arc<str>>, key: Option<&str>) {
+        let frame = protocol::error(e.code(), &e.detail(), key);
+        self.push(Outgoing::Refused { thread: Some(thread), client_msg_id: shared, frame });
     }
 
     /// Replays every message after the seqs the client names, then `synced`.
