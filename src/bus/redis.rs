@@ -63,6 +63,15 @@ struct Envelope<E> {
     at: Option<u64>,
 }
 
+/// How every envelope this node publishes begins (serde writes a struct's fields in
+/// order, `node` first). The node's own events come back on its users' channels, as
+/// many as it hears from other nodes when a pair's users are on two nodes; this
+/// test drops them before they are read. Any other beginning is read in full, and
+/// an echo written otherwise is still dropped after it is read.
+fn echo_prefix(node: u64) -> Vec<u8> {
+    format!("{{\"node\":{node},").into_bytes()
+}
+
 /// The wall clock in milliseconds since the Unix epoch (a clock before 1970 gives 0).
 fn unix_millis() -> u64 {
     std::time::SystemTime::now()
@@ -142,6 +151,7 @@ impl RedisBus {
             client,
             channels,
             node: bus.node,
+            echo: echo_prefix(bus.node),
             subscriber: bus.subscriber.clone(),
             interests,
             healthy: bus.subscribed.clone(),
@@ -322,6 +332,8 @@ struct SubscribeTask {
     client: redis::Client,
     channels: Channels,
     node: u64,
+    /// How this node's own envelopes begin ([`echo_prefix`]).
+    echo: Vec<u8>,
     subscriber: Arc<dyn Subscriber>,
     interests: mpsc::UnboundedReceiver<Interest>,
     healthy: Arc<AtomicBool>,
@@ -425,7 +437,11 @@ impl SubscribeTask {
 
     fn deliver(&self, message: &redis::Msg) {
         let Some(user) = self.channels.parse(message.get_channel_name()) else { return };
-        let envelope: Envelope<Event> = match serde_json::from_slice(message.get_payload_bytes()) {
+        let payload = message.get_payload_bytes();
+        if payload.starts_with(&self.echo) {
+            return;
+        }
+        let envelope: Envelope<Event> = match serde_json::from_slice(payload) {
             Ok(envelope) => envelope,
             Err(e) => {
                 tracing::warn!(error = %e, "an unreadable event on the Redis bus was ignored");
@@ -453,4 +469,37 @@ impl SubscribeTask {
 /// Whether a subscription change was answered in time.
 async fn answered(change: impl std::future::Future<Output = redis::RedisResult<()>>) -> bool {
     matches!(tokio::time::timeout(CONNECT_TIMEOUT, change).await, Ok(Ok(())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::ConnectionId;
+    use crate::domain::ErrorCode;
+
+    #[test]
+    fn what_a_node_publishes_begins_with_its_echo_prefix_and_no_other_nodes() {
+        let event = Event::Refused {
+            user: UserId(1),
+            connection: ConnectionId(2),
+            code: ErrorCode::Conflict,
+            detail: "taken".into(),
+            client_msg_id: None,
+        };
+        for node in [0, 12, 123, u64::MAX] {
+            let at = Some(unix_millis());
+            let published = [
+                serde_json::to_vec(&Envelope { node, event: Some(&event), at }).unwrap(),
+                serde_json::to_vec(&Envelope::<&Event> { node, event: None, at }).unwrap(),
+            ];
+            for payload in published {
+                assert!(payload.starts_with(&echo_prefix(node)), "{}", String::from_utf8_lossy(&payload));
+                for other in [node.wrapping_add(1), node / 10, node.saturating_mul(10).saturating_add(3)] {
+                    if other != node {
+                        assert!(!payload.starts_with(&echo_prefix(other)), "{other}");
+                    }
+                }
+            }
+        }
+    }
 }
