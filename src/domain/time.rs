@@ -54,6 +54,15 @@ impl Timestamp {
     pub fn to_rfc3339(self) -> String {
         self.0.to_rfc3339_opts(SecondsFormat::Millis, true)
     }
+
+    /// Appends what [`Self::to_rfc3339`] returns (and `Serialize` writes), without
+    /// a `String` of its own: for JSON written by hand (`ws::json`).
+    pub fn push_rfc3339(self, out: &mut String) {
+        match self.rfc3339_fast().as_ref().map(|text| std::str::from_utf8(text)) {
+            Some(Ok(text)) => out.push_str(text),
+            _ => out.push_str(&self.to_rfc3339()),
+        }
+    }
 }
 
 impl Serialize for Timestamp {

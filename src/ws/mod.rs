@@ -6,6 +6,7 @@
 mod close;
 mod fragment;
 mod hub;
+mod json;
 mod order;
 mod protocol;
 mod queue;

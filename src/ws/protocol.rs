@@ -113,51 +113,38 @@ const INTERNAL_ERROR: &str = r#"{"type":"error","error":"internal","detail":"int
 /// A message's JSON, written once for both frames that carry it: a sent message's
 /// `new_message` and its `message_ack` hold the same object, and writing it (its
 /// strings escaped) was about a tenth of the Tokio worker's time, paid twice.
-pub(crate) struct MessageJson(Option<String>);
+pub(crate) struct MessageJson(String);
 
 /// About what a message's JSON takes besides its text (ids, names, timestamp).
 const MESSAGE_FIELDS_BYTES: usize = 512;
 
 impl MessageJson {
     pub(crate) fn new(message: &Message) -> Self {
-        // Sized for the fields around the text: serde_json starts at 128 bytes and
-        // grew three times for a message of the load generator's.
-        let mut json = Vec::with_capacity(MESSAGE_FIELDS_BYTES + message.text.len());
-        let written = serde_json::to_writer(&mut json, message)
-            .map_err(|e| e.to_string())
-            .and_then(|()| String::from_utf8(json).map_err(|e| e.to_string()));
-        match written {
-            Ok(json) => Self(Some(json)),
-            Err(e) => {
-                tracing::error!(error = %e, "serializing a message failed; its frames become internal errors");
-                Self(None)
-            }
-        }
+        let mut json = String::with_capacity(MESSAGE_FIELDS_BYTES + message.text.len());
+        super::json::push_message(&mut json, message);
+        Self(json)
     }
 
     /// `{"type":"<kind>"`, then `"client_msg_id":<key>` when the frame has the field
     /// (`key` is `Some`; `null` for `Some(None)`), then `"message":<the message>}`, in
-    /// a buffer of the exact size: byte for byte what serializing a struct of those
-    /// fields writes.
+    /// one buffer: byte for byte what serializing a struct of those fields writes.
     fn frame(&self, kind: &str, key: Option<Option<&str>>) -> Utf8Bytes {
-        let Some(message) = &self.0 else { return Utf8Bytes::from_static(INTERNAL_ERROR) };
-        // A key with nothing to escape (any a client sensibly picks) is written as it
-        // is; serde_json escapes exactly `"`, `\` and control characters.
-        let plain = |k: &str| !k.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20);
-        let escaped;
-        let (open, key, close) = match key {
-            None => ("", "", ""),
-            Some(None) => (r#","client_msg_id":"#, "null", ""),
-            Some(Some(k)) if plain(k) => (r#","client_msg_id":""#, k, "\""),
-            Some(Some(k)) => {
-                // A string serializes without fail.
-                escaped = serde_json::to_string(k).unwrap_or_else(|_| "null".to_owned());
-                (r#","client_msg_id":"#, escaped.as_str(), "")
+        let key_len = key.flatten().map_or(4, str::len);
+        let mut out = String::with_capacity(self.0.len() + kind.len() + key_len + 48);
+        out.push_str(r#"{"type":""#);
+        out.push_str(kind);
+        out.push('"');
+        match key {
+            None => {}
+            Some(None) => out.push_str(r#","client_msg_id":null"#),
+            Some(Some(key)) => {
+                out.push_str(r#","client_msg_id":"#);
+                super::json::push_str(&mut out, key);
             }
-        };
-        let parts = [r#"{"type":""#, kind, "\"", open, key, close, r#","message":"#, message, "}"];
-        let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-        parts.iter().for_each(|p| out.push_str(p));
+        }
+        out.push_str(r#","message":"#);
+        out.push_str(&self.0);
+        out.push('}');
         out.into()
     }
 }
@@ -263,7 +250,6 @@ mod tests {
             assert_eq!(message_ack_of(key, &json).as_str(), derived("message_ack", Some(key)).unwrap());
             assert_eq!(message_ack(key, &message).as_str(), derived("message_ack", Some(key)).unwrap());
         }
-        assert_eq!(MessageJson(None).frame("new_message", None).as_str(), INTERNAL_ERROR);
     }
 
     #[test]
