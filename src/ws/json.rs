@@ -64,48 +64,71 @@ fn push_user(out: &mut String, user: Option<&UserRef>) {
 pub(crate) fn push_str(out: &mut String, s: &str) {
     out.reserve(s.len() + 2);
     out.push('"');
-    let bytes = s.as_bytes();
     let mut run = 0;
-    let mut at = 0;
-    while at < bytes.len() {
-        // Eight bytes with nothing to escape are passed over at once.
-        if let Some(word) = bytes.get(at..at + 8)
-            && let Ok(word) = <[u8; 8]>::try_from(word)
-            && !needs_escape(u64::from_le_bytes(word))
-        {
-            at += 8;
-            continue;
-        }
-        let byte = bytes[at];
-        let escape = match byte {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\x08' => "\\b",
-            b'\t' => "\\t",
-            b'\n' => "\\n",
-            b'\x0c' => "\\f",
-            b'\r' => "\\r",
-            0..0x20 => "",
-            _ => {
-                at += 1;
-                continue;
-            }
-        };
+    while let Some(at) = next_escape(s.as_bytes(), run) {
         // Every byte escaped is ASCII, so the runs between them are whole characters.
         out.push_str(&s[run..at]);
-        if escape.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.push_str("\\u00");
-            out.push(char::from(HEX[usize::from(byte >> 4)]));
-            out.push(char::from(HEX[usize::from(byte & 0xf)]));
-        } else {
-            out.push_str(escape);
+        let byte = s.as_bytes()[at];
+        match escape(byte) {
+            Some(named) => out.push_str(named),
+            None => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.push_str("\\u00");
+                out.push(char::from(HEX[usize::from(byte >> 4)]));
+                out.push(char::from(HEX[usize::from(byte & 0xf)]));
+            }
         }
-        at += 1;
-        run = at;
+        run = at + 1;
     }
     out.push_str(&s[run..]);
     out.push('"');
+}
+
+/// How long `s` is as a JSON string ([`push_str`]), quotes included: a frame's
+/// buffer is made to its exact size, so that it becomes the frame without a copy
+/// or a header of its own.
+pub(crate) fn str_len(s: &str) -> usize {
+    let mut len = s.len() + 2;
+    let mut from = 0;
+    while let Some(at) = next_escape(s.as_bytes(), from) {
+        len += escape(s.as_bytes()[at]).map_or(5, |named| named.len() - 1);
+        from = at + 1;
+    }
+    len
+}
+
+/// The escape of a byte that needs one, when it has a short one (`None`: `\u00xx`).
+fn escape(byte: u8) -> Option<&'static str> {
+    Some(match byte {
+        b'"' => "\\\"",
+        b'\\' => "\\\\",
+        b'\x08' => "\\b",
+        b'\t' => "\\t",
+        b'\n' => "\\n",
+        b'\x0c' => "\\f",
+        b'\r' => "\\r",
+        _ => return None,
+    })
+}
+
+/// The first byte at or after `from` that needs escaping.
+fn next_escape(bytes: &[u8], mut from: usize) -> Option<usize> {
+    while from < bytes.len() {
+        // Eight bytes with nothing to escape are passed over at once.
+        if let Some(word) = bytes.get(from..from + 8)
+            && let Ok(word) = <[u8; 8]>::try_from(word)
+            && !needs_escape(u64::from_le_bytes(word))
+        {
+            from += 8;
+            continue;
+        }
+        let byte = bytes[from];
+        if byte < 0x20 || byte == b'"' || byte == b'\\' {
+            return Some(from);
+        }
+        from += 1;
+    }
+    None
 }
 
 /// Whether any of the eight bytes is `"`, `\` or below 0x20 (the classic bit tricks:
@@ -128,6 +151,7 @@ mod tests {
     fn written(s: &str) -> String {
         let mut out = String::new();
         push_str(&mut out, s);
+        assert_eq!(str_len(s), out.len(), "{s:?}");
         out
     }
 

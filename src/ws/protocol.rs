@@ -129,22 +129,35 @@ impl MessageJson {
     /// (`key` is `Some`; `null` for `Some(None)`), then `"message":<the message>}`, in
     /// one buffer: byte for byte what serializing a struct of those fields writes.
     fn frame(&self, kind: &str, key: Option<Option<&str>>) -> Utf8Bytes {
-        let key_len = key.flatten().map_or(4, str::len);
-        let mut out = String::with_capacity(self.0.len() + kind.len() + key_len + 48);
-        out.push_str(r#"{"type":""#);
+        const TYPE: &str = r#"{"type":""#;
+        const KEY: &str = r#","client_msg_id":"#;
+        const MESSAGE: &str = r#","message":"#;
+        let key_len = match key {
+            None => 0,
+            Some(None) => KEY.len() + "null".len(),
+            Some(Some(key)) => KEY.len() + super::json::str_len(key),
+        };
+        // Exactly the frame's length: a `String` with room to spare becomes a frame
+        // through one more allocation (the buffer's own header).
+        let mut out = String::with_capacity(TYPE.len() + kind.len() + 1 + key_len + MESSAGE.len() + self.0.len() + 1);
+        out.push_str(TYPE);
         out.push_str(kind);
         out.push('"');
         match key {
             None => {}
-            Some(None) => out.push_str(r#","client_msg_id":null"#),
+            Some(None) => {
+                out.push_str(KEY);
+                out.push_str("null");
+            }
             Some(Some(key)) => {
-                out.push_str(r#","client_msg_id":"#);
+                out.push_str(KEY);
                 super::json::push_str(&mut out, key);
             }
         }
-        out.push_str(r#","message":"#);
+        out.push_str(MESSAGE);
         out.push_str(&self.0);
         out.push('}');
+        debug_assert_eq!(out.len(), out.capacity(), "a frame's buffer is made to its size");
         out.into()
     }
 }
