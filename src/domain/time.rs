@@ -80,7 +80,9 @@ impl Timestamp {
     /// rest (a sign, more digits) and for a leap second, which chrono writes itself.
     fn rfc3339_fast(self) -> Option<[u8; 24]> {
         use chrono::{Datelike, Timelike};
-        let t = self.0;
+        // The fields of the UTC time as stored: each one asked of the `DateTime`
+        // adds the (zero) offset again, most of this function's instructions.
+        let t = self.0.naive_utc();
         let (year, nanos) = (t.year(), t.nanosecond());
         if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
             return None;
