@@ -17,7 +17,13 @@ cd "$(dirname "$0")/../.."
 bin=${1:-target/release}
 shift || true
 port=${PORT:-9790}
-command -v valgrind >/dev/null || { echo "instructions.sh needs valgrind (apt-get install valgrind)" >&2; exit 1; }
+if ! command -v valgrind >/dev/null; then
+    command -v apt-get >/dev/null || { echo "error: instructions.sh needs Valgrind (not installed, and no apt-get)" >&2; exit 1; }
+    echo "== installing Valgrind (Debian's package)" >&2
+    (apt-get install -y -qq --no-install-recommends valgrind >/dev/null 2>&1 ||
+        { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends valgrind >/dev/null; }) ||
+        { echo "error: installing Valgrind failed" >&2; exit 1; }
+fi
 work=$(mktemp -d)
 out=${OUT:-$work}
 mkdir -p "$out"
@@ -31,8 +37,7 @@ valgrind --tool=callgrind --instr-atstart=no --separate-threads=yes --callgrind-
 server=$!
 for _ in $(seq 300); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.2; done
 # The load: by default 100 users at 1,000 msg/s in all; 5 s of warm-up, 15 s measured.
-users=100
-[[ " $* " == *" --users "* ]] || set -- --users "$users" "$@"
+[[ " $* " == *" --users "* ]] || set -- --users 100 "$@"
 [[ " $* " == *" --rate "* || " $* " == *" --window "* ]] || set -- --rate 1000 "$@"
 "$bin/confab-loadgen" pairs --base "http://127.0.0.1:$port" --warmup 5 --seconds 15 --json "$@" \
     >"$work/load.json" 2>"$work/load.err" &
@@ -58,9 +63,10 @@ run = json.loads(open(load).read().splitlines()[-1])
 print(f"committed {messages:,.0f} messages in the window; the load: {run['acked_per_second']:,.0f} msg/s acked, "
       f"delivery p99 {run['delivery_ms']['p99']} ms, lost {run['lost_undelivered']}")
 threads = {}
-for path in glob.glob(f"{out}/callgrind.out.*window*") or glob.glob(f"{out}/callgrind.out*"):
+# One file per thread for each dump; the window's say what triggered them.
+for path in glob.glob(f"{out}/callgrind.out*"):
     text = open(path, errors="replace").read()
-    if "window" not in text.split("\nevents:")[0]:
+    if not re.search(r"^desc: Trigger: dump window$", text, re.M):
         continue
     total = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
     names = re.findall(r"^fn=\(\d+\) (\S+)", text, re.M)
@@ -73,7 +79,12 @@ print(f"  the process: {whole / messages:,.0f} instructions a message")
 for (tid, kind, path), ir in sorted(threads.items()):
     if ir / whole >= 0.005:
         print(f"  thread {tid:2} ({'runs SQLite' if kind == 'sqlite' else 'no SQLite'}): {ir / messages:,.0f} a message ({100 * ir / whole:.1f}%)")
+print("  (Valgrind numbers threads in the order they start; on one worker thread, the one without SQLite is the")
+print("  Tokio worker, and of those with SQLite the larger is the message writer, the smaller the checkpointer.)")
 PY
 if [ -n "${TOP:-}" ]; then
-    for f in "$out"/callgrind.out*window*; do callgrind_annotate "$f" 2>/dev/null | sed -n '/^Ir/,$p' | head -n $((TOP + 3)); done
+    for f in $(grep -l "^desc: Trigger: dump window$" "$out"/callgrind.out*); do
+        echo "== $f"
+        callgrind_annotate "$f" 2>/dev/null | sed -n '/^Ir/,$p' | head -n $((TOP + 6))
+    done
 fi
